@@ -1,0 +1,125 @@
+"""The plan: a frozen, JSON-serializable description of exactly what gets built and run.
+
+Every later stage (graph passes, backends, codegen, runtime, validate, bench) reads a :class:`Plan`,
+never the recipe. ``plan.json`` in the artifact folder is this object, so it is printable and diffable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Role = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One engine I/O tensor, after the I/O contract is applied."""
+
+    name: str                      # engine tensor name (escaped wherever it reaches code)
+    ident: str                     # sanitized Python identifier used in generated code
+    role: Role
+    dtype: str                     # boundary dtype = what the caller hands over / gets back
+    shape: tuple[int, ...]         # caller-facing shape at the fixed/opt shape
+    min_shape: tuple[int, ...]     # profile bounds (== shape when static)
+    max_shape: tuple[int, ...]
+    format: str                    # TensorRT I/O format name (linear, hwc8, ...)
+    memory: str                    # memory strategy
+    bytes: int                     # bytes moved per inference at ``shape`` (format padding included)
+    max_bytes: int                 # bytes of the buffer allocated (at ``max_shape``)
+    naive_bytes: int               # bytes fp32 linear, original layout, no reducer (the baseline)
+    predicted_ms: float            # predicted transfer time of ``bytes`` with this memory strategy
+    naive_predicted_ms: float      # predicted pageable transfer time of ``naive_bytes``
+    source: str                    # tensor of the original model this one comes from
+    model_dtype: str               # dtype in the original model
+    model_shape: tuple[int, ...]   # shape in the original model's layout (at opt)
+    layout: str | None = None      # caller layout of an image input (NCHW/NHWC), None otherwise
+    preprocess: dict[str, Any] | None = None
+    reduce: dict[str, Any] | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min_shape != self.max_shape
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the build and the generated runner need, resolved."""
+
+    name: str
+    class_name: str                # generated runner class, e.g. SegRunner
+    recipe_path: str
+    recipe_sha256: str
+    model_path: str
+    model_sha256: str
+    opset: int
+    precision: str
+    tf32: bool
+    inputs: tuple[TensorPlan, ...]
+    outputs: tuple[TensorPlan, ...]
+    streams: dict[str, Any]
+    build: dict[str, Any]
+    validate: dict[str, Any]
+    budgets: dict[str, Any]
+    link: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+    trtflow_version: str = ""
+    plan_version: int = 1
+
+    @property
+    def tensors(self) -> tuple[TensorPlan, ...]:
+        return self.inputs + self.outputs
+
+    def tensor(self, name: str) -> TensorPlan:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(t.bytes for t in self.inputs)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(t.bytes for t in self.outputs)
+
+    @property
+    def naive_bytes(self) -> int:
+        return sum(t.naive_bytes for t in self.tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        def tensor(t: dict[str, Any]) -> TensorPlan:
+            kw = {f.name: t[f.name] for f in fields(TensorPlan) if f.name in t}
+            for k in ("shape", "min_shape", "max_shape", "model_shape"):
+                kw[k] = tuple(kw[k])
+            return TensorPlan(**kw)
+
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kw["inputs"] = tuple(tensor(t) for t in d["inputs"])
+        kw["outputs"] = tuple(tensor(t) for t in d["outputs"])
+        kw["warnings"] = tuple(d.get("warnings", ()))
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What a backend's build produced (recorded in the build report)."""
+
+    backend: str
+    engine_file: str | None        # file name inside the artifact folder, None for ONNX-executed backends
+    library_version: str
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)

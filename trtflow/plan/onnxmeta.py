@@ -1,0 +1,89 @@
+"""Read an ONNX model's I/O metadata (names, shapes, dtypes, opset) without running anything.
+
+External weights are never loaded here (``load_external_data=False``): planning a 10 GB model reads
+only its graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtflow.errors import ModelError
+
+# onnx TensorProto enum -> numpy-style dtype name (kept literal so the core needs no onnx import here)
+ONNX_DTYPES: dict[int, str] = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool",
+                               10: "float16", 16: "bfloat16"}
+DTYPE_TO_ONNX: dict[str, int] = {v: k for k, v in ONNX_DTYPES.items()}
+
+Dim = int | str | None  # int, symbolic name, or unknown
+
+
+@dataclass(frozen=True)
+class IOInfo:
+    name: str
+    dtype: str
+    dims: tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    sha256: str
+    opset: int
+    inputs: tuple[IOInfo, ...]
+    outputs: tuple[IOInfo, ...]
+    op_types: frozenset[str]
+    has_external_data: bool
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _io(vi: object) -> IOInfo:
+    t = vi.type.tensor_type  # type: ignore[attr-defined]
+    if t.elem_type not in ONNX_DTYPES:
+        raise ModelError(f"tensor {vi.name!r} has ONNX element type {t.elem_type}, which trtflow does not handle")  # type: ignore[attr-defined]
+    dims: list[Dim] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(str(d.dim_param))
+        else:
+            dims.append(None)
+    return IOInfo(name=vi.name, dtype=ONNX_DTYPES[t.elem_type], dims=tuple(dims))  # type: ignore[attr-defined]
+
+
+def read_model_info(path: Path) -> ModelInfo:
+    """Parse ``path`` and describe its graph inputs/outputs; a clear ModelError for a bad file."""
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}", hint="check `model:` in the recipe (relative to the recipe file)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})",
+                         hint="the file may be truncated or not ONNX; re-export it") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: the ONNX graph has no nodes (truncated or empty file?)",
+                         hint="re-export the model")
+    init_names = {i.name for i in model.graph.initializer}
+    ext = any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return ModelInfo(
+        path=path,
+        sha256=sha256_file(path),
+        opset=opset,
+        inputs=tuple(_io(i) for i in model.graph.input if i.name not in init_names),
+        outputs=tuple(_io(o) for o in model.graph.output),
+        op_types=frozenset(n.op_type for n in model.graph.node),
+        has_external_data=ext,
+    )

@@ -1,0 +1,316 @@
+"""Planner: recipe + ONNX metadata -> a resolved, checked, frozen :class:`Plan`. Builds nothing."""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from trtflow import __version__
+from trtflow.errors import ModelError
+from trtflow.plan.formats import ITEMSIZE, check_format, inflation, nbytes
+from trtflow.plan.model import Plan, TensorPlan
+from trtflow.plan.onnxmeta import IOInfo, ModelInfo, read_model_info
+from trtflow.recipe.loader import LoadedRecipe
+from trtflow.recipe.schema import InputSpec, OutputSpec
+
+FLOATS = ("float32", "float16", "bfloat16")
+
+
+def sanitize_identifiers(names: list[str]) -> dict[str, str]:
+    """Map arbitrary tensor names to distinct, valid, non-keyword Python identifiers."""
+    out: dict[str, str] = {}
+    used: set[str] = {"self", "cls", "np", "stream", "out", "copy"}
+    for name in names:
+        ident = re.sub(r"\W", "_", name, flags=re.ASCII).strip("_") or "tensor"
+        ident = ident.lower() if ident.isupper() else ident
+        if ident[0].isdigit():
+            ident = "t_" + ident
+        if keyword.iskeyword(ident) or keyword.issoftkeyword(ident):
+            ident += "_"
+        base, n = ident, 2
+        while ident in used:
+            ident, n = f"{base}_{n}", n + 1
+        used.add(ident)
+        out[name] = ident
+    return out
+
+
+def class_name_for(name: str) -> str:
+    parts = re.split(r"[^A-Za-z0-9]+", name)
+    camel = "".join(p[:1].upper() + p[1:] for p in parts if p) or "Model"
+    if camel[0].isdigit():
+        camel = "M" + camel
+    return camel + "Runner"
+
+
+def _ms(nbytes_: int, gbps: float) -> float:
+    return nbytes_ / (gbps * 1e9) * 1e3
+
+
+def _bandwidth(memory: str, role: str, link: dict[str, Any]) -> float | None:
+    if memory == "device":
+        return None
+    if memory == "pageable":
+        return float(link["pageable_gbps"])
+    return float(link["h2d_gbps"] if role == "input" else link["d2h_gbps"])
+
+
+class _Planner:
+    def __init__(self, loaded: LoadedRecipe, info: ModelInfo) -> None:
+        self.loaded, self.info, self.recipe = loaded, info, loaded.recipe
+        self.warnings: list[str] = []
+        self.link = self.recipe.link.model_dump()
+
+    def err(self, loc: tuple[str | int, ...], msg: str, hint: str | None = None) -> Exception:
+        return self.loaded.error(loc, msg, hint)
+
+    def check_names(self) -> None:
+        for section, known in (("inputs", self.info.inputs), ("outputs", self.info.outputs)):
+            names = [t.name for t in known]
+            for name in getattr(self.recipe, section):
+                if name not in names:
+                    close = difflib.get_close_matches(name, names, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"the model's {section}: {', '.join(names)}"
+                    raise self.err((section, name), f"the model has no {section[:-1]} named {name!r}", hint)
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def input_shapes(self, io: IOInfo, spec: InputSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        loc: tuple[str | int, ...] = ("inputs", io.name)
+        if spec.shape is not None:
+            lo = opt = hi = tuple(spec.shape)
+            loc = loc + ("shape",)
+        elif spec.profile is not None:
+            lo, opt, hi = tuple(spec.profile.min), tuple(spec.profile.opt), tuple(spec.profile.max)
+            loc = loc + ("profile",)
+        else:
+            if not all(isinstance(d, int) for d in io.dims):
+                raise self.err(loc, f"input {io.name!r} has dynamic dims {list(io.dims)} in the model",
+                               hint="declare `shape: [...]` or `profile: {min, opt, max}` for it")
+            lo = opt = hi = tuple(int(d) for d in io.dims)  # type: ignore[arg-type]
+        if len(opt) != len(io.dims):
+            raise self.err(loc, f"rank {len(opt)} contradicts the model's rank {len(io.dims)} ({list(io.dims)})")
+        for i, d in enumerate(io.dims):
+            if isinstance(d, int) and not (lo[i] == opt[i] == hi[i] == d):
+                raise self.err(loc, f"dimension {i} is fixed to {d} in the model, recipe says "
+                               f"{lo[i] if lo == hi else (lo[i], opt[i], hi[i])}",
+                               hint=f"use {d} for dimension {i}, or re-export the model with that dim dynamic")
+        return lo, opt, hi
+
+    def plan_input(self, io: IOInfo, spec: InputSpec, ident: str) -> TensorPlan:
+        lo, opt, hi = self.input_shapes(io, spec)
+        loc = ("inputs", io.name)
+        dtype = spec.dtype or io.dtype
+        if spec.preprocess is not None and io.dtype not in FLOATS:
+            raise self.err(loc + ("preprocess",), f"preprocessing needs a float model input, {io.name!r} is {io.dtype}")
+        if dtype != io.dtype and (dtype not in FLOATS + ("uint8", "int8") or io.dtype not in FLOATS):
+            raise self.err(loc + ("dtype",), f"cannot hand over {dtype} for a {io.dtype} model input",
+                           hint="boundary casts go between float types, or from uint8/int8 to float")
+        layout = spec.layout
+        if layout is not None and len(opt) != 4:
+            raise self.err(loc + ("layout",), f"layout applies to 4-D image inputs, {io.name!r} has rank {len(opt)}")
+        if spec.preprocess is not None:
+            channels = opt[1]
+            for key in ("mean", "std"):
+                vals = getattr(spec.preprocess, key)
+                if vals is not None and len(vals) not in (1, channels):
+                    raise self.err(loc + ("preprocess", key), f"{len(vals)} values for {channels} channels")
+
+        def caller(shape: tuple[int, ...]) -> tuple[int, ...]:
+            return (shape[0], shape[2], shape[3], shape[1]) if layout == "NHWC" else shape
+
+        if spec.format != "linear" and layout == "NHWC":
+            raise self.err(loc + ("format",), f"format {spec.format} describes an NCHW engine tensor; "
+                           "layout NHWC already makes the engine take channel-last input",
+                           hint="use format: linear with layout: NHWC, or layout: NCHW with a vectorized format")
+        self.check_format(loc, spec.format, dtype, len(opt), opt)
+        if spec.memory == "write_combined":
+            pass  # inputs only; outputs are refused in plan_output
+        return self.tensor(io.name, ident, "input", dtype, caller(opt), caller(lo), caller(hi), spec.format,
+                           spec.memory, io, opt, layout=layout,
+                           preprocess=spec.preprocess.model_dump() if spec.preprocess else None)
+
+    def check_format(self, loc: tuple[str | int, ...], fmt: str, dtype: str, rank: int,
+                     shape: tuple[int, ...]) -> None:
+        why = check_format(fmt, dtype, rank)
+        if why:
+            raise self.err(loc + ("format",), why)
+        k = inflation(shape, fmt)
+        if k > 1.0:
+            self.warnings.append(f"{loc[1]}: format {fmt} moves {k:.2f}x the bytes of linear "
+                                 f"(channel dim {shape[1] if rank > 1 else '?'} padded to the vector width)")
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def output_shapes(self, io: IOInfo, inputs: list[tuple[IOInfo, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+                      ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        symbols: list[dict[str, int]] = [{}, {}, {}]
+        for inp, lo, opt, hi in inputs:
+            for d, a, b, c in zip(inp.dims, lo, opt, hi):
+                if isinstance(d, str):
+                    for s, v in zip(symbols, (a, b, c)):
+                        s[d] = v
+        result = []
+        for s in symbols:
+            dims = [d if isinstance(d, int) else s.get(d) if isinstance(d, str) else None for d in io.dims]
+            if any(d is None for d in dims):
+                return self.inferred_output_shapes(io, inputs)
+            result.append(tuple(int(d) for d in dims))  # type: ignore[arg-type]
+        return result[0], result[1], result[2]
+
+    def inferred_output_shapes(self, io: IOInfo, inputs: list[Any]) -> tuple[tuple[int, ...], ...]:  # type: ignore[override]
+        """Fall back to ONNX shape inference with the input shapes fixed (loads the graph)."""
+        import onnx
+
+        model = onnx.load(str(self.info.path), load_external_data=False)
+        shapes = []
+        for k in (1, 2, 3):
+            for vi in model.graph.input:
+                for inp in inputs:
+                    if vi.name == inp[0].name:
+                        dims = vi.type.tensor_type.shape.dim
+                        for d, v in zip(dims, inp[k]):
+                            d.Clear()
+                            d.dim_value = v
+            for vi in model.graph.output:
+                vi.type.tensor_type.shape.Clear()
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            except Exception as exc:
+                raise ModelError(f"shape inference failed for output {io.name!r}: {exc}") from None
+            out = next(o for o in inferred.graph.output if o.name == io.name)
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
+            if not dims or any(d is None for d in dims):
+                raise ModelError(f"cannot determine the shape of output {io.name!r} for the given input shapes",
+                                 hint="models with data-dependent output shapes are not supported yet")
+            shapes.append(tuple(int(d) for d in dims))  # type: ignore[arg-type]
+        return shapes[0], shapes[1], shapes[2]
+
+    def plan_outputs(self, io: IOInfo, spec: OutputSpec, idents: dict[str, str],
+                     shapes: tuple[tuple[int, ...], ...]) -> list[TensorPlan]:
+        loc: tuple[str | int, ...] = ("outputs", io.name)
+        lo, opt, hi = shapes
+        if spec.memory == "write_combined":
+            raise self.err(loc + ("memory",), "write-combined memory is very slow to read from the CPU",
+                           hint="use pinned for outputs; write_combined is for inputs")
+        red = spec.reduce
+        if red is not None and io.dtype not in FLOATS:
+            raise self.err(loc + ("reduce",), f"reducers need a float output, {io.name!r} is {io.dtype}")
+
+        def axis_of(a: int) -> int:
+            ax = a + len(opt) if a < 0 else a
+            if not 0 <= ax < len(opt):
+                raise self.err(loc + ("reduce", "axis"), f"axis {a} is out of range for rank {len(opt)}")
+            return ax
+
+        def drop(shape: tuple[int, ...], ax: int) -> tuple[int, ...]:
+            return shape[:ax] + shape[ax + 1:]
+
+        float_dtype = spec.dtype or io.dtype
+        if red is None or red.op in ("softmax", "sigmoid"):
+            if red is not None and red.op == "softmax":
+                axis_of(red.axis)
+            if float_dtype not in FLOATS and io.dtype in FLOATS:
+                raise self.err(loc + ("dtype",), f"cannot narrow a float output to {float_dtype} without a reducer",
+                               hint="use reduce: {op: argmax} or {op: threshold} for integer masks")
+            items = [(io.name, float_dtype, lo, opt, hi)]
+        elif red.op == "argmax":
+            ax = axis_of(red.axis)
+            if opt[ax] > 256 and red.dtype == "uint8":
+                raise self.err(loc + ("reduce", "dtype"), f"{opt[ax]} classes do not fit uint8", hint="use int32")
+            items = [(io.name, red.dtype, drop(lo, ax), drop(opt, ax), drop(hi, ax))]
+        elif red.op == "threshold":
+            items = [(io.name, red.dtype, lo, opt, hi)]
+        else:  # topk
+            ax = axis_of(red.axis)
+            if red.k > lo[ax]:
+                raise self.err(loc + ("reduce", "k"), f"k={red.k} exceeds dimension {ax} ({lo[ax]})")
+
+            def kshape(s: tuple[int, ...]) -> tuple[int, ...]:
+                return s[:ax] + (red.k,) + s[ax + 1:]  # type: ignore[union-attr]
+
+            items = [(f"{io.name}_values", float_dtype, kshape(lo), kshape(opt), kshape(hi)),
+                     (f"{io.name}_indices", "int32", kshape(lo), kshape(opt), kshape(hi))]
+        out = []
+        for name, dtype, a, b, c in items:
+            self.check_format(loc, spec.format, dtype, len(b), b)
+            out.append(self.tensor(name, idents[name], "output", dtype, b, a, c, spec.format, spec.memory, io, opt,
+                                   reduce=red.model_dump() if red else None))
+        return out
+
+    def tensor(self, name: str, ident: str, role: str, dtype: str, shape: tuple[int, ...],
+               lo: tuple[int, ...], hi: tuple[int, ...], fmt: str, memory: str, io: IOInfo,
+               model_shape: tuple[int, ...], **extra: Any) -> TensorPlan:
+        b = nbytes(shape, dtype, fmt)
+        naive_item = 4 if io.dtype in FLOATS else ITEMSIZE[io.dtype]
+        naive = math.prod(model_shape) * naive_item
+        bw = _bandwidth(memory, role, self.link)
+        return TensorPlan(
+            name=name, ident=ident, role=role, dtype=dtype, shape=shape, min_shape=lo, max_shape=hi,  # type: ignore[arg-type]
+            format=fmt, memory=memory, bytes=b, max_bytes=nbytes(hi, dtype, fmt), naive_bytes=naive,
+            predicted_ms=_ms(b, bw) if bw else 0.0, naive_predicted_ms=_ms(naive, float(self.link["pageable_gbps"])),
+            source=io.name, model_dtype=io.dtype, model_shape=model_shape, **extra)
+
+    def run(self) -> Plan:
+        r = self.recipe
+        self.check_names()
+        if r.streams.cuda_graph and any(s.memory == "pageable" for s in [*r.inputs.values(), *r.outputs.values()]):
+            self.warnings.append("cuda_graph with pageable memory: pageable copies are staged by the driver "
+                                 "and cannot be captured; the runner stages them through pinned buffers")
+        in_specs = {io.name: r.inputs.get(io.name, InputSpec()) for io in self.info.inputs}
+        out_specs = {io.name: r.outputs.get(io.name, OutputSpec()) for io in self.info.outputs}
+        out_names: list[str] = []
+        for io in self.info.outputs:
+            red = out_specs[io.name].reduce
+            out_names += [f"{io.name}_values", f"{io.name}_indices"] if red and red.op == "topk" else [io.name]
+        idents = sanitize_identifiers([io.name for io in self.info.inputs] + out_names)
+        inputs, shaped = [], []
+        for io in self.info.inputs:
+            spec = in_specs[io.name]
+            inputs.append(self.plan_input(io, spec, idents[io.name]))
+            shaped.append((io, *self.input_shapes(io, spec)))
+        outputs: list[TensorPlan] = []
+        for io in self.info.outputs:
+            outputs += self.plan_outputs(io, out_specs[io.name], idents, self.output_shapes(io, shaped))
+        dynamic = [t.name for t in inputs if t.dynamic]
+        if r.streams.cuda_graph and dynamic:
+            self.warnings.append(f"cuda_graph with dynamic inputs {dynamic}: the graph is recaptured "
+                                 "whenever a shape changes")
+        validate = r.validate_.model_dump()
+        if validate["default"] is None:
+            tol = 1e-2 if r.precision in ("fp16", "bf16") else (1e-3 if r.precision == "tf32" else 1e-5)
+            validate["default"] = {"atol": tol, "rtol": tol}
+        name = self.loaded.name
+        return Plan(
+            name=name, class_name=class_name_for(name), recipe_path=str(self.loaded.path),
+            recipe_sha256=self.loaded.text_sha256, model_path=str(self.info.path), model_sha256=self.info.sha256,
+            opset=self.info.opset, precision=r.precision, tf32=r.precision == "tf32",
+            inputs=tuple(inputs), outputs=tuple(outputs), streams=r.streams.model_dump(),
+            build=r.build.model_dump(), validate=validate, budgets=r.budgets.model_dump(), link=self.link,
+            warnings=tuple(self.warnings), trtflow_version=__version__)
+
+
+def resolve_model_path(loaded: LoadedRecipe, *, allow_outside: bool = False) -> Path:
+    src = loaded.recipe.model_source
+    loc: tuple[str | int, ...] = ("model", "path") if not isinstance(loaded.recipe.model, str) else ("model",)
+    path = loaded.resolve(src.path, loc, allow_outside=allow_outside)
+    if not path.is_file():
+        raise loaded.error(loc, f"model file {src.path!r} not found (looked at {path})",
+                           hint="paths are relative to the recipe file's folder")
+    return path
+
+
+def make_plan(loaded: LoadedRecipe, *, allow_outside: bool = False) -> Plan:
+    """Resolve and check ``loaded`` against its ONNX model."""
+    path = resolve_model_path(loaded, allow_outside=allow_outside)
+    try:
+        info = read_model_info(path)
+    except ModelError as exc:
+        raise loaded.error(("model",), str(exc), exc.hint) from None
+    pin = loaded.recipe.model_source.sha256
+    if pin and pin != info.sha256:
+        raise loaded.error(("model", "sha256"), f"model sha256 is {info.sha256}, the recipe pins {pin}",
+                           hint="the model file changed: update the pin if the change is intended")
+    return _Planner(loaded, info).run()

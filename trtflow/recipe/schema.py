@@ -1,0 +1,255 @@
+"""The recipe: what a user writes in YAML. Strict pydantic v2 models, ``extra="forbid"`` everywhere.
+
+Only ``model`` is required, so the smallest recipe is one line; everything else has a default that
+the planner resolves against the ONNX model and records in ``plan.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+# Names a user may write for a dtype, mapped to the canonical numpy name.
+DTYPE_ALIASES: dict[str, str] = {
+    "fp32": "float32", "float32": "float32", "float": "float32",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "int8": "int8", "uint8": "uint8", "int32": "int32", "int64": "int64", "bool": "bool",
+}
+Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+MemoryStrategy = Literal["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
+Topology = Literal["sync", "async", "pipelined"]
+TensorFormatName = Literal[
+    "linear", "chw2", "hwc8", "chw4", "chw16", "chw32", "dhwc8", "cdhw32", "hwc", "hwc16", "dhwc",
+]
+BackendName = Literal["auto", "tensorrt", "tensorrt_rtx", "onnxruntime", "torch"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _canonical_dtype(v: object) -> object:
+    if isinstance(v, str):
+        key = v.strip().lower()
+        if key not in DTYPE_ALIASES:
+            raise ValueError(f"unknown dtype {v!r}; allowed: {', '.join(sorted(set(DTYPE_ALIASES.values())))}")
+        return DTYPE_ALIASES[key]
+    return v
+
+
+Dim = Annotated[int, Field(ge=1, le=1 << 20)]
+
+
+class ModelSource(_Strict):
+    """The ONNX file, relative to the recipe file, with an optional sha256 pin."""
+
+    path: str = Field(description="ONNX file path, relative to the recipe's folder.")
+    sha256: str | None = Field(default=None, description="Expected sha256 of the file (hex); a mismatch is an error.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise ValueError("sha256 must be 64 hex characters")
+        return v.lower() if v else v
+
+
+class Profile(_Strict):
+    """A dynamic-shape optimization profile: min <= opt <= max in every dimension."""
+
+    min: list[Dim]
+    opt: list[Dim]
+    max: list[Dim]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Profile":
+        if not (len(self.min) == len(self.opt) == len(self.max)):
+            raise ValueError("min, opt and max must have the same rank")
+        for i, (lo, mid, hi) in enumerate(zip(self.min, self.opt, self.max)):
+            if not lo <= mid <= hi:
+                raise ValueError(f"dimension {i}: need min <= opt <= max, got {lo}, {mid}, {hi}")
+        return self
+
+
+class Preprocess(_Strict):
+    """Normalization fused into the engine: y = (x * scale - mean) / std, per channel."""
+
+    scale: float = Field(default=1.0, description="Multiplier applied first (e.g. 0.00392156862745098 = 1/255).")
+    mean: list[float] | None = Field(default=None, description="Per-channel mean subtracted after scaling.")
+    std: list[float] | None = Field(default=None, description="Per-channel std divided after the mean.")
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(s == 0 for s in v):
+            raise ValueError("std values must be non-zero")
+        return v
+
+
+class InputSpec(_Strict):
+    """The contract of one engine input: what the caller hands over and where it lives."""
+
+    shape: list[Dim] | None = Field(default=None, description="Fixed shape in the model's layout (NCHW for images).")
+    profile: Profile | None = Field(default=None, description="Dynamic shape range; exclusive with `shape`.")
+    dtype: str | None = Field(default=None, description="Dtype the caller hands over (the engine's I/O dtype). Default: the model's.")
+    layout: Literal["NCHW", "NHWC"] | None = Field(
+        default=None, description="Layout the caller hands over; NHWC on an NCHW model adds a transpose in the engine.")
+    format: TensorFormatName = Field(default="linear", description="TensorRT I/O format of the engine tensor.")
+    memory: MemoryStrategy = Field(default="pinned", description="Host memory strategy for this tensor.")
+    preprocess: Preprocess | None = Field(default=None, description="Normalization fused into the engine.")
+
+    _dtype = field_validator("dtype", mode="before")(classmethod(lambda cls, v: _canonical_dtype(v)))
+
+    @model_validator(mode="after")
+    def _shape_xor_profile(self) -> "InputSpec":
+        if self.shape is not None and self.profile is not None:
+            raise ValueError("give either `shape` or `profile`, not both")
+        return self
+
+
+class ArgmaxReduce(_Strict):
+    op: Literal["argmax"]
+    axis: int = 1
+    dtype: Literal["uint8", "int32", "int64"] = "uint8"
+
+
+class ThresholdReduce(_Strict):
+    op: Literal["threshold"]
+    value: float = 0.5
+    dtype: Literal["uint8", "bool"] = "uint8"
+
+
+class TopKReduce(_Strict):
+    op: Literal["topk"]
+    k: int = Field(default=5, ge=1)
+    axis: int = -1
+
+
+class SoftmaxReduce(_Strict):
+    op: Literal["softmax"]
+    axis: int = 1
+
+
+class SigmoidReduce(_Strict):
+    op: Literal["sigmoid"]
+
+
+Reduce = Annotated[
+    Union[ArgmaxReduce, ThresholdReduce, TopKReduce, SoftmaxReduce, SigmoidReduce],
+    Field(discriminator="op"),
+]
+
+
+class OutputSpec(_Strict):
+    """The contract of one engine output: what the caller wants back and where it lands."""
+
+    dtype: str | None = Field(default=None, description="Dtype the caller wants back (narrowing is done in the engine).")
+    format: TensorFormatName = Field(default="linear", description="TensorRT I/O format of the engine tensor.")
+    memory: MemoryStrategy = Field(default="pinned", description="Host memory strategy for this tensor.")
+    reduce: Reduce | None = Field(default=None, description="Reducer computed on the GPU before D2H.")
+
+    _dtype = field_validator("dtype", mode="before")(classmethod(lambda cls, v: _canonical_dtype(v)))
+
+
+class Streams(_Strict):
+    """Stream topology of the generated runner."""
+
+    topology: Topology = Field(default="sync", description="sync | async | pipelined")
+    depth: int = Field(default=2, ge=1, le=16, description="Buffer sets in flight for `pipelined`.")
+    cuda_graph: bool = Field(default=False, description="Capture copy-in + enqueue + copy-out in a CUDA graph.")
+
+
+class Build(_Strict):
+    backend: BackendName = Field(default="auto", description="auto picks the best builder present and says which.")
+    workspace_mib: int = Field(default=4096, ge=16, description="TensorRT workspace memory pool limit.")
+    optimization_level: int = Field(default=3, ge=0, le=5, description="TensorRT builder optimization level.")
+    timing_cache: str | None = Field(default=None, description="Timing cache file (relative to the recipe).")
+    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = Field(default=False, description="Embed a lean runtime (loading needs --allow-host-code).")
+    compute_capabilities: list[str] = Field(
+        default_factory=list, description="TensorRT-RTX targets, e.g. ['8.6', '12.0']; empty = the builder's default.")
+    detailed_profiling: bool = Field(default=True, description="ProfilingVerbosity.DETAILED for `trtflow inspect`.")
+
+
+Formula = Literal["elemwise", "allclose"]
+Statistic = Literal["max", "mean", "median", "p99"]
+
+
+class Tolerance(_Strict):
+    atol: float = Field(default=1e-5, ge=0, le=1e6)
+    rtol: float = Field(default=1e-5, ge=0, le=1e6)
+
+
+class Metric(_Strict):
+    """A task metric for reduced outputs, checked besides the numeric tolerance."""
+
+    kind: Literal["agreement", "iou", "topk_overlap"]
+    min: float = Field(ge=0, le=1, description="Smallest acceptable value (fraction).")
+
+
+class Validate(_Strict):
+    formula: Formula = Field(
+        default="elemwise",
+        description="elemwise (Polygraphy): fail where |a-b| > atol AND |a-b|/|b| > rtol. "
+        "allclose (numpy): fail where |a-b| > atol + rtol*|b|.")
+    statistic: Statistic = Field(default="max", description="Statistic printed and gated per output.")
+    default: Tolerance | None = Field(default=None, description="Tolerance for outputs not named below "
+                                      "(default: 1e-5 for fp32/tf32 precision, 1e-2 for fp16/bf16).")
+    tolerances: dict[str, Tolerance] = Field(default_factory=dict, description="Per-output tolerances.")
+    metrics: dict[str, list[Metric]] = Field(default_factory=dict, description="Per-output task metrics.")
+    samples: int = Field(default=2, ge=1, le=1000)
+    seed: int = 0
+    generator: Literal["uniform", "normal"] = "uniform"
+    data: str | None = Field(default=None, description="An .npz file of input arrays (relative to the recipe).")
+
+
+class Budgets(_Strict):
+    """Performance budgets checked by `trtflow bench --check`."""
+
+    p99_latency_ms: float | None = Field(default=None, gt=0)
+    p50_latency_ms: float | None = Field(default=None, gt=0)
+    h2d_ms: float | None = Field(default=None, gt=0)
+    d2h_ms: float | None = Field(default=None, gt=0)
+    min_throughput: float | None = Field(default=None, gt=0, description="Samples per second.")
+
+
+class Link(_Strict):
+    """The host-device link the planner predicts transfer times with."""
+
+    h2d_gbps: float = Field(default=54.0, gt=0, description="Pinned H2D bandwidth, GB/s (PCIe Gen5 x16 ~54).")
+    d2h_gbps: float = Field(default=54.0, gt=0, description="Pinned D2H bandwidth, GB/s.")
+    pageable_gbps: float = Field(default=10.0, gt=0, description="Pageable bandwidth, GB/s.")
+
+
+class Recipe(_Strict):
+    """A trtflow recipe. Only `model` is required."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str | None = Field(default=None, description="Artifact name; default: the recipe file's stem.")
+    model: Union[str, ModelSource] = Field(description="ONNX file (relative to the recipe) or {path, sha256}.")
+    precision: Precision = Field(default="fp32", description="fp32 | tf32 | fp16 | bf16 (lowered in the ONNX graph).")
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    outputs: dict[str, OutputSpec] = Field(default_factory=dict)
+    streams: Streams = Field(default_factory=Streams)
+    build: Build = Field(default_factory=Build)
+    validate_: Validate = Field(default_factory=Validate, alias="validate")
+    budgets: Budgets = Field(default_factory=Budgets)
+    link: Link = Field(default_factory=Link)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError("name must be 1-64 of letters, digits, '_', '.', '-' and start with a letter or digit")
+        return v
+
+    @property
+    def model_source(self) -> ModelSource:
+        return self.model if isinstance(self.model, ModelSource) else ModelSource(path=self.model)
