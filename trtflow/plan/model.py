@@ -87,7 +87,18 @@ class Plan:
 
     @property
     def naive_bytes(self) -> int:
-        return sum(t.naive_bytes for t in self.tensors)
+        """Bytes of the naive fp32-in/fp32-out contract (a topk output's two tensors share one source)."""
+        per_source = {(t.role, t.source): t.naive_bytes for t in self.tensors}
+        return sum(per_source.values())
+
+    @property
+    def naive_predicted_ms(self) -> float:
+        per_source = {(t.role, t.source): t.naive_predicted_ms for t in self.tensors}
+        return sum(per_source.values())
+
+    @property
+    def predicted_ms(self) -> float:
+        return sum(t.predicted_ms for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

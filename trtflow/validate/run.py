@@ -1,0 +1,178 @@
+"""``trtflow validate``: run the artifact's generated runner and the fp32 reference, compare every output.
+
+The candidate is the generated runner itself (the code users ship), never a parallel code path.
+The reference is onnxruntime on the CPU (fp32, no TF32) running the ORIGINAL model; the recipe's I/O
+contract is applied around it in numpy (the same input converted to fp32 NCHW, reducers applied to its
+outputs), so both sides see the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtflow import artifact as art
+from trtflow.errors import RecipeError
+from trtflow.plan.model import Plan, TensorPlan
+from trtflow.validate.compare import FORMULA_TEXT, OutputComparison, compare
+
+INTEGER_REDUCERS = {"argmax", "threshold"}
+
+
+@dataclass
+class ValidationReport:
+    name: str
+    artifact: str
+    backend: str
+    device: str
+    reference: str
+    formula: str
+    formula_text: str
+    statistic: str
+    samples: int
+    outputs: list[OutputComparison] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "artifact": self.artifact, "backend": self.backend, "device": self.device,
+            "reference": self.reference, "formula": self.formula, "formula_text": self.formula_text,
+            "statistic": self.statistic, "samples": self.samples, "passed": self.passed,
+            "seconds": self.seconds, "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+def generate_inputs(plan: Plan, sample: int, folder: Path) -> dict[str, np.ndarray]:
+    """One sample of caller-side inputs: from the recipe's .npz data, or seeded random data."""
+    v = plan.validate
+    if v.get("data"):
+        path = (folder / v["data"]).resolve()
+        with np.load(path) as data:
+            missing = [t.name for t in plan.inputs if t.name not in data.files]
+            if missing:
+                raise RecipeError(f"{path}: no arrays named {missing} (has {data.files})")
+            return {t.name: np.ascontiguousarray(data[t.name][sample % len(data[t.name])] if data[t.name].ndim
+                                                 == len(t.shape) + 1 else data[t.name]) for t in plan.inputs}
+    rng = np.random.default_rng(int(v.get("seed", 0)) + sample)
+    return {t.name: _random(rng, t, v.get("generator", "uniform")) for t in plan.inputs}
+
+
+def _random(rng: np.random.Generator, t: TensorPlan, generator: str) -> np.ndarray:
+    shape = t.shape
+    if t.dtype in ("uint8",):
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
+    if t.dtype in ("int8",):
+        return rng.integers(-128, 128, size=shape, dtype=np.int8)
+    if t.dtype in ("int32", "int64"):
+        return rng.integers(0, 16, size=shape).astype(t.dtype)
+    if t.dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    x = rng.standard_normal(shape) if generator == "normal" else rng.random(shape)
+    if t.dtype == "bfloat16":
+        import ml_dtypes  # noqa: F401  (numpy bfloat16)
+
+        return x.astype("bfloat16")
+    return x.astype(t.dtype)
+
+
+def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the original model in fp32 on onnxruntime CPU with the contract applied in numpy."""
+    from trtflow.backends.onnxruntime import reference_session
+    from trtflow.passes.reference import reference_input, reference_outputs as reduce_outputs
+
+    sess = reference_session(Path(plan.model_path))
+    model_feeds = {t.source: reference_input(t, feeds[t.name]) for t in plan.inputs}
+    sources = list(dict.fromkeys(t.source for t in plan.outputs))
+    raw = sess.run(sources, model_feeds)
+    out: dict[str, np.ndarray] = {}
+    for src, arr in zip(sources, raw):
+        out.update(reduce_outputs(plan, src, np.asarray(arr)))
+    return out
+
+
+def _gate(t: TensorPlan, plan: Plan) -> tuple[bool, list[dict[str, Any]]]:
+    """Whether the numeric tolerance gates ``t``, and its task metrics (defaults for reduced outputs)."""
+    v = plan.validate
+    metrics = v.get("metrics", {}).get(t.name) or v.get("metrics", {}).get(t.source)
+    red = (t.reduce or {}).get("op")
+    if red in INTEGER_REDUCERS:
+        return False, metrics or [{"kind": "agreement", "min": 0.99}]
+    if red == "topk" and t.name.endswith("_indices"):
+        return False, metrics or [{"kind": "topk_overlap", "min": 0.9}]
+    return True, metrics or []
+
+
+def import_runner(artifact: Path) -> type:
+    """Import the artifact's generated runner module and return its runner class."""
+    import importlib.util
+    import sys
+
+    plan = Plan.from_json((artifact / art.PLAN).read_text())
+    path = artifact / art.RUNNER
+    mod_name = f"trtflow_artifact_{plan.name.replace('-', '_').replace('.', '_')}_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise RecipeError(f"{path}: cannot import the generated runner")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    return getattr(module, plan.class_name)  # type: ignore[no-any-return]
+
+
+def _as_dict(result: Any) -> dict[str, np.ndarray]:
+    if hasattr(result, "_asdict"):
+        return dict(result._asdict())
+    return dict(result)
+
+
+def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "auto",
+                      samples: int | None = None) -> ValidationReport:
+    t0 = time.perf_counter()
+    report = art.verify(artifact)
+    plan = Plan.from_json((artifact / art.PLAN).read_text())
+    v = plan.validate
+    n = samples or int(v.get("samples", 1))
+    runner_cls = import_runner(artifact)
+    by_name = {t.name: t for t in plan.outputs}
+    cand: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
+    refs: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
+    folder = Path(plan.recipe_path).parent
+    with runner_cls(backend=backend, device=device) as runner:
+        used_backend = getattr(runner, "backend_name", backend)
+        used_device = getattr(runner, "device", device)
+        for i in range(n):
+            feeds = generate_inputs(plan, i, folder)
+            got = _as_dict(runner(**{plan.tensor(k).ident: x for k, x in feeds.items()}))
+            got = {t.name: got.get(t.ident, got.get(t.name)) for t in plan.outputs}
+            ref = reference_outputs(plan, feeds)
+            for name in cand:
+                cand[name].append(np.array(got[name], copy=True))
+                refs[name].append(ref[name])
+    tol = v.get("tolerances", {})
+    out = []
+    for name, t in by_name.items():
+        gate, metrics = _gate(t, plan)
+        tl = tol.get(name) or tol.get(t.source) or v["default"]
+        out.append(compare(name, np.stack(cand[name]), np.stack(refs[name]), atol=tl["atol"], rtol=tl["rtol"],
+                           formula=v["formula"], statistic=v["statistic"], metrics=metrics, numeric_gate=gate))
+    return ValidationReport(
+        name=plan.name, artifact=str(artifact), backend=str(used_backend), device=str(used_device),
+        reference="onnxruntime CPU fp32, original model", formula=v["formula"],
+        formula_text=FORMULA_TEXT[v["formula"]], statistic=v["statistic"], samples=n, outputs=out,
+        seconds=time.perf_counter() - t0) if report is not None else None  # type: ignore[return-value]
+
+
+def write_report(rep: ValidationReport, path: Path) -> None:
+    art.atomic_write(path, json.dumps(rep.to_dict(), indent=2, default=float) + "\n")
