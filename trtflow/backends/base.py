@@ -9,6 +9,7 @@ place its library is imported, lazily, inside functions.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,10 @@ class Backend(ABC):
 
     @classmethod
     def available(cls) -> bool:
-        return importlib.util.find_spec(cls.module.split(".")[0]) is not None
+        try:
+            return importlib.util.find_spec(cls.module.split(".")[0]) is not None
+        except (ImportError, ValueError):
+            return False
 
     @classmethod
     def version(cls) -> str | None:

@@ -47,16 +47,19 @@ def class_name_for(name: str) -> str:
     return camel + "Runner"
 
 
-def _ms(nbytes_: int, gbps: float) -> float:
-    return nbytes_ / (gbps * 1e9) * 1e3
+def _ms(nbytes_: int, gbps: float, latency_us: float) -> float:
+    return nbytes_ / (gbps * 1e9) * 1e3 + latency_us * 1e-3
 
 
-def _bandwidth(memory: str, role: str, link: dict[str, Any]) -> float | None:
+def _link_cost(memory: str, role: str, link: dict[str, Any]) -> tuple[float, float] | None:
+    """(GB/s, fixed us per copy) of a strategy; None when nothing crosses the bus by copy."""
     if memory == "device":
         return None
     if memory == "pageable":
-        return float(link["pageable_gbps"])
-    return float(link["h2d_gbps"] if role == "input" else link["d2h_gbps"])
+        return float(link["pageable_gbps"]), float(link["pageable_latency_us"])
+    if memory == "mapped":  # read by the kernel over the link: bandwidth-bound, no copy launched
+        return float(link["h2d_gbps"] if role == "input" else link["d2h_gbps"]), 0.0
+    return float(link["h2d_gbps"] if role == "input" else link["d2h_gbps"]), float(link["copy_latency_us"])
 
 
 class _Planner:
@@ -246,11 +249,12 @@ class _Planner:
         b = nbytes(shape, dtype, fmt)
         naive_item = 4 if io.dtype in FLOATS else ITEMSIZE[io.dtype]
         naive = math.prod(model_shape) * naive_item
-        bw = _bandwidth(memory, role, self.link)
+        cost = _link_cost(memory, role, self.link)
         return TensorPlan(
             name=name, ident=ident, role=role, dtype=dtype, shape=shape, min_shape=lo, max_shape=hi,  # type: ignore[arg-type]
             format=fmt, memory=memory, bytes=b, max_bytes=nbytes(hi, dtype, fmt), naive_bytes=naive,
-            predicted_ms=_ms(b, bw) if bw else 0.0, naive_predicted_ms=_ms(naive, float(self.link["pageable_gbps"])),
+            predicted_ms=_ms(b, *cost) if cost else 0.0,
+            naive_predicted_ms=_ms(naive, float(self.link["pageable_gbps"]), float(self.link["pageable_latency_us"])),
             source=io.name, model_dtype=io.dtype, model_shape=model_shape, **extra)
 
     def run(self) -> Plan:

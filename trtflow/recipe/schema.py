@@ -224,6 +224,8 @@ class Link(_Strict):
     h2d_gbps: float = Field(default=54.0, gt=0, description="Pinned H2D bandwidth, GB/s (PCIe Gen5 x16 ~54).")
     d2h_gbps: float = Field(default=54.0, gt=0, description="Pinned D2H bandwidth, GB/s.")
     pageable_gbps: float = Field(default=10.0, gt=0, description="Pageable bandwidth, GB/s.")
+    copy_latency_us: float = Field(default=4.2, ge=0, description="Fixed cost of one pinned copy (4 KiB copy: 4.2 us).")
+    pageable_latency_us: float = Field(default=8.1, ge=0, description="Fixed cost of one pageable copy.")
 
 
 class Recipe(_Strict):

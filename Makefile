@@ -1,0 +1,47 @@
+# CI and local entry points. `make test` is the one test command the README and .ci/run use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RECIPE ?= recipes/seg.yaml
+
+.PHONY: setup test lint typecheck schema build validate plan demo gpu wheelhouse clean
+
+$(BIN)/trtflow: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,dev]'
+	$(BIN)/pip install -q --no-deps 'tensorrt-stubs>=10.13'
+	touch $@
+
+setup: $(BIN)/trtflow ## create .venv with every extra this machine can use
+
+test: setup ## the whole CPU test suite (GPU tests skip cleanly without a GPU)
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check trtflow tests
+
+typecheck: setup ## includes the tensorrt backend, checked against tensorrt-stubs
+	$(BIN)/mypy trtflow
+
+schema: setup ## fail if schemas/recipe.schema.json is stale
+	$(BIN)/trtflow schema --check
+
+plan: setup
+	$(BIN)/trtflow plan $(RECIPE)
+
+build: setup
+	$(BIN)/trtflow build $(RECIPE)
+
+validate: setup
+	$(BIN)/trtflow validate $(RECIPE)
+
+demo: setup ## the README's main job: plan, build and validate the shipped example
+	$(BIN)/trtflow plan $(RECIPE)
+	$(BIN)/trtflow validate $(RECIPE)
+
+gpu: ## on the GPU machine: GPU tests + benchmarks
+	bash scripts/gpu_suite.sh
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache
