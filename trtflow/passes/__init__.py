@@ -1,0 +1,115 @@
+"""Graph passes: ordered ONNX rewrites that turn the exported model into the one the engine is built from.
+
+``lower(model, plan)`` runs :data:`PASSES` in order. Each pass is a plain function
+``(model, plan) -> model`` in its own module, testable alone; it may modify ``model`` in place and
+returns the model to hand on (``lower`` works on a copy, so the caller's model is never touched).
+
+Order, and why:
+
+1. ``normalize``   Constants -> initializers, drop stray initializers, infer shapes: every later pass
+                   sees the same, typed graph whatever the exporter did.
+2. ``precision``   fp16/bf16 lowering of the whole graph, boundaries included. Running it before the
+                   I/O contract means the contract adds exactly one boundary Cast per tensor from the
+                   compute dtype (uint8 -> fp16, fp16 -> fp32), and reducers read fp16 directly,
+                   instead of stacking the converter's casts on top of the contract's.
+3. ``io_inputs``   Cast -> NHWC transpose -> folded normalization in front of each input.
+4. ``io_outputs``  reducers (argmax, threshold, topk, softmax, sigmoid) and dtype narrowing at the end.
+5. ``check_io``    graph I/O == plan tensors exactly, and ``onnx.checker`` full check; else ModelError.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from trtflow.passes._graph import dtype_name, io_elem_type, opset_of, value_info_dims
+from trtflow.passes.check_io import check_io
+from trtflow.passes.io_inputs import io_inputs
+from trtflow.passes.io_outputs import io_outputs
+from trtflow.passes.normalize import normalize
+from trtflow.passes.precision import precision
+from trtflow.plan.model import Plan
+
+PassFn = Callable[[onnx.ModelProto, Plan], onnx.ModelProto]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    run: PassFn
+
+
+PASSES: tuple[Pass, ...] = (
+    Pass("normalize", normalize),
+    Pass("precision", precision),
+    Pass("io_inputs", io_inputs),
+    Pass("io_outputs", io_outputs),
+    Pass("check_io", check_io),
+)
+
+
+def lower(model: onnx.ModelProto, plan: Plan, *,
+          passes: tuple[Pass, ...] = PASSES) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Run ``passes`` on a copy of ``model``; return the lowered model and one record per pass.
+
+    A record says what the pass changed: node counts by op type added/removed, initializer and I/O
+    changes, notes the pass reported (e.g. weights clamped to fp16's range) and seconds taken.
+    """
+    current = onnx.ModelProto()
+    current.CopyFrom(model)
+    records = []
+    for p in passes:
+        before = _summary(current)
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            current = p.run(current, plan)
+        seconds = time.perf_counter() - start
+        records.append(_record(p.name, before, _summary(current), seconds, caught))
+    return current, records
+
+
+def _summary(model: onnx.ModelProto) -> dict[str, Any]:
+    g = model.graph
+    return {
+        "ops": Counter(n.op_type for n in g.node),
+        "initializers": len(g.initializer),
+        "inputs": [_io(vi) for vi in g.input],
+        "outputs": [_io(vi) for vi in g.output],
+        "opset": opset_of(model),
+    }
+
+
+def _io(vi: onnx.ValueInfoProto) -> str:
+    """``name:dtype[dims]``, e.g. ``image:uint8[batch,520,520,3]``."""
+    dims = ",".join("?" if d is None else str(d) for d in value_info_dims(vi))
+    return f"{vi.name}:{dtype_name(io_elem_type(vi))}[{dims}]"
+
+
+def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: float,
+            caught: list[warnings.WarningMessage]) -> dict[str, Any]:
+    added = after["ops"] - before["ops"]
+    removed = before["ops"] - after["ops"]
+    rec: dict[str, Any] = {
+        "name": name,
+        "seconds": round(seconds, 4),
+        "nodes_before": sum(before["ops"].values()),
+        "nodes_after": sum(after["ops"].values()),
+        "nodes_added": dict(sorted(added.items())),
+        "nodes_removed": dict(sorted(removed.items())),
+        "initializers_delta": after["initializers"] - before["initializers"],
+        "notes": [str(w.message) for w in caught],
+    }
+    for key in ("inputs", "outputs", "opset"):
+        if before[key] != after[key]:
+            rec[key] = {"before": before[key], "after": after[key]}
+    return rec
+
+
+__all__ = ["PASSES", "Pass", "check_io", "io_inputs", "io_outputs", "lower", "normalize", "precision"]
