@@ -41,6 +41,7 @@ BF16_BLOCK = frozenset({"NonMaxSuppression", "RoiAlign", "Range", "CumSum", "Ran
                         "RandomNormalLike", "RandomUniformLike", "EyeLike", "Multinomial", "Bernoulli"})
 BF16_MIN_OPSET = 22  # Conv, pooling, HardSwish, ... accept bfloat16 from opset 22 on
 _BF16 = "tensor(bfloat16)"
+_Kinds = tuple[list[str | None], list[str | None]]  # per input, per output: 'bf16', 'fp32' or None
 
 
 def precision(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
@@ -179,7 +180,7 @@ class _Bf16Lowering:
         self.types = value_types(self.graph)
         self.names = NameGen(self.graph)
 
-    def slot_kinds(self, node: onnx.NodeProto) -> tuple[list[str | None], list[str | None]]:
+    def slot_kinds(self, node: onnx.NodeProto) -> _Kinds:
         """Per actual input/output: 'bf16' or 'fp32' for float tensors, None for anything else."""
         ins = [self.types.get(x) == TensorProto.FLOAT if x else False for x in node.input]
         outs = [self.types.get(x) == TensorProto.FLOAT if x else False for x in node.output]
@@ -217,13 +218,12 @@ class _Bf16Lowering:
 
     def run(self) -> onnx.ModelProto:
         g = self.graph
-        kinds = {id(n): self.slot_kinds(n) for n in g.node}
+        kinds = [self.slot_kinds(n) for n in g.node]  # by position: protobuf wrappers have no stable id
         home = self.homes(kinds)
         self.convert_initializers(kinds, home)
         new_nodes: list[onnx.NodeProto] = []
         casts: dict[tuple[str, int], str] = {}
-        for node in g.node:
-            ins, outs = kinds[id(node)]
+        for node, (ins, outs) in zip(g.node, kinds):
             for k, (x, kind) in enumerate(zip(node.input, ins)):
                 want = _elem(kind)
                 if want is not None and home.get(x, want) != want:
@@ -239,27 +239,26 @@ class _Bf16Lowering:
         for vi in (*g.input, *g.value_info, *g.output):
             if vi.type.tensor_type.elem_type == TensorProto.FLOAT and home.get(vi.name) == TensorProto.BFLOAT16:
                 vi.type.tensor_type.elem_type = TensorProto.BFLOAT16
-        lowered = sum(1 for n in g.node if any(k == "bf16" for k in kinds.get(id(n), ([], []))[1]))
+        lowered = sum(1 for _, outs in kinds if "bf16" in outs)
         note(f"{lowered} nodes run in bf16; {len(casts)} casts inserted")
         return self.model
 
-    def homes(self, kinds: dict[int, tuple[list[str | None], list[str | None]]]) -> dict[str, int]:
+    def homes(self, kinds: list[_Kinds]) -> dict[str, int]:
         """The dtype each float tensor has after lowering: graph inputs bf16, node outputs by slot."""
         home: dict[str, int] = {vi.name: TensorProto.BFLOAT16 for vi in self.graph.input
                 if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
-        for node in self.graph.node:
-            for x, kind in zip(node.output, kinds[id(node)][1]):
+        for node, (_, outs) in zip(self.graph.node, kinds):
+            for x, kind in zip(node.output, outs):
                 if kind is not None:
                     home[x] = _elem(kind)  # type: ignore[assignment]
         return home
 
-    def convert_initializers(self, kinds: dict[int, tuple[list[str | None], list[str | None]]],
-                             home: dict[str, int]) -> None:
+    def convert_initializers(self, kinds: list[_Kinds], home: dict[str, int]) -> None:
         """fp32 weights read by bf16 slots become bf16; a weight read by both kinds gets a bf16 copy."""
         fp32 = {i.name: i for i in self.graph.initializer if i.data_type == TensorProto.FLOAT}
         readers: dict[str, set[str]] = {}
-        for node in self.graph.node:
-            for x, kind in zip(node.input, kinds[id(node)][0]):
+        for node, (ins, _) in zip(self.graph.node, kinds):
+            for x, kind in zip(node.input, ins):
                 if x in fp32 and kind is not None:
                     readers.setdefault(x, set()).add(kind)
         for name, who in readers.items():
@@ -274,8 +273,8 @@ class _Bf16Lowering:
                 self.graph.initializer.append(bf16)
                 home[name] = TensorProto.FLOAT
                 home[bf16.name] = TensorProto.BFLOAT16
-                for node in self.graph.node:
-                    for k, (x, kind) in enumerate(zip(node.input, kinds[id(node)][0])):
+                for node, (ins, _) in zip(self.graph.node, kinds):
+                    for k, (x, kind) in enumerate(zip(node.input, ins)):
                         if x == name and kind == "bf16":
                             node.input[k] = bf16.name
 
