@@ -154,7 +154,7 @@ def find_io(entries: Sequence[onnx.ValueInfoProto], name: str, role: str) -> onn
 
 def const(name: str, array: np.ndarray) -> TensorProto:
     """An initializer holding ``array``."""
-    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+    return numpy_helper.from_array(np.asarray(array, order="C"), name)  # ascontiguousarray makes 0-d 1-d
 
 
 def cast_node(src: str, dst: str, to: int, name: str) -> onnx.NodeProto:
