@@ -16,6 +16,7 @@ from trtflow.plan import Plan, make_plan
 from trtflow.recipe import parse_recipe
 
 OPSET = 17
+DYNAMIC_PROFILE = "inputs: {x: {profile: {min: [1,3,16,16], opt: [4,3,16,16], max: [8,3,16,16]}}}\n"
 
 
 def _save(graph: onnx.GraphProto, path: Path, *, extra_opsets: tuple[tuple[str, int], ...] = ()) -> Path:

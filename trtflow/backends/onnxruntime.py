@@ -37,7 +37,7 @@ def session_options(ort: Any, *, optimize: bool = True) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.log_severity_level = 3  # errors only
+    so.log_severity_level = 4  # fatal only: every error reaches the caller as an exception
     return so  # intra-op threads: onnxruntime's default (one per physical core)
 
 
