@@ -70,9 +70,10 @@ def builder_target(builder: type[Backend], plan: Plan) -> str:
     if builder.name == "tensorrt_rtx":
         return "cc:" + (",".join(plan.build["compute_capabilities"]) or "default")
     if builder.name == "tensorrt":
+        from trtflow.bench.link import device_summary
         from trtflow.runtime import cuda
 
-        return cuda.device_summary() if cuda.cuda_available() else "no-gpu"
+        return device_summary() if cuda.cuda_available() else "no-gpu"
     return "any"
 
 

@@ -16,7 +16,9 @@ def _gpu() -> dict[str, Any]:
         return {"summary": None, "why": f"trtflow.runtime.cuda: {exc}"}
     if not cuda.cuda_available():
         return {"summary": None, "why": "no CUDA GPU visible (or cuda-bindings missing: pip install 'trtflow[cuda]')"}
-    return {"summary": cuda.device_summary(), "why": None}
+    from trtflow.bench.link import device_summary
+
+    return {"summary": device_summary(), "why": None}
 
 
 def _bandwidth(seconds: float = 2.0) -> dict[str, float] | None:
