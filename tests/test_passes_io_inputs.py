@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import (  # noqa: E402
+from passes_helpers import (
     caller_feeds,
     contract_pair,
     conv_net,
@@ -23,9 +23,9 @@ from passes_helpers import (  # noqa: E402
     ops,
 )
 
-from trtflow.passes import check_io, io_inputs, io_outputs, normalize  # noqa: E402
-from trtflow.passes.io_inputs import normalization_constants  # noqa: E402
-from trtflow.passes.reference import normalize as reference_normalize  # noqa: E402
+from trtflow.passes import check_io, io_inputs, io_outputs, normalize
+from trtflow.passes.io_inputs import normalization_constants
+from trtflow.passes.reference import normalize as reference_normalize
 
 pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
 

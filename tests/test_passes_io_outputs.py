@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import (  # noqa: E402
+from passes_helpers import (
     agreement,
     caller_feeds,
     contract_pair,
@@ -22,7 +22,7 @@ from passes_helpers import (  # noqa: E402
     ops,
 )
 
-from trtflow.passes import check_io, io_inputs, io_outputs, normalize  # noqa: E402
+from trtflow.passes import check_io, io_inputs, io_outputs, normalize
 
 pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
 
@@ -46,7 +46,7 @@ def lowered_pairs(tmp_path: Path, model: onnx.ModelProto, body: str):  # type: i
 @pytest.mark.parametrize("dtype,elem", [("uint8", TensorProto.UINT8), ("int32", TensorProto.INT32),
                                         ("int64", TensorProto.INT64)])
 def test_argmax_class_map(tmp_path: Path, dtype: str, elem: int) -> None:
-    plan, lowered, pairs = lowered_pairs(tmp_path, conv_net(), SEG_IN + f"""
+    _, lowered, pairs = lowered_pairs(tmp_path, conv_net(), SEG_IN + f"""
 outputs:
   logits: {{reduce: {{op: argmax, axis: 1, dtype: {dtype}}}}}
 """)
@@ -137,7 +137,7 @@ def test_two_outputs_one_also_read_inside_the_graph(tmp_path: Path) -> None:
     model = conv_net()
     model.graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
     model.graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4, 16, 16]))
-    plan, lowered, pairs = lowered_pairs(tmp_path, model, SEG_IN + """
+    _, lowered, pairs = lowered_pairs(tmp_path, model, SEG_IN + """
 outputs:
   probs: {dtype: fp16}
   logits: {reduce: {op: argmax, dtype: uint8}}

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import conv_net, ops, run_ort  # noqa: E402
+from passes_helpers import conv_net, ops, run_ort
 
-from trtflow.passes.normalize import constant_tensor, normalize  # noqa: E402
+from trtflow.passes.normalize import constant_tensor, normalize
+
+pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
 
 
 def test_paddle_style_constants_become_initializers_and_output_is_unchanged() -> None:

@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import conv_net, elemwise_ok, io_desc, make_project, ops, run_ort  # noqa: E402
+from passes_helpers import conv_net, elemwise_ok, io_desc, make_project, ops, run_ort
 
-from trtflow.errors import BackendMissing, ModelError  # noqa: E402
-from trtflow.passes import normalize, precision  # noqa: E402
-from trtflow.passes.precision import to_bf16, to_fp16  # noqa: E402
+from trtflow.errors import BackendMissing, ModelError
+from trtflow.passes import normalize, precision
+from trtflow.passes.precision import to_bf16, to_fp16
 
 pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
 

@@ -25,6 +25,7 @@ from onnx import helper
 
 from trtflow.errors import ModelError
 from trtflow.passes._graph import (
+    FLOAT_TYPES,
     DimValue,
     NameGen,
     boundary_value_info,
@@ -101,7 +102,7 @@ def lower_input(graph: onnx.GraphProto, t: TensorPlan, names: NameGen) -> onnx.V
     vi = find_io(graph.input, t.source, "input")
     graph_type, model_dims = io_elem_type(vi), value_info_dims(vi)
     rank = len(t.model_shape)
-    if t.preprocess and np_dtype(graph_type).kind != "f":
+    if t.preprocess and graph_type not in FLOAT_TYPES:
         raise ModelError(f"input {t.name!r}: preprocessing needs a float model input, the graph takes "
                          f"{np_dtype(graph_type)}")
     internal = names(f"{t.source}__model")

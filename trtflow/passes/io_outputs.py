@@ -25,6 +25,7 @@ from onnx import TensorProto, helper
 
 from trtflow.errors import ModelError
 from trtflow.passes._graph import (
+    FLOAT_TYPES,
     DimValue,
     NameGen,
     boundary_value_info,
@@ -145,7 +146,7 @@ def lower_output(graph: onnx.GraphProto, tensors: Sequence[TensorPlan], names: N
     vi = find_io(graph.output, source, "output")
     graph_type, dims = io_elem_type(vi), value_info_dims(vi)
     rank = len(tensors[0].model_shape)
-    if tensors[0].reduce and np_dtype(graph_type).kind != "f":
+    if tensors[0].reduce and graph_type not in FLOAT_TYPES:
         raise ModelError(f"output {source!r}: reducers need a float output, the graph gives {np_dtype(graph_type)}")
     internal = names(f"{source}__model")
     b = _Builder(graph, names, source)
