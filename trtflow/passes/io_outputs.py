@@ -45,8 +45,8 @@ from trtflow.plan.model import Plan, TensorPlan
 class _Builder:
     """Appends the nodes of one output's contract, naming intermediates after the output."""
 
-    def __init__(self, graph: onnx.GraphProto, names: NameGen, stem: str) -> None:
-        self.graph, self.names, self.stem = graph, names, stem
+    def __init__(self, names: NameGen, stem: str) -> None:
+        self.names, self.stem = names, stem
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
 
@@ -149,7 +149,7 @@ def lower_output(graph: onnx.GraphProto, tensors: Sequence[TensorPlan], names: N
     if tensors[0].reduce and graph_type not in FLOAT_TYPES:
         raise ModelError(f"output {source!r}: reducers need a float output, the graph gives {np_dtype(graph_type)}")
     internal = names(f"{source}__model")
-    b = _Builder(graph, names, source)
+    b = _Builder(names, source)
     produced = contract(b, internal, graph_type, tensors, rank, opset)
     if b.nodes:  # else the output already is what the plan wants: only its value info changes
         for name, tensor in produced.items():
