@@ -256,6 +256,83 @@ def _print_validation(rep: Any) -> None:
     console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}")
 
 
+# -------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    recipe: RecipeArg,
+    out: OutOpt = Path("build"),
+    backend: BackendOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    sweep: Annotated[Optional[str], typer.Option(
+        help="memory (strategies x topologies, with the hand-written baseline), batch, or precision.")] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up requests per configuration.")] = 10,
+    iterations: Annotated[int, typer.Option(help="Timed requests per configuration (at least).")] = 100,
+    duration: Annotated[Optional[float], typer.Option(help="Seconds per configuration (at least).")] = None,
+    json_out: JsonOpt = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: stage bars per config + a pipelined timeline.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Fail (exit 9) when a recipe budget is not met.")] = False,
+    write_best: Annotated[Optional[Path], typer.Option(help="Write the recipe with the best config of a sweep.")] = None,
+    link: Annotated[bool, typer.Option("--link/--no-link", help="Measure pinned/pageable bandwidth in the same run.")] = True,
+) -> None:
+    """Measure the generated runner: CUDA-event stage times, wall clock, host overhead, p50/p90/p99, throughput.
+
+    Each result is printed against its physical floor (bytes / measured pinned bandwidth; 1/max(stage)
+    for pipelined throughput). --sweep compares configurations side by side in one run, with ratios to
+    the hand-written baseline (pageable numpy, synchronous copies, a sync per call).
+    """
+    from trtflow.bench.report import run_bench
+
+    rep = run_bench(recipe, out=out, backend=backend or "auto", device=device, sweep=sweep, warmup=warmup,
+                    iterations=iterations, duration_s=duration, measure_link_=link, write_best_to=write_best,
+                    build_progress=lambda p: _build_one(p, out, False, None, False, json_out))
+    if json_out:
+        print(json.dumps(rep.to_dict(), indent=2, default=float))
+    else:
+        _print_bench(rep)
+    if plot:
+        from trtflow.bench.plot import plot_report
+
+        plot_report(rep, plot)
+        err_console.print(f"wrote {plot}")
+    if check and rep.budget_failures:
+        from trtflow.errors import BudgetExceeded
+
+        raise BudgetExceeded("performance budget not met:\n  " + "\n  ".join(rep.budget_failures),
+                             hint="see the table; budgets live in the recipe's `budgets:` section")
+
+
+def _ms(st: Any, attr: str = "mean") -> str:
+    return "-" if st is None else f"{getattr(st, attr):.3f}"
+
+
+def _print_bench(rep: Any) -> None:
+    link = rep.link
+    tbl = Table(title=f"{rep.name} on {rep.card}" + (
+        f"  (link: pinned H2D {link['pinned_h2d']:.1f} / D2H {link['pinned_d2h']:.1f} GB/s, pageable H2D "
+        f"{link['pageable_h2d']:.1f} / D2H {link['pageable_d2h']:.1f} GB/s)" if link else ""), title_justify="left")
+    for col in ("config", "batch", "H2D ms", "compute ms", "D2H ms", "stage sum", "wall p50", "wall p99",
+                "host ms", "samples/s", "xfer floor ms", "pipe floor/s", "io ms", "vs baseline"):
+        tbl.add_column(col, justify="left" if col == "config" else "right")
+    for r in rep.results:
+        ratio = r.ratios.get("wall_speedup")
+        label = r.label + (" *" if r.label == rep.best else "") + (" [graph]" if r.cuda_graph else "")
+        tbl.add_row(label, str(r.batch), _ms(r.h2d), _ms(r.compute), _ms(r.d2h), f"{r.stage_sum_ms:.3f}",
+                    _ms(r.wall, "p50"), _ms(r.wall, "p99"), _ms(r.host, "p50"), f"{r.samples_per_s:.1f}",
+                    "-" if r.transfer_floor_ms is None else f"{r.transfer_floor_ms:.3f}",
+                    "-" if r.pipeline_floor_per_s is None else f"{r.pipeline_floor_per_s * r.batch:.1f}",
+                    "-" if r.io_ms is None else f"{r.io_ms:.3f}", "-" if ratio is None else f"{ratio:.2f}x")
+    console.print(tbl)
+    console.print("  * best by samples/s. stage times: CUDA events; wall: as the caller sees it; host: until submit "
+                  "returns; floors: bytes / measured pinned bandwidth and 1/max(stage).")
+    for r in rep.results:
+        for d in r.diagnostics:
+            console.print(f"  [yellow]{r.label}:[/] {d}")
+        if r.graph_status and r.cuda_graph:
+            console.print(f"  {r.label}: CUDA graph: {r.graph_status}")
+    for f in rep.budget_failures:
+        console.print(f"  [red]budget:[/] {f}")
+
+
 # ------------------------------------------------------------------------------------- schema
 @app.command()
 def schema(
@@ -310,6 +387,138 @@ def doctor(json_out: JsonOpt = False) -> None:
     if info.get("bandwidth"):
         bw = info["bandwidth"]
         console.print("link: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw.items()))
+
+
+# --- ecosystem commands (init, inspect, export, docs) ---
+@app.command("init")
+def init_(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to write a recipe for.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Recipe file to write (default recipes/<model stem>.yaml).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Recipe name (default: the recipe file's stem).")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing recipe file.")] = False,
+) -> None:
+    """Write a starter recipe from the model's inputs and outputs, with a comment on every choice.
+
+    Dynamic dims become a profile (batch 1/8/32; other dims get a guess marked CHECK). The recipe plans
+    as written; edit it, then `trtflow plan` shows what each choice costs.
+    """
+    from trtflow.init import init_recipe
+
+    res = init_recipe(model, out, force=force, name=name)
+    err_console.print(f"wrote {res.path}")
+    if res.schema_written:
+        err_console.print(f"wrote {res.schema_written} (for the editor's `yaml-language-server` line)")
+    for note in res.notes:
+        err_console.print(f"  [yellow]check:[/] {note}", markup=True, highlight=False)
+    if res.plan_error:
+        err_console.print(f"  [yellow]`trtflow plan {res.path}` fails as written:[/]", highlight=False)
+        print(res.plan_error, file=sys.stderr)
+    elif not _State.quiet:
+        err_console.print(f"next: trtflow plan {res.path}", highlight=False)
+
+
+@app.command("inspect")
+def inspect_(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder (build/<name>/), or a recipe.",
+                                             show_default=False)],
+    out: OutOpt = Path("build"),
+    json_out: JsonOpt = False,
+    open_engine: Annotated[bool, typer.Option(
+        "--open/--no-open", help="Ask the engine's backend for its I/O and layers where it can run here.")] = True,
+    layers: Annotated[bool, typer.Option("--layers", help="List every layer, not the first 15.")] = False,
+) -> None:
+    """Show an artifact's I/O (shapes, formats, strides, bytes), its engine, build report and staleness.
+
+    Exits 6 when a file of the artifact is missing or does not match its hash in report.json.
+    """
+    from trtflow.errors import ArtifactError
+    from trtflow.inspect import inspect_artifact, render, resolve_artifact
+
+    info = inspect_artifact(resolve_artifact(artifact, out), open_engine=open_engine)
+    if json_out:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        render(info, console, all_layers=layers)
+    if not info["integrity"]["ok"]:
+        raise ArtifactError(str(info["integrity"]["error"]), hint="rebuild with `trtflow build --force`")
+
+
+export_app = typer.Typer(name="export", help="Export a built artifact to a serving system.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("triton")
+def export_triton(
+    target: Annotated[Path, typer.Argument(
+        help="A recipe (built first; a cache hit when nothing changed), a folder of recipes, or an artifact folder.",
+        show_default=False)],
+    repo: Annotated[Path, typer.Option("--out", "-o", help="The Triton model repository to write into.")] = Path(
+        "model_repository"),
+    name: Annotated[Optional[str], typer.Option(help="Triton model name (default: the recipe's name).")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing model folder.")] = False,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export the lowered ONNX (onnxruntime backend) even "
+                                                      "when a TensorRT plan exists.")] = False,
+    kind: Annotated[str, typer.Option(help="Instance kind: gpu or cpu (cpu needs the ONNX export).")] = "gpu",
+    build_out: Annotated[Path, typer.Option("--build-out", help="Where recipes are built.")] = Path("build"),
+    backend: BackendOpt = None,
+    allow_outside: AllowOutsideOpt = False,
+) -> None:
+    """Write REPO/<name>/config.pbtxt and REPO/<name>/1/model.plan (or model.onnx) for Triton Inference Server.
+
+    max_batch_size comes from the profile's batch range, instance_group from the pipelining depth, CUDA
+    graphs from the recipe; tensors with non-linear formats are flagged is_non_linear_format_io.
+    """
+    from trtflow.errors import RecipeError
+    from trtflow.export.triton import export_artifact, export_recipe, is_artifact
+
+    if kind not in ("gpu", "cpu"):
+        raise RecipeError(f"--kind must be gpu or cpu, not {kind!r}")
+    opts: dict[str, Any] = {"name": name, "force": force, "prefer_onnx": onnx, "kind": kind}
+    if is_artifact(target):
+        results = [export_artifact(target, repo, **opts)]
+    else:
+        paths = _recipes(target)
+        if name and len(paths) > 1:
+            raise RecipeError("--name applies to one recipe, not a folder of them")
+        results = []
+        for path in paths:
+            exp, built = export_recipe(path, repo, out_root=build_out, backend=backend,
+                                       allow_outside=allow_outside, **opts)
+            err_console.print(f"{built.name}: " + ("cache hit" if built.cache_hit else
+                                                    f"built in {built.seconds:.1f} s") + f" with {built.backend}")
+            results.append(exp)
+    for exp in results:
+        err_console.print(f"[green]{exp.model_dir.name}[/]: wrote {exp.config_path} and {exp.model_file} "
+                          f"({exp.platform})", highlight=False)
+        for note in exp.notes:
+            err_console.print(f"  note: {note}", highlight=False)
+
+
+@app.command("docs")
+def docs(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the recipe reference.")] = Path(
+        "docs/recipe-reference.md"),
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file on disk is stale (for CI).")] = False,
+    print_: Annotated[bool, typer.Option("--print", help="Print the reference instead of writing it.")] = False,
+) -> None:
+    """Write docs/recipe-reference.md from the recipe schema (every field, type, default, allowed values)."""
+    from trtflow.docs_gen import recipe_reference
+
+    text = recipe_reference()
+    if print_:
+        print(text, end="")
+        return
+    if check:
+        if (out.read_text() if out.is_file() else "") != text:
+            err_console.print(f"[red]{out} is stale[/]: run `trtflow docs` and commit the result")
+            raise typer.Exit(1)
+        err_console.print(f"{out} is up to date")
+        return
+    from trtflow.artifact import atomic_write
+
+    atomic_write(out, text)
+    err_console.print(f"wrote {out}")
 
 
 def main() -> None:

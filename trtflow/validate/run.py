@@ -54,10 +54,13 @@ class ValidationReport:
         }
 
 
-def generate_inputs(plan: Plan, sample: int, folder: Path) -> dict[str, np.ndarray]:
-    """One sample of caller-side inputs: from the recipe's .npz data, or seeded random data."""
+def generate_inputs(plan: Plan, sample: int, folder: Path, *, batch: int | None = None) -> dict[str, np.ndarray]:
+    """One sample of caller-side inputs: from the recipe's .npz data, or seeded random data.
+
+    ``batch`` replaces dimension 0 of inputs whose profile lets it vary (batch sweeps).
+    """
     v = plan.validate
-    if v.get("data"):
+    if v.get("data") and batch is None:
         path = (folder / v["data"]).resolve()
         with np.load(path) as data:
             missing = [t.name for t in plan.inputs if t.name not in data.files]
@@ -66,11 +69,13 @@ def generate_inputs(plan: Plan, sample: int, folder: Path) -> dict[str, np.ndarr
             return {t.name: np.ascontiguousarray(data[t.name][sample % len(data[t.name])] if data[t.name].ndim
                                                  == len(t.shape) + 1 else data[t.name]) for t in plan.inputs}
     rng = np.random.default_rng(int(v.get("seed", 0)) + sample)
-    return {t.name: _random(rng, t, v.get("generator", "uniform")) for t in plan.inputs}
+    return {t.name: _random(rng, t, v.get("generator", "uniform"), batch) for t in plan.inputs}
 
 
-def _random(rng: np.random.Generator, t: TensorPlan, generator: str) -> np.ndarray:
+def _random(rng: np.random.Generator, t: TensorPlan, generator: str, batch: int | None = None) -> np.ndarray:
     shape = t.shape
+    if batch is not None and shape and t.min_shape[0] != t.max_shape[0]:
+        shape = (batch, *shape[1:])
     if t.dtype in ("uint8",):
         return rng.integers(0, 256, size=shape, dtype=np.uint8)
     if t.dtype in ("int8",):

@@ -1,0 +1,96 @@
+"""Orchestrates ``trtflow bench``: build (or hit the cache), measure the link, run configs, check budgets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trtflow import artifact as art
+from trtflow.bench.run import (MEMORY_TOPOLOGY_SWEEP, BenchReport, batch_sizes, bench_config, check_budgets, finish,
+                               knee, write_best)
+from trtflow.errors import TrtflowError
+from trtflow.plan.model import Plan
+
+
+def _card() -> tuple[str, bool]:
+    from trtflow.runtime import cuda
+
+    if not cuda.cuda_available():
+        return "CPU (no CUDA GPU)", False
+    from trtflow.bench.link import device_summary
+
+    return device_summary(), True
+
+
+def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str | None, warmup: int,
+              iterations: int, duration_s: float | None, measure_link_: bool, write_best_to: Path | None,
+              build_progress: Callable[[Path], Any]) -> BenchReport:
+    from trtflow.recipe import load_recipe
+
+    card, gpu = _card()
+    if device == "cuda" and not gpu:
+        raise TrtflowError("--device cuda: no CUDA GPU here", hint="run on a GPU host, or use --device cpu")
+    link: dict[str, float] = {}
+    if gpu and measure_link_:
+        from trtflow.bench.link import measure_link
+
+        link = measure_link(seconds=1.0)
+    kw: dict[str, Any] = dict(backend=backend, device=device, link=link or None, warmup=warmup,
+                              iterations=iterations, duration_s=duration_s)
+
+    def artifact_of(path: Path) -> tuple[Path, Plan]:
+        res = build_progress(path)
+        return res.artifact, Plan.from_json((res.artifact / art.PLAN).read_text())
+
+    artifact, plan = artifact_of(recipe)
+    results = []
+    rep = BenchReport(name=plan.name, card=card, link=link, results=results)
+    if sweep is None:
+        results.append(bench_config(artifact, plan, label="recipe", memory=None, topology=None, cuda_graph=None, **kw))
+    elif sweep == "memory":
+        configs = MEMORY_TOPOLOGY_SWEEP if gpu else MEMORY_TOPOLOGY_SWEEP[:1]
+        for label, memory, topology, graph in configs:
+            results.append(bench_config(artifact, plan, label=label, memory=memory, topology=topology,
+                                        cuda_graph=graph, **kw))
+    elif sweep == "batch":
+        for b in batch_sizes(plan):
+            r = bench_config(artifact, plan, label=f"batch {b}", memory=None, topology=None, cuda_graph=None,
+                             batch=b, **kw)
+            results.append(r)
+        k = knee(results)
+        rep.best = k
+        for r in results:
+            r.ratios = {"per_sample_ms": r.wall.p50 / r.batch}
+            if r.label == k:
+                r.diagnostics.append("knee: smallest batch within 90% of the best samples/s")
+    elif sweep == "precision":
+        loaded = load_recipe(recipe)
+        for prec in ("fp32", "fp16"):
+            variant = type(loaded)(loaded.recipe.model_copy(update={"precision": prec, "name": f"{loaded.name}-{prec}"}),
+                                   loaded.path, loaded.text_sha256 + prec, loaded.marks)
+            from trtflow.build import build
+
+            res = build(variant, out_root=out)
+            vplan = Plan.from_json((res.artifact / art.PLAN).read_text())
+            results.append(bench_config(res.artifact, vplan, label=prec, memory=None, topology=None,
+                                        cuda_graph=None, **kw))
+    else:
+        raise TrtflowError(f"unknown sweep {sweep!r}", hint="--sweep memory | batch | precision")
+    if sweep != "batch":
+        rep.best = finish(results)
+    if gpu and (plan.streams["topology"] == "pipelined" or sweep == "memory"):
+        from trtflow.bench.measure import timeline
+        from trtflow.bench.run import _runner
+
+        depth = max(int(plan.streams["depth"]), 2)
+        with _runner(artifact, topology="pipelined", depth=depth, cuda_graph=False, backend=backend,
+                     device=device) as r:
+            timeline(r, plan, memory="pinned")  # warm-up window
+            rep.timeline = timeline(r, plan, memory="pinned")
+    for r in results:
+        rep.budget_failures += check_budgets(plan, r) if (sweep is None or r.label == rep.best) else []
+    if write_best_to and rep.best:
+        best = next(r for r in results if r.label == rep.best)
+        write_best(Path(plan.recipe_path), best, write_best_to)
+    return rep

@@ -1,0 +1,166 @@
+"""``trtflow bench``: one configuration, or a sweep side by side in one run, with the link measured alongside.
+
+Every sweep includes the hand-written baseline (pageable numpy in, synchronous copies, a sync per call)
+so each speedup is relative to something real, and a device-resident run so the I/O share of the
+wall time (``io_ms``) is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from trtflow import artifact as art
+from trtflow.bench.measure import BenchResult, measure, timeline
+from trtflow.errors import BudgetExceeded, TrtflowError
+from trtflow.plan.model import Plan
+
+BASELINE = ("baseline", "pageable", "sync", False)
+# (label, memory, topology, cuda_graph); `pipelined` uses the recipe's depth (>= 2)
+MEMORY_TOPOLOGY_SWEEP = [
+    BASELINE,
+    ("pinned", "pinned", "sync", False),
+    ("write_combined", "write_combined", "sync", False),
+    ("registered", "registered", "sync", False),
+    ("mapped", "mapped", "sync", False),
+    ("pinned+async", "pinned", "async", False),
+    ("pinned+pipelined", "pinned", "pipelined", False),
+    ("pinned+graph", "pinned", "sync", True),
+    ("device", "device", "sync", False),
+]
+
+
+@dataclass
+class BenchReport:
+    name: str
+    card: str
+    link: dict[str, float]
+    results: list[BenchResult]
+    best: str | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    budget_failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "card": self.card, "link_gbps": self.link, "best": self.best,
+                "results": [r.to_dict() for r in self.results], "timeline": self.timeline,
+                "budget_failures": self.budget_failures}
+
+
+def variant_artifact(artifact: Path, memory: str) -> Path:
+    """The same engine with every tensor's memory strategy replaced (only the plan and runner differ)."""
+    from trtflow.codegen import generate_runner
+
+    plan = Plan.from_json((artifact / art.PLAN).read_text())
+    out_mem = "pinned" if memory == "write_combined" else memory
+    tensors = {t.name: replace(t, memory=memory if t.role == "input" else out_mem) for t in plan.tensors}
+    vplan = replace(plan, inputs=tuple(tensors[t.name] for t in plan.inputs),
+                    outputs=tuple(tensors[t.name] for t in plan.outputs))
+    folder = artifact.parent / ".variants" / f"{artifact.name}-{memory}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    report = art.read_report(artifact)
+    for name in report.get("files", {}):
+        if name not in (art.PLAN, art.RUNNER):
+            (folder / name).symlink_to((artifact / name).resolve())
+    art.atomic_write(folder / art.PLAN, vplan.to_json())
+    art.atomic_write(folder / art.RUNNER, generate_runner(vplan))
+    files = dict(report.get("files", {}))
+    files[art.PLAN] = art.sha256_path(folder / art.PLAN)
+    files[art.RUNNER] = art.sha256_path(folder / art.RUNNER)
+    art.atomic_write(folder / art.REPORT, json.dumps({**report, "files": files, "variant_of": str(artifact)}, indent=2))
+    return folder
+
+
+def _runner(artifact: Path, *, topology: str, depth: int, cuda_graph: bool, backend: str, device: str) -> Any:
+    from trtflow.runtime.runner import Runner
+
+    return Runner(artifact, backend=backend, device=device, timing=True, topology=topology, depth=depth,
+                  cuda_graph=cuda_graph)
+
+
+def bench_config(artifact: Path, plan: Plan, *, label: str, memory: str | None, topology: str | None,
+                 cuda_graph: bool | None, backend: str, device: str, link: dict[str, float] | None,
+                 warmup: int, iterations: int, duration_s: float | None, batch: int | None = None) -> BenchResult:
+    mems = {t.memory for t in plan.tensors}
+    folder = variant_artifact(artifact, memory) if memory and mems != {memory} else artifact
+    topo = topology or plan.streams["topology"]
+    depth = max(int(plan.streams["depth"]), 2) if topo == "pipelined" else 1
+    graph = plan.streams["cuda_graph"] if cuda_graph is None else cuda_graph
+    with _runner(folder, topology=topo, depth=depth, cuda_graph=graph, backend=backend, device=device) as r:
+        return measure(r, Plan.from_json((folder / art.PLAN).read_text()), label=label,
+                       memory=memory or "/".join(sorted(mems)), warmup=warmup, iterations=iterations,
+                       duration_s=duration_s, batch=batch, link=link)
+
+
+def finish(results: list[BenchResult]) -> str | None:
+    """Ratios to the baseline, I/O time against the device-resident run; returns the best label."""
+    base = next((r for r in results if r.label == "baseline"), results[0] if results else None)
+    dev = next((r for r in results if r.memory == "device"), None)
+    for r in results:
+        if dev is not None:
+            r.io_ms = max(r.wall.p50 - dev.wall.p50, 0.0)
+        if base is not None:
+            r.ratios = {"wall_speedup": base.wall.p50 / r.wall.p50 if r.wall.p50 else 0.0,
+                        "throughput": r.samples_per_s / base.samples_per_s if base.samples_per_s else 0.0}
+            if base.io_ms and r.io_ms is not None:
+                r.ratios["io_reduction"] = base.io_ms / r.io_ms if r.io_ms > 0 else float("inf")
+    host_results = [r for r in results if r.memory != "device"]  # device-resident inputs are a reference
+    best = max(host_results or results, key=lambda r: r.samples_per_s, default=None)
+    return best.label if best else None
+
+
+def check_budgets(plan: Plan, r: BenchResult) -> list[str]:
+    b = plan.budgets
+    fails = []
+    checks = [("p99_latency_ms", r.wall.p99, "p99 latency", "<="), ("p50_latency_ms", r.wall.p50, "p50 latency", "<="),
+              ("h2d_ms", r.h2d.mean if r.h2d else None, "H2D", "<="),
+              ("d2h_ms", r.d2h.mean if r.d2h else None, "D2H", "<="),
+              ("min_throughput", r.samples_per_s, "throughput (samples/s)", ">=")]
+    for key, got, what, op in checks:
+        want = b.get(key)
+        if want is None or got is None:
+            continue
+        ok = got <= want if op == "<=" else got >= want
+        if not ok:
+            fails.append(f"{what} {got:.3f} {'>' if op == '<=' else '<'} budget {want} ({key}) in config {r.label}")
+    return fails
+
+
+def batch_sizes(plan: Plan) -> list[int]:
+    t = plan.inputs[0]
+    lo, hi = t.min_shape[0], t.max_shape[0]
+    if lo == hi:
+        raise TrtflowError(f"{plan.name}: input {t.name!r} has a fixed batch of {lo}; a batch sweep needs a profile",
+                           hint="declare inputs.<name>.profile with min/opt/max batch")
+    sizes, b = [], 1
+    while b <= hi:
+        if b >= lo:
+            sizes.append(b)
+        b *= 2
+    return sorted(set(sizes + [lo, hi]))
+
+
+def knee(results: list[BenchResult]) -> str | None:
+    """Smallest batch reaching 90% of the best samples/s: past it, batching buys little."""
+    if not results:
+        return None
+    top = max(r.samples_per_s for r in results)
+    return next(r.label for r in results if r.samples_per_s >= 0.9 * top)
+
+
+def write_best(recipe_path: Path, r: BenchResult, out: Path) -> None:
+    """Write the recipe with the best memory strategy and topology applied (YAML, comments not kept)."""
+    import yaml
+
+    data = yaml.safe_load(recipe_path.read_text())
+    for section in ("inputs", "outputs"):
+        for spec in (data.get(section) or {}).values():
+            spec["memory"] = "pinned" if (r.memory == "write_combined" and section == "outputs") else r.memory
+    data["streams"] = {**(data.get("streams") or {}), "topology": r.topology, "cuda_graph": r.cuda_graph}
+    if r.topology == "pipelined":
+        data["streams"]["depth"] = r.depth
+    art.atomic_write(out, "# written by `trtflow bench --sweep --write-best`\n" + yaml.safe_dump(data, sort_keys=False))
