@@ -146,3 +146,15 @@ outputs:
     softmax = next(n for n in lowered.graph.node if n.op_type == "Softmax")
     assert softmax.input[0] == "logits__model"
     assert agreement(*pairs["logits"]) == 1.0 and elemwise_ok(*pairs["probs"], 1e-3)
+
+
+def test_topk_boundary_name_already_used_inside_the_model(tmp_path: Path) -> None:
+    """The model happens to have an internal tensor called ``logits_values``: it moves aside."""
+    model = conv_net(classes=10, head="cls")
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    conv2 = next(n for n in model.graph.node if n.name == "conv2")
+    relu.output[0] = conv2.input[0] = "logits_values"
+    _, lowered, pairs = lowered_pairs(tmp_path, model, SEG_IN + "outputs:\n  logits: {reduce: {op: topk, k: 2}}\n")
+    assert conv2.name in {n.name for n in lowered.graph.node}
+    assert next(n for n in lowered.graph.node if n.name == "conv2").input[0] == "logits_values__internal"
+    assert elemwise_ok(*pairs["logits_values"], 1e-5) and agreement(*pairs["logits_indices"]) == 1.0

@@ -119,6 +119,7 @@ def test_check_io_runs_the_full_checker(checked) -> None:  # type: ignore[no-unt
 
 
 # -- the real example models ---------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("prec,min_agreement", [("fp32", 1.0), ("fp16", 0.98)])
 def test_lraspp_520_uint8_nhwc_to_uint8_class_map(tmp_path: Path, prec: str, min_agreement: float) -> None:
     """The headline contract: 520x520x3 uint8 in (0.8 MB instead of 3.2), 520x520 uint8 out (0.27 MB
@@ -138,6 +139,7 @@ outputs:
     assert agreement(ref, got) >= min_agreement  # measured: fp32 1.0, fp16 0.992
 
 
+@pytest.mark.slow
 def test_lraspp_fp16_output_without_reducer(tmp_path: Path) -> None:
     path = real_model("lraspp_mobilenet_v3.onnx")
     plan = make_project(tmp_path, path, "precision: fp16\noutputs:\n  out: {dtype: fp16}\n")

@@ -114,6 +114,16 @@ def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
             vi.name = new
 
 
+def claim_names(graph: onnx.GraphProto, boundary: Sequence[str], names: NameGen) -> None:
+    """Reserve the plan's boundary names; an internal tensor already called e.g. ``logits_values`` is
+    renamed aside so the new graph output can take the name."""
+    io = {vi.name for vi in (*graph.input, *graph.output)}
+    for name in boundary:
+        if name in names.used and name not in io:
+            rename_tensor(graph, name, names(f"{name}__internal"))
+    names.used.update(boundary)
+
+
 def value_info_dims(vi: onnx.ValueInfoProto) -> list[DimValue]:
     """Dims of a value info: int, symbolic name, or None when unknown. [] when the shape is unknown."""
     dims: list[DimValue] = []

@@ -30,6 +30,7 @@ from trtflow.passes._graph import (
     NameGen,
     boundary_value_info,
     cast_node,
+    claim_names,
     const,
     find_io,
     io_elem_type,
@@ -119,7 +120,7 @@ def io_inputs(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """Graph inputs become exactly ``plan.inputs`` (names, order, dtypes, dims), contract nodes in front."""
     graph = model.graph
     names = NameGen(graph)
-    names.used.update(t.name for t in plan.tensors)  # boundary names are taken
+    claim_names(graph, [t.name for t in plan.tensors], names)
     planned = {t.source for t in plan.inputs}
     extra = [vi.name for vi in graph.input if vi.name not in planned]
     if extra:

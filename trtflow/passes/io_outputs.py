@@ -30,6 +30,7 @@ from trtflow.passes._graph import (
     NameGen,
     boundary_value_info,
     cast_node,
+    claim_names,
     const,
     find_io,
     io_elem_type,
@@ -173,7 +174,7 @@ def io_outputs(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """Graph outputs become exactly ``plan.outputs`` (names, order, dtypes, dims), reducers at the end."""
     graph = model.graph
     names = NameGen(graph)
-    names.used.update(t.name for t in plan.tensors)
+    claim_names(graph, [t.name for t in plan.tensors], names)
     groups: dict[str, list[TensorPlan]] = {}
     for t in plan.outputs:
         groups.setdefault(t.source, []).append(t)
