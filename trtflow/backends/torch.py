@@ -1,0 +1,335 @@
+"""torch: runs the artifact's lowered ONNX model converted with onnx2torch (no engine file).
+
+The GPU engine available where TensorRT is not: ``open(device="cuda")`` converts the model, moves it
+to the GPU and runs it on the runner's own stream (``torch.cuda.ExternalStream``) over the runner's
+own buffers: raw device addresses become torch tensors without a copy (``__cuda_array_interface__``).
+Results are copied (device to device) into the bound output buffers, because torch allocates its
+outputs itself. Precision is a property of the graph: an fp16 graph runs in fp16 as is. TF32 follows
+``plan.tf32`` (torch turns it on for convolutions by default; that is a process-wide setting).
+
+TensorRT I/O formats (hwc8, chw32...) are emulated on the device: the bound buffers hold the packed
+layout, exactly as a TensorRT engine would read and write them.
+
+CUDA graphs are captured through ``torch.cuda.graph`` (a private memory pool keeps the intermediate
+tensors alive for replays). onnx2torch's Resize reads its scales on the host, which breaks capture:
+the first failed capture makes :attr:`TorchCudaEngine.capturable` False and the runner runs eagerly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from trtflow.backends.base import Backend, Engine, Progress
+from trtflow.errors import ArtifactError, BackendMissing, BuildError, InputError, RunnerClosed
+from trtflow.plan.formats import FORMATS, ITEMSIZE, channel_dim, physical_shape
+from trtflow.plan.model import BuildInfo, Plan, TensorPlan
+
+MODEL_FILE = "model.onnx"
+_OP = re.compile(r"operation_type='([^']+)'")
+
+
+def _torch() -> Any:
+    TorchBackend.require()
+    import torch
+
+    return torch
+
+
+def _convert(path: Path) -> Any:
+    """onnx2torch conversion; an unsupported op becomes a BuildError naming it and the alternatives."""
+    if importlib.util.find_spec("onnx2torch") is None:
+        raise BackendMissing("backend 'torch' needs onnx2torch, which is not installed", hint="pip install 'trtflow[torch]'")
+    import onnx
+    from onnx2torch import convert
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own classes
+        raise ArtifactError(f"{path}: not a readable ONNX model ({exc})", hint="rebuild the artifact") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return convert(model)
+    except NotImplementedError as exc:
+        text = str(exc)
+        m = _OP.search(text)
+        op = m.group(1) if m else None
+        what = f"the op {op!r}" if op else "an op"
+        raise BuildError(f"onnx2torch cannot convert {what} of {path.name}: {text}",
+                         hint="use backend onnxruntime (CPU) or tensorrt/tensorrt_rtx, which implement it") from None
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises plain exceptions for unsupported graphs
+        raise BuildError(f"onnx2torch cannot convert {path.name}: {type(exc).__name__}: {exc}",
+                         hint="use backend onnxruntime (CPU) or tensorrt/tensorrt_rtx") from None
+
+
+def _io_order(path: Path) -> tuple[list[str], list[str]]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
+
+
+def _torch_dtype(torch: Any, name: str) -> Any:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8,
+            "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}[name]
+
+
+def _set_tf32(torch: Any, on: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+
+# -- TensorRT I/O formats, emulated with torch ops (mirrors trtflow.plan.formats.pack/unpack) -------
+def _pack(torch: Any, x: Any, fmt: str) -> Any:
+    rule = FORMATS[fmt]
+    if rule.kind == "linear":
+        return x
+    c = channel_dim(x.dim(), fmt)
+    moved = torch.movedim(x, c, -1)
+    if rule.kind == "channel_last":
+        return moved
+    ch = x.shape[c]
+    groups = math.ceil(ch / rule.vector)
+    pad = groups * rule.vector - ch
+    if pad:
+        moved = torch.nn.functional.pad(moved, (0, pad))
+    if rule.kind == "vector_minor":
+        return moved
+    split = moved.reshape(*moved.shape[:-1], groups, rule.vector)
+    return torch.movedim(split, -2, c)
+
+
+def _unpack(torch: Any, phys: Any, shape: tuple[int, ...], fmt: str) -> Any:
+    rule = FORMATS[fmt]
+    if rule.kind == "linear":
+        return phys
+    c = channel_dim(len(shape), fmt)
+    moved = phys
+    if rule.kind == "vector_major":
+        moved = torch.movedim(phys, c, -2)
+        moved = moved.reshape(*moved.shape[:-2], -1)
+    return torch.movedim(moved[..., :shape[c]], -1, c).contiguous()
+
+
+class _RawCuda:
+    """A device address as ``__cuda_array_interface__`` bytes, so torch can wrap it without a copy."""
+
+    def __init__(self, ptr: int, nbytes: int) -> None:
+        self.__cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (ptr, False),
+                                         "strides": None, "version": 3, "stream": None}
+
+
+class _TorchGraph:
+    def __init__(self, torch: Any, graph: Any, stream: Any) -> None:
+        self._torch, self._graph, self._stream = torch, graph, stream
+
+    def launch(self, stream: int) -> None:
+        with self._torch.cuda.stream(self._stream):
+            self._graph.replay()
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.reset()
+            self._graph = None
+
+
+class TorchCudaEngine(Engine):
+    """The converted module on the GPU, computing over the runner's buffers on the runner's stream."""
+
+    device = "cuda"
+
+    def __init__(self, torch: Any, module: Any, plan: Plan, order: tuple[list[str], list[str]]) -> None:
+        self._torch = torch
+        self._module: Any = module
+        self.plan = plan
+        self._in_order, self._out_order = order
+        missing = (set(self._in_order) | set(self._out_order)) ^ {t.name for t in plan.tensors}
+        if missing:
+            raise ArtifactError(f"model.onnx I/O {sorted(self._in_order + self._out_order)} is not the plan's "
+                                f"{[t.name for t in plan.tensors]}", hint="rebuild the artifact")
+        self._ptrs: dict[str, int] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {t.name: tuple(t.shape) for t in plan.tensors}
+        self._views: dict[tuple[str, int, tuple[int, ...]], Any] = {}
+        self._streams: dict[int, Any] = {}
+        self._capturable = True
+
+    def _live(self) -> Any:
+        if self._module is None:
+            raise RunnerClosed("torch engine used after close()")
+        return self._module
+
+    # -- Engine protocol --------------------------------------------------------------------------------
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        self._shapes[name] = tuple(int(d) for d in shape)
+
+    def set_output_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """The shape the runner expects (checked against what the module returns)."""
+        self._shapes[name] = tuple(int(d) for d in shape)
+
+    def set_address(self, name: str, ptr: int) -> None:
+        self._ptrs[name] = int(ptr)
+
+    @property
+    def capturable(self) -> bool:
+        return self._capturable
+
+    def _stream(self, handle: int) -> Any:
+        s = self._streams.get(handle)
+        if s is None:
+            s = self._streams[handle] = self._torch.cuda.ExternalStream(handle)
+        return s
+
+    def _view(self, t: TensorPlan) -> Any:
+        """The bound buffer of ``t`` as a torch tensor in its engine (physical) layout, zero-copy."""
+        if t.name not in self._ptrs:
+            raise InputError(f"no device address set for {t.role} {t.name!r}")
+        ptr, phys = self._ptrs[t.name], physical_shape(self._shapes[t.name], t.format)
+        key = (t.name, ptr, phys)
+        v = self._views.get(key)
+        if v is None:
+            torch = self._torch
+            nbytes = math.prod(phys) * ITEMSIZE[t.dtype]
+            raw = torch.as_tensor(_RawCuda(ptr, nbytes), device="cuda")
+            v = raw.view(_torch_dtype(torch, t.dtype)).view(phys)
+            if len(self._views) > 64:
+                self._views.clear()
+            self._views[key] = v
+        return v
+
+    def enqueue(self, stream: int) -> None:
+        torch, module = self._torch, self._live()
+        with torch.cuda.stream(self._stream(int(stream))), torch.inference_mode():
+            args = []
+            for name in self._in_order:
+                t = self.plan.tensor(name)
+                args.append(_unpack(torch, self._view(t), self._shapes[name], t.format))
+            result = module(*args)
+            outs = result if isinstance(result, (tuple, list)) else (result,)
+            for name, res in zip(self._out_order, outs):
+                t = self.plan.tensor(name)
+                want = self._shapes[name]
+                if tuple(res.shape) != want:
+                    raise InputError(f"output {name!r}: the model produced shape {list(res.shape)}, "
+                                     f"the runner expected {list(want)}")
+                self._view(t).copy_(_pack(torch, res, t.format))  # D2D into the runner's buffer
+
+    def capture_graph(self, stream: int, body: Any) -> _TorchGraph:
+        """Capture ``body`` (copies + :meth:`enqueue`) on ``stream`` with torch's graph machinery."""
+        from trtflow.runtime.runner import GraphCaptureFailed
+
+        torch = self._torch
+        s = self._stream(int(stream))
+        graph = torch.cuda.CUDAGraph()
+        previous = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph, stream=s, capture_error_mode="thread_local"):
+                body()
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/AcceleratorError for capture problems
+            self._capturable = False
+            torch.cuda.set_stream(previous)
+            with_reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GraphCaptureFailed(f"torch graph capture failed ({type(exc).__name__}: {with_reason})",
+                                     hint="an op reads device data on the host (onnx2torch's Resize does)") from exc
+        return _TorchGraph(torch, graph, s)
+
+    def close(self) -> None:
+        self._module = None
+        self._views.clear()
+        self._streams.clear()
+
+
+class TorchCpuEngine(Engine):
+    """The converted module on the CPU, over host arrays (tests and CPU-only machines)."""
+
+    device = "cpu"
+
+    def __init__(self, torch: Any, module: Any, plan: Plan, order: tuple[list[str], list[str]]) -> None:
+        self._torch, self._module, self.plan = torch, module, plan
+        self._in_order, self._out_order = order
+
+    def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        if self._module is None:
+            raise RunnerClosed("torch engine used after close()")
+        torch = self._torch
+        with torch.inference_mode():
+            result = self._module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self._in_order))
+        outs = result if isinstance(result, (tuple, list)) else (result,)
+        for name, res in zip(self._out_order, outs):
+            dst = outputs[name]
+            if tuple(res.shape) != dst.shape:
+                raise InputError(f"output {name!r}: the model produced shape {list(res.shape)}, buffer is {list(dst.shape)}")
+            torch.from_numpy(dst).copy_(res)
+
+    def close(self) -> None:
+        self._module = None
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    extra = "torch"
+    module = "torch"
+    builds_engine = False
+    rank = 20
+    devices = ("cuda", "cpu")
+
+    @classmethod
+    def available(cls) -> bool:
+        return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("onnx2torch") is not None
+
+    @classmethod
+    def require(cls) -> None:
+        if not cls.available():
+            raise BackendMissing("backend 'torch' needs torch and onnx2torch, which are not both installed",
+                                 hint="pip install 'trtflow[torch]'")
+
+    @classmethod
+    def can_execute_here(cls) -> bool:
+        if not cls.available():
+            return False
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except Exception:  # noqa: BLE001 - a broken CUDA install answers like "no GPU"
+            return False
+
+    def build(self, onnx_path: Path, plan: Plan, out_dir: Path, *, progress: Progress | None = None) -> BuildInfo:
+        """Nothing to compile: check that onnx2torch converts the lowered model (writes no file)."""
+        torch = _torch()
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress("convert", 0, 1)
+        _convert(onnx_path)
+        if progress is not None:
+            progress("convert", 1, 1)
+        import onnx2torch
+
+        version = str(getattr(onnx2torch, "__version__", "unknown"))
+        return BuildInfo(backend=self.name, engine_file=None, library_version=str(torch.__version__),
+                         seconds=time.perf_counter() - t0, details={"onnx2torch": version})
+
+    def open(self, artifact_dir: Path, plan: Plan, *, device: Literal["cpu", "cuda"],
+             allow_host_code: bool = False) -> Engine:
+        torch = _torch()
+        path = Path(artifact_dir) / MODEL_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{artifact_dir} has no {MODEL_FILE}", hint="rebuild: trtflow build <recipe>")
+        order = _io_order(path)
+        module = _convert(path).eval()
+        if device == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendMissing("torch sees no CUDA GPU", hint="open with device='cpu'")
+            _set_tf32(torch, bool(plan.tf32))
+            return TorchCudaEngine(torch, module.to("cuda"), plan, order)
+        return TorchCpuEngine(torch, module, plan, order)

@@ -1,0 +1,299 @@
+"""Generate an artifact's ``runner.py`` from its :class:`~trtflow.plan.model.Plan`.
+
+The generated module imports only trtflow and numpy, finds ``plan.json`` next to itself, and holds
+one :class:`~trtflow.runtime.runner.Runner` subclass with typed keyword-only inputs, a NamedTuple of
+outputs, and an ``_allocate()`` that spells out every stream and buffer the class owns.
+
+Tensor names come from ONNX files and are untrusted: in code they only ever appear as ``ascii()``
+literals (a ``repr`` that is pure ASCII), in comments and docstrings only escaped the same way.
+Python names are the plan's ``ident``s, which are checked here before use.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import tempfile
+from pathlib import Path
+
+from trtflow import __version__
+from trtflow.plan.formats import FORMATS, ITEMSIZE, physical_shape
+from trtflow.plan.model import Plan, TensorPlan
+
+STRATEGIES = ("pageable", "pinned", "write_combined", "registered", "mapped", "device")
+TOPOLOGIES = ("sync", "async", "pipelined")
+# Names the generated module binds at top level or uses inside methods: no class or parameter may shadow them.
+_MODULE_NAMES = frozenset({"annotations", "Any", "Iterable", "Iterator", "Mapping", "NamedTuple", "Path", "np",
+                           "Pending", "Runner"})
+_PARAM_RESERVED = frozenset({"self", "copy"})
+
+_STRATEGY_NOTE = {
+    "pageable": "the caller's array, copied as is from pageable memory (driver-staged)",
+    "pinned": "pinned staging (cudaHostAlloc) + device buffer",
+    "write_combined": "write-combined pinned staging + device buffer",
+    "registered": "the caller's buffer, page-locked in place (cudaHostRegister) + device buffer",
+    "mapped": "mapped pinned memory the engine reads/writes directly (no copy)",
+    "device": "device buffer; CUDA arrays are bound zero-copy",
+}
+
+
+class CodegenError(ValueError):
+    """The plan cannot be turned into safe code (a name, identifier or value is out of bounds)."""
+
+
+def _lit(s: str) -> str:
+    """A Python string literal for ``s``: ASCII only, so no raw name byte ever reaches the code."""
+    if not isinstance(s, str):
+        raise CodegenError(f"expected a string, got {type(s).__name__}")
+    return ascii(s)
+
+
+def _doc(s: str) -> str:
+    """``s`` quoted for a docstring or comment: ascii() with backslashes and double quotes escaped."""
+    return _lit(s).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+def _dims(t: TensorPlan) -> str:
+    """``[1, 3, 520, 520]`` or ``[1..8, 3, 224, 224]`` for a profile."""
+    if not t.dynamic:
+        return _shape(t.shape)
+    return "[" + ", ".join(str(lo) if lo == hi else f"{lo}..{hi}" for lo, hi in zip(t.min_shape, t.max_shape)) + "]"
+
+
+def _check_plan(plan: Plan) -> None:
+    cls = plan.class_name
+    if not (isinstance(cls, str) and cls.isidentifier() and not keyword.iskeyword(cls) and not cls.startswith("_")
+            and cls not in _MODULE_NAMES):
+        raise CodegenError(f"class name {_lit(str(cls))} is not a usable Python class name")
+    seen: set[str] = set()
+    for t in plan.tensors:
+        ident = t.ident
+        if not (isinstance(ident, str) and ident.isidentifier() and not keyword.iskeyword(ident)
+                and not ident.startswith("_") and ident not in _PARAM_RESERVED):
+            raise CodegenError(f"tensor {_lit(str(t.name))}: identifier {_lit(str(ident))} is not usable",
+                               )
+        if ident in seen:
+            raise CodegenError(f"identifier {ident!r} is used by two tensors")
+        seen.add(ident)
+        if t.memory not in STRATEGIES:
+            raise CodegenError(f"tensor {_lit(t.name)}: unknown memory strategy {_lit(str(t.memory))}")
+        if t.format not in FORMATS:
+            raise CodegenError(f"tensor {_lit(t.name)}: unknown format {_lit(str(t.format))}")
+        if t.dtype not in ITEMSIZE:
+            raise CodegenError(f"tensor {_lit(t.name)}: unknown dtype {_lit(str(t.dtype))}")
+        for shape in (t.shape, t.min_shape, t.max_shape):
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise CodegenError(f"tensor {_lit(t.name)}: bad shape {shape!r}")
+    if plan.streams.get("topology", "sync") not in TOPOLOGIES:
+        raise CodegenError(f"unknown topology {_lit(str(plan.streams.get('topology')))}")
+    if not isinstance(plan.streams.get("depth", 2), int) or isinstance(plan.streams.get("cuda_graph", False), str):
+        raise CodegenError("streams.depth must be an int and streams.cuda_graph a bool")
+
+
+def _names(plan: Plan) -> tuple[str, str]:
+    base = plan.class_name[:-len("Runner")] if plan.class_name.endswith("Runner") and plan.class_name != "Runner" else plan.class_name
+    outputs, views = base + "Outputs", base + "InputViews"
+    for n in (outputs, views):
+        if n in _MODULE_NAMES or n == plan.class_name:
+            raise CodegenError(f"derived class name {n!r} collides with a module name")
+    return outputs, views
+
+
+def _topology_text(plan: Plan) -> list[str]:
+    topo = str(plan.streams.get("topology", "sync"))
+    depth = int(plan.streams.get("depth", 2)) if topo == "pipelined" else 1
+    graph = bool(plan.streams.get("cuda_graph", False))
+    streams = "h2d, compute, d2h" if topo == "pipelined" else "main"
+    lines = [
+        f"Topology: {topo}" + (f", depth {depth}" if topo == "pipelined" else "") +
+        f" -> {depth} buffer set(s); stream(s): {streams} (non-blocking).",
+        "Events per buffer set: h2d_done, compute_done, d2h_done, plus inputs_consumed where the engine",
+        "supports it, plus 3 timing events with timing=True.",
+        "CUDA graph: " + ("on: after one eager warm-up, copy-in + enqueue + copy-out are captured and replayed"
+                          if graph and topo != "pipelined" else
+                          "on: the enqueue of each buffer set is captured and replayed" if graph else "off") + ".",
+    ]
+    return lines
+
+
+def _table(plan: Plan) -> list[str]:
+    rows = [("tensor", "role", "shape", "dtype", "format", "bytes/inference", "buffer bytes", "strategy")]
+    for t in plan.tensors:
+        rows.append((_doc(t.name), t.role, _dims(t), t.dtype, t.format, f"{int(t.bytes):,}", f"{int(t.max_bytes):,}",
+                     t.memory))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        out.append("    " + "  ".join(c.rjust(w) if i in (5, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    return out
+
+
+def _param_type(t: TensorPlan) -> str:
+    return "Any" if t.memory == "device" else "np.ndarray"
+
+
+def _tensor_note(t: TensorPlan) -> str:
+    fmt = "" if t.format == "linear" else f", format {t.format} (engine layout {_shape(physical_shape(t.max_shape, t.format))})"
+    return f"{_doc(t.name)}: {t.dtype} {_dims(t)}, {t.memory}{fmt}"
+
+
+def generate_runner(plan: Plan) -> str:
+    """Source of the artifact's ``runner.py`` for ``plan`` (formatted, typed, ASCII only)."""
+    _check_plan(plan)
+    cls = plan.class_name
+    out_cls, views_cls = _names(plan)
+    topo = str(plan.streams.get("topology", "sync"))
+    depth = int(plan.streams.get("depth", 2)) if topo == "pipelined" else 1
+    first_in = plan.inputs[0] if plan.inputs else None
+    L: list[str] = []
+    add = L.append
+
+    # -- module docstring ----------------------------------------------------------------------------
+    add(f'"""{cls}: generated by trtflow {_doc(__version__)[1:-1]} from {_doc(plan.recipe_path)}. Do not edit:')
+    add("regenerate with `trtflow build`.")
+    add("")
+    add(f"Model {_doc(plan.model_path)} (sha256 {_doc(plan.model_sha256)[1:13]}...), precision "
+        f"{_doc(plan.precision)[1:-1]}.")
+    add("The engine is opened from plan.json / report.json next to this file.")
+    add("")
+    add("Memory layout (per inference; every buffer is allocated once, at the max shape):")
+    add("")
+    L.extend(_table(plan))
+    add("")
+    for t in plan.tensors:
+        add(f"- {_doc(t.name)}: {_STRATEGY_NOTE[t.memory]}.")
+    add("")
+    L.extend(_topology_text(plan))
+    add("")
+    add("Results are views into the runner's buffers, valid until their buffer set is reused (the next call;")
+    add("`depth` calls later when pipelined) or the runner is closed; pass copy=True for owned arrays.")
+    add("One lock serializes calls: a runner may be shared by threads (requests run one at a time).")
+    add("")
+    add("Usage:")
+    add("")
+    add("    import importlib.util, pathlib")
+    add('    spec = importlib.util.spec_from_file_location("runner", pathlib.Path(ARTIFACT) / "runner.py")')
+    add("    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)")
+    add(f"    with mod.{cls}() as run:")
+    if first_in is not None:
+        add(f"        outputs = run({first_in.ident}=x)")
+    add('"""')
+    add("")
+    add("from __future__ import annotations")
+    add("")
+    add("from collections.abc import Iterable, Iterator, Mapping")
+    add("from pathlib import Path")
+    add("from typing import Any, NamedTuple")
+    add("")
+    add("import numpy as np")
+    add("")
+    add("from trtflow.runtime.runner import Pending, Runner")
+    add("")
+    add("")
+
+    # -- outputs ---------------------------------------------------------------------------------------
+    add(f"class {out_cls}(NamedTuple):")
+    add(f'    """Outputs of {cls}: numpy arrays (DeviceArray for device memory), views unless copy=True."""')
+    add("")
+    for t in plan.outputs:
+        kind = "Any" if t.memory == "device" else "np.ndarray"
+        add(f"    {t.ident}: {kind}  # {_tensor_note(t)}")
+    if not plan.outputs:
+        add("    pass")
+    add("")
+    add("")
+    add(f"class {views_cls}(NamedTuple):")
+    add('    """Host staging of each input for in-place writes (None where the strategy has none)."""')
+    add("")
+    for t in plan.inputs:
+        add(f"    {t.ident}: np.ndarray | None  # {_doc(t.name)}")
+    if not plan.inputs:
+        add("    pass")
+    add("")
+    add("")
+
+    # -- the runner class ----------------------------------------------------------------------------
+    add(f"class {cls}(Runner):")
+    add(f'    """Runs {_doc(plan.name)}: {len(plan.inputs)} input(s), {len(plan.outputs)} output(s), '
+        f'topology {topo}."""')
+    add("")
+    add("    ARTIFACT_DIR = Path(__file__).resolve().parent")
+    add(f"    Outputs = {out_cls}")
+    add(f"    INPUT_NAMES = ({''.join(_lit(t.name) + ', ' for t in plan.inputs).rstrip()})")
+    add(f"    OUTPUT_NAMES = ({''.join(_lit(t.name) + ', ' for t in plan.outputs).rstrip()})")
+    add("")
+    add("    def _allocate(self) -> None:")
+    add('        """Every stream and buffer this runner owns (on the CPU: host arrays only)."""')
+    streams = "h2d, compute, d2h" if topo == "pipelined" else "main"
+    add(f"        self._create_streams()  # plan.json: {topo} -> stream(s) {streams}")
+    add("        self._engine_scratch()  # device scratch the engine asks for (TensorRT); none for torch")
+    add(f"        for _ in range(self.depth):  # buffer sets: {depth} (one per request in flight)")
+    add("            self._add_buffer_set({")
+    for t in plan.tensors:
+        add(f"                {_lit(t.name)}: self._memory({_lit(t.name)}, {_lit(t.memory)}),"
+            f"  # {int(t.max_bytes):,} B {t.role}")
+    add("            })  # the base class adds each set's events: h2d/compute/d2h done (+ inputs consumed)")
+    add("")
+
+    params = "".join(f"{t.ident}: {_param_type(t)}, " for t in plan.inputs)
+    feeds = "{" + ", ".join(f"{_lit(t.name)}: {t.ident}" for t in plan.inputs) + "}"
+    arg_doc = [f"            {t.ident}: {_tensor_note(t)}" for t in plan.inputs]
+    ret_doc = ", ".join(f"{t.ident}: {t.dtype} {_dims(t)}" for t in plan.outputs)
+
+    add(f"    def __call__(self, *, {params}copy: bool = False) -> {out_cls}:")
+    add('        """Run one inference and wait for it.')
+    add("")
+    add("        Args:")
+    L.extend(arg_doc)
+    add("            copy: return owned arrays instead of views into the runner's buffers.")
+    add("")
+    add(f"        Returns {out_cls}({ret_doc}).")
+    add('        """')
+    add(f"        return self._call({feeds}, copy=copy)  # type: ignore[no-any-return]")
+    add("")
+    sig = f"self, *, {params.rstrip(', ')}" if plan.inputs else "self"
+    add(f"    def submit({sig}) -> Pending[{out_cls}]:")
+    add('        """Start one inference and return at once: .result() waits, .done() polls."""')
+    add(f"        return self._submit({feeds}, convert=self._convert_outputs)")
+    add("")
+    add(f"    def stream(self, requests: Iterable[Mapping[str, Any]], *, copy: bool = False) -> Iterator[{out_cls}]:")
+    add('        """Run every request (dicts keyed by tensor name or identifier), up to `depth` in flight,')
+    add('        yielding results in order; a result is valid until the iterator advances (or copy=True)."""')
+    add("        return super().stream(requests, copy=copy)")
+    add("")
+    add("    @property")
+    add(f"    def inputs(self) -> {views_cls}:")
+    add('        """Staging views of the next request: write into them, then pass them as the inputs."""')
+    add(f"        return {views_cls}(" + "".join(f"self._view_or_none({_lit(t.name)}), " for t in plan.inputs).rstrip(", ") + ")")
+    src = "\n".join(L) + "\n"
+    if any(ord(c) > 127 for c in src):  # defensive: everything above is ASCII by construction
+        raise CodegenError("generated source is not ASCII")
+    return src
+
+
+def write_runner(plan: Plan, artifact_dir: str | Path) -> Path:
+    """Write ``artifact_dir/runner.py`` atomically (temporary file in the folder + ``os.replace``)."""
+    folder = Path(artifact_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    src = generate_runner(plan)
+    compile(src, str(folder / "runner.py"), "exec")  # never leave a module that does not compile
+    path = folder / "runner.py"
+    fd, tmp = tempfile.mkstemp(prefix=".runner.py.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
+            f.write(src)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["CodegenError", "generate_runner", "write_runner"]

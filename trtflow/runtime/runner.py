@@ -1,0 +1,1004 @@
+"""The Runner base class: input checks, memory strategies, stream topologies and CUDA graphs.
+
+A generated ``runner.py`` subclasses :class:`Runner` and declares, in ``_allocate()``, exactly which
+streams and buffer sets it owns; everything else (checks, staging, event plan, graphs) lives here,
+once. The same code path runs on a CPU-only machine: the engine is then a CPU engine, every memory
+strategy is plain numpy memory, and the runner calls ``engine.infer``.
+
+Topologies (``plan.streams``):
+
+- ``sync``: one stream; H2D, enqueue, D2H, synchronize.
+- ``async``: one stream, one buffer set; :meth:`submit_feeds` returns a :class:`Pending` at once.
+- ``pipelined`` (depth N): N buffer sets and three streams (H2D, compute, D2H) chained by events,
+  trtexec style: the H2D of request i+1 and the D2H of request i-1 overlap the compute of request i.
+  :meth:`stream` keeps N requests in flight and yields results in order.
+- ``cuda_graph: true``: after one eager warm-up run, copy-in + enqueue + copy-out are captured on the
+  stream (pipelined: the enqueue of each buffer set) and replayed; a change of shapes or of a bound
+  address recaptures. A failed capture falls back to eager, and :attr:`Runner.graph_status` says why.
+
+Output arrays are views into the runner's buffers, valid until their buffer set is reused (the next
+call for sync/async, N calls later for pipelined) or the runner is closed; pass ``copy=True`` for
+owned arrays. A result that was never read is copied out before its buffer set is reused.
+
+Thread safety: one lock serializes every public method, so a runner may be shared by threads
+(requests then run one at a time; use one runner per thread for parallel engines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from trtflow.backends.base import Backend, Engine, get_backend, pick_executor
+from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed, TrtflowError
+from trtflow.plan.model import Plan, TensorPlan
+from trtflow.runtime import cuda
+from trtflow.runtime.memory import (
+    HOST_STRATEGIES,
+    DeviceMemory,
+    HostMemory,
+    HostRegistry,
+    PageableMemory,
+    RegisteredMemory,
+    TensorMemory,
+    cuda_array_info,
+    make_memory,
+    np_dtype,
+)
+
+T = TypeVar("T")
+R = TypeVar("R", bound="Runner")
+TOPOLOGIES = ("sync", "async", "pipelined")
+MAX_GRAPHS_PER_SET = 8
+
+_nvtx: Any = None
+if importlib.util.find_spec("nvtx") is not None:  # optional: ranges show up in Nsight Systems
+    try:
+        import nvtx as _nvtx
+    except Exception:  # a broken install must not break inference
+        _nvtx = None
+
+
+def _range(name: str) -> contextlib.AbstractContextManager[Any]:
+    return _nvtx.annotate(name, domain="trtflow") if _nvtx is not None else contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """Per-request stage times. GPU stages come from CUDA events (None where not measured: a CUDA
+    graph replays H2D, compute and D2H as one unit, reported as ``compute_ms``)."""
+
+    h2d_ms: float | None
+    compute_ms: float | None
+    d2h_ms: float | None
+    host_in_ms: float          # host work before the first copy: checks, copy/pack into staging
+    wall_ms: float | None      # submit -> result ready, measured on the host (sync calls only)
+    graph: bool = False
+
+    @property
+    def stage_sum_ms(self) -> float:
+        return sum(x for x in (self.h2d_ms, self.compute_ms, self.d2h_ms) if x is not None)
+
+
+class CapturedGraph(Protocol):
+    def launch(self, stream: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class GraphCaptureFailed(TrtflowError):
+    """Capture did not produce a graph; the runner falls back to eager execution."""
+
+
+class _RawGraph:
+    """A graph captured with the CUDA runtime (engines that allocate nothing during enqueue)."""
+
+    def __init__(self, graph: int, graph_exec: int) -> None:
+        self.graph, self.graph_exec = graph, graph_exec
+
+    def launch(self, stream: int) -> None:
+        cuda.graph_launch(self.graph_exec, stream=stream)
+
+    def close(self) -> None:
+        if self.graph_exec:
+            cuda.graph_exec_destroy(self.graph_exec)
+            self.graph_exec = 0
+        if self.graph:
+            cuda.graph_destroy(self.graph)
+            self.graph = 0
+
+
+def capture_raw(stream: int, body: Callable[[], None]) -> _RawGraph:
+    """Capture ``body``'s work on ``stream`` (thread-local mode) and instantiate it."""
+    cuda.begin_capture(stream)
+    try:
+        body()
+    except Exception as exc:
+        left = cuda.abort_capture(stream)
+        raise GraphCaptureFailed(f"{type(exc).__name__}: {exc}" + (f" ({left})" if left else "")) from exc
+    try:
+        graph = cuda.end_capture(stream)
+    except Exception as exc:
+        cuda.get_last_error()
+        raise GraphCaptureFailed(str(exc)) from exc
+    try:
+        return _RawGraph(graph, cuda.graph_instantiate(graph))
+    except Exception as exc:
+        cuda.graph_destroy(graph)
+        raise GraphCaptureFailed(str(exc)) from exc
+
+
+class _BufferSet:
+    """The memories of one request in flight, and the events that order its stages."""
+
+    def __init__(self, index: int, mems: dict[str, TensorMemory]) -> None:
+        self.index = index
+        self.mems = mems
+        self.used = False
+        self.pending: Pending[Any] | None = None
+        self.ev_h2d = self.ev_compute = self.ev_d2h = self.ev_consumed = 0
+        self.t_h2d = self.t_compute = self.t_d2h = 0  # start markers (timing only)
+        self.consumed_ok = False
+        self.has_mapped_input = False
+        self.graphs: OrderedDict[tuple[Any, ...], CapturedGraph] = OrderedDict()
+
+    @property
+    def events(self) -> list[int]:
+        return [e for e in (self.ev_h2d, self.ev_compute, self.ev_d2h, self.ev_consumed,
+                            self.t_h2d, self.t_compute, self.t_d2h) if e]
+
+    def host_free_event(self) -> int:
+        """After this event the host may rewrite this set's input staging."""
+        if self.has_mapped_input:
+            return self.ev_consumed if self.consumed_ok else self.ev_compute
+        return self.ev_h2d
+
+    def device_inputs_free_event(self) -> int:
+        return self.ev_consumed if self.consumed_ok else self.ev_compute
+
+
+class Pending(Generic[T]):
+    """A request in flight (future-like). :meth:`result` waits for it; :meth:`done` polls."""
+
+    def __init__(self, runner: Runner, bs: _BufferSet, out_shapes: dict[str, tuple[int, ...]],
+                 convert: Callable[[dict[str, Any]], T], *, host_in_ms: float, t_submit: float,
+                 graph: bool, complete: bool = False) -> None:
+        self._runner, self._set, self._out_shapes, self._convert = runner, bs, out_shapes, convert
+        self._host_in_ms, self._t_submit, self._graph = host_in_ms, t_submit, graph
+        self._complete = complete
+        self._retrieved = False
+        self._snapshot: dict[str, Any] | None = None
+        self.timing: StageTiming | None = None
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._out_shapes)
+
+    def done(self) -> bool:
+        with self._runner._lock:
+            if self._complete or self._snapshot is not None:
+                return True
+            self._runner._check_open()
+            self._complete = cuda.event_query(self._set.ev_d2h)
+            return self._complete
+
+    def result(self, *, copy: bool = False) -> T:
+        """Wait and return the outputs (views into the buffer set unless ``copy``)."""
+        return self._convert(self.result_dict(copy=copy))
+
+    def result_dict(self, *, copy: bool = False) -> dict[str, Any]:
+        with self._runner._lock:
+            if self._snapshot is not None:
+                return dict(self._snapshot)
+            self._runner._check_open()
+            self._wait()
+            self._retrieved = True
+            return {name: self._set.mems[name].result(shape, copy=copy) for name, shape in self._out_shapes.items()}
+
+    # -- runner side (lock held) ---------------------------------------------------------------------
+    def _wait(self) -> None:
+        if not self._complete:
+            with _range("trtflow.wait"):
+                cuda.event_synchronize(self._set.ev_d2h)
+            self._complete = True
+        if self.timing is None:
+            self.timing = self._runner._timing_of(self, wall=None)
+
+    def _take_snapshot(self) -> None:
+        """Copy unread outputs out before the buffer set is reused."""
+        if self._retrieved or self._snapshot is not None:
+            return
+        self._wait()
+        self._snapshot = {n: self._set.mems[n].result(s, copy=True) for n, s in self._out_shapes.items()}
+
+
+class Runner:
+    """Runs one artifact. Subclassed by every generated ``runner.py``; usable directly too.
+
+    Parameters
+    ----------
+    artifact_dir: the artifact folder (default: ``ARTIFACT_DIR``, the generated module's folder).
+    backend: executor to use (``auto``: the builder's runtime where it can execute, else torch/onnxruntime).
+    device: ``auto`` (CUDA when available and the executor supports it), ``cuda`` or ``cpu``.
+    check_finite: reject inputs holding NaN or Inf (host arrays only; costs one pass over the data).
+    timing: record CUDA events around H2D / compute / D2H of every request (see ``last_timing``).
+    topology, depth, cuda_graph: override ``plan.streams`` (experiments, benchmarks).
+    """
+
+    ARTIFACT_DIR: ClassVar[Path | None] = None
+    #: NamedTuple type of the outputs (generated runners); None: results are dicts keyed by name
+    Outputs: ClassVar[Any] = None
+    INPUT_NAMES: ClassVar[tuple[str, ...] | None] = None
+    OUTPUT_NAMES: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, artifact_dir: str | Path | None = None, *, backend: str = "auto", device: str = "auto",
+                 check_finite: bool = False, timing: bool = False, topology: str | None = None,
+                 depth: int | None = None, cuda_graph: bool | None = None) -> None:
+        self._lock = threading.RLock()
+        self._closed = False
+        self._engine: Engine | None = None
+        self._streams: dict[str, int] = {}
+        self._sets: list[_BufferSet] = []
+        self._registry = HostRegistry()
+        self._user_keys: dict[str, tuple[int, int]] = {}
+        self._seq = 0
+        self._engine_shapes: dict[str, tuple[int, ...]] = {}
+        self._engine_addrs: dict[str, int] = {}
+        self._engine_consumed = 0
+        self._scratch = 0
+        self.check_finite = check_finite
+        self.timing = timing
+        self.last_timing: StageTiming | None = None
+        self.graph_stats = {"captures": 0, "replays": 0, "failures": 0}
+        self._graph_notes: list[str] = []
+
+        folder = artifact_dir if artifact_dir is not None else self.ARTIFACT_DIR
+        if folder is None:
+            raise ArtifactError("no artifact folder given", hint="Runner(artifact_dir) or use the generated runner")
+        self.artifact_dir = Path(folder).resolve()
+        self.plan = _load_plan(self.artifact_dir)
+        self.report = _load_report(self.artifact_dir)
+        streams = self.plan.streams
+        self.topology = topology or str(streams.get("topology", "sync"))
+        if self.topology not in TOPOLOGIES:
+            raise ArtifactError(f"unknown stream topology {self.topology!r}", hint=f"one of {', '.join(TOPOLOGIES)}")
+        self.depth = int(depth or streams.get("depth", 2)) if self.topology == "pipelined" else 1
+        if self.depth < 1:
+            raise ArtifactError(f"pipeline depth must be >= 1, got {self.depth}")
+        self.cuda_graph = bool(streams.get("cuda_graph", False) if cuda_graph is None else cuda_graph)
+        self._check_declared_names()
+
+        builder = str(self.report.get("backend") or self.plan.build.get("backend") or "auto")
+        if builder == "auto":
+            builder = "onnxruntime"  # every artifact carries the lowered ONNX model
+        self._executor = pick_executor(builder, prefer=backend)
+        self.backend = self._executor.name
+        self.device = _pick_device(self._executor, device)
+
+        try:
+            self._engine = self._executor().open(self.artifact_dir, self.plan, device=self.device)  # type: ignore[arg-type]
+            self._allocate()
+            self._check_allocation()
+            self._setup_events()
+        except BaseException:
+            self.close()
+            raise
+        self._graph_on = self.cuda_graph and self.device == "cuda"
+        if self._graph_on and not self._engine.capturable:
+            self._graph_on = False
+            self._graph_notes.append(f"engine of backend {self.backend!r} cannot be captured")
+            self.graph_stats["failures"] += 1
+
+    # == what a generated runner declares ==============================================================
+    def _allocate(self) -> None:
+        """Create the streams and buffer sets this runner owns. Generated runners spell this out."""
+        self._create_streams()
+        self._engine_scratch()
+        for _ in range(self.depth):
+            self._add_buffer_set({t.name: self._memory(t.name, t.memory) for t in self.plan.tensors})
+
+    def _create_streams(self) -> None:
+        """sync/async: one stream ``main``; pipelined: ``h2d``, ``compute``, ``d2h``. None on the CPU."""
+        if self.device != "cuda":
+            return
+        roles = ("h2d", "compute", "d2h") if self.topology == "pipelined" else ("main",)
+        for role in roles:
+            self._streams[role] = cuda.stream_create(non_blocking=True)
+
+    def _engine_scratch(self) -> None:
+        """Device scratch memory the engine asks for (TensorRT user-managed memory), once."""
+        engine = self._engine
+        if self.device != "cuda" or engine is None or not getattr(engine, "user_managed_memory", False):
+            return
+        setter = getattr(engine, "set_device_memory", None)
+        size = int(getattr(engine, "device_memory_size", 0) or 0)
+        if callable(setter) and size:
+            self._scratch = cuda.malloc(size)
+            setter(self._scratch, size)
+
+    def _view_or_none(self, name: str) -> np.ndarray | None:
+        """:meth:`input_view` at the plan shape, or None where the strategy has no host staging."""
+        try:
+            return self.input_view(name)
+        except InputError:
+            return None
+
+    def _memory(self, name: str, strategy: str) -> TensorMemory:
+        """The memory of tensor ``name`` with ``strategy``, at its max shape (see trtflow.runtime.memory)."""
+        tensor = self.plan.tensor(name)
+        if strategy != tensor.memory:
+            raise ArtifactError(f"runner.py allocates {name!r} as {strategy}, plan.json says {tensor.memory}",
+                                hint="runner.py is stale: regenerate it (trtflow build)")
+        return make_memory(tensor, strategy, device=self.device, registry=self._registry,
+                           graph=self.cuda_graph)
+
+    def _add_buffer_set(self, mems: Mapping[str, TensorMemory]) -> None:
+        self._sets.append(_BufferSet(len(self._sets), dict(mems)))
+
+    # == construction checks ===========================================================================
+    def _check_declared_names(self) -> None:
+        names_in = tuple(t.name for t in self.plan.inputs)
+        names_out = tuple(t.name for t in self.plan.outputs)
+        for declared, actual, what in ((self.INPUT_NAMES, names_in, "inputs"), (self.OUTPUT_NAMES, names_out, "outputs")):
+            if declared is not None and tuple(declared) != actual:
+                raise ArtifactError(f"runner.py declares {what} {list(declared)}, plan.json has {list(actual)}",
+                                    hint="runner.py is stale: regenerate it (trtflow build)")
+        self._ident_to_name = {t.ident: t.name for t in self.plan.tensors}
+
+    def _check_allocation(self) -> None:
+        if len(self._sets) != self.depth:
+            raise ArtifactError(f"runner.py allocated {len(self._sets)} buffer sets, topology needs {self.depth}")
+        want = {t.name for t in self.plan.tensors}
+        for bs in self._sets:
+            if set(bs.mems) != want:
+                missing, extra = sorted(want - set(bs.mems)), sorted(set(bs.mems) - want)
+                raise ArtifactError(f"buffer set {bs.index}: missing {missing}, unknown {extra}",
+                                    hint="runner.py is stale: regenerate it (trtflow build)")
+        if self.device == "cuda":
+            roles = {"h2d", "compute", "d2h"} if self.topology == "pipelined" else {"main"}
+            if set(self._streams) != roles:
+                raise ArtifactError(f"runner.py created streams {sorted(self._streams)}, {self.topology} needs {sorted(roles)}")
+        if self.cuda_graph and self.device == "cuda":
+            staged = [t.name for t in self.plan.tensors if t.memory == "pageable"]
+            if staged:
+                self._graph_notes.append(f"pageable tensors {staged} are staged through pinned buffers "
+                                         "(pageable copies cannot be captured)")
+
+    def _setup_events(self) -> None:
+        if self.device != "cuda":
+            return
+        assert self._engine is not None
+        for bs in self._sets:
+            bs.ev_h2d = cuda.event_create(timing=self.timing)
+            bs.ev_compute = cuda.event_create(timing=self.timing)
+            bs.ev_d2h = cuda.event_create(timing=self.timing)
+            if self.timing:
+                bs.t_h2d, bs.t_compute, bs.t_d2h = (cuda.event_create(timing=True) for _ in range(3))
+            bs.has_mapped_input = any(m.strategy == "mapped" and m.is_input for m in bs.mems.values())
+        # Inputs-consumed events let the next H2D into a buffer set start before its compute ends.
+        probe = cuda.event_create()
+        supported = bool(self._engine.set_input_consumed_event(probe))
+        cuda.event_destroy(probe)
+        if supported:
+            for bs in self._sets:
+                bs.ev_consumed = cuda.event_create()
+                bs.consumed_ok = True
+
+    # == public API =====================================================================================
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def graph_status(self) -> str:
+        """Why and how CUDA graphs are (not) used: ``off``, ``pending``, ``captured ...`` or ``eager: why``."""
+        notes = "; ".join(self._graph_notes)
+        if not self.cuda_graph:
+            return "off"
+        if self.device != "cuda":
+            return "eager: CUDA graphs need a CUDA engine (running on the CPU)"
+        if not self._graph_on:
+            return f"eager: {notes}" if notes else "eager"
+        s = self.graph_stats
+        state = f"captured ({s['captures']} captures, {s['replays']} replays)" if s["captures"] else "pending (first call captures)"
+        return f"{state}; {notes}" if notes else state
+
+    @property
+    def streams(self) -> dict[str, int]:
+        return dict(self._streams)
+
+    @property
+    def buffer_sets(self) -> int:
+        return len(self._sets)
+
+    def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
+        """Run one request and wait. ``feeds`` maps tensor names (or identifiers) to arrays."""
+        return self._call(feeds, copy=copy, convert=_identity)  # type: ignore[no-any-return]
+
+    def submit_feeds(self, feeds: Mapping[str, Any]) -> Pending[dict[str, Any]]:
+        """Start one request; returns at once with a :class:`Pending` (``.result()``, ``.done()``)."""
+        return self._submit(feeds, convert=_identity)
+
+    def stream(self, requests: Iterable[Mapping[str, Any]], *, copy: bool = False) -> Iterator[Any]:
+        """Run every request, keeping up to ``depth`` in flight; yield results in order.
+
+        A yielded result (unless ``copy``) is valid until the iterator is advanced.
+        """
+        inflight: deque[Pending[Any]] = deque()
+        for feeds in requests:
+            if len(inflight) >= self.depth:
+                yield inflight.popleft().result(copy=copy)
+            inflight.append(self._submit(feeds, convert=self._convert_outputs))
+        while inflight:
+            yield inflight.popleft().result(copy=copy)
+
+    def input_view(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Host staging of input ``name`` for the next request, to write into in place.
+
+        Pass the view itself as the input of the next call: no host copy is made. Only strategies
+        with runner-owned host memory have one (pinned, write_combined, mapped; registered: the
+        registered buffer; CPU: a host array); vectorized formats have none (staging is packed).
+        """
+        with self._lock:
+            self._check_open()
+            name = self._ident_to_name.get(name, name)
+            tensor = self._tensor(name, "input")
+            bs = self._sets[self._seq % len(self._sets)]
+            if bs.used and self.device == "cuda":
+                cuda.event_synchronize(bs.host_free_event())
+            view = bs.mems[name].host_view(tuple(shape or tensor.shape))
+            if view is None:
+                raise InputError(f"input {name!r} ({tensor.memory}, format {tensor.format}) has no "
+                                 "runner-owned host staging to write into",
+                                 hint="pass your own array; pinned/mapped/write_combined linear tensors have views")
+            return view
+
+    def output_view(self, name: str, shape: tuple[int, ...] | None = None, *, buffer_set: int = 0) -> np.ndarray | None:
+        """Host side of output ``name`` in a buffer set (None for device outputs)."""
+        with self._lock:
+            self._check_open()
+            name = self._ident_to_name.get(name, name)
+            tensor = self._tensor(name, "output")
+            return self._sets[buffer_set].mems[name].host_view(tuple(shape or tensor.shape))
+
+    def register(self, name: str, array: np.ndarray) -> None:
+        """Page-lock ``array`` in place for tensor ``name`` (strategy ``registered``).
+
+        Input: registered now, so the first call with it is fast. Output (sync/async topologies):
+        D2H lands in ``array`` (C-contiguous, dtype of the tensor, at least its max bytes).
+        Unregistered when another buffer replaces it or on close.
+        """
+        with self._lock:
+            self._check_open()
+            name = self._ident_to_name.get(name, name)
+            tensor = self.plan.tensor(name)
+            if tensor.memory != "registered":
+                raise InputError(f"tensor {name!r} uses {tensor.memory} memory, not registered")
+            if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
+                raise InputError(f"register({name!r}): expected a C-contiguous numpy array, got {_describe(array)}")
+            if array.dtype != np_dtype(tensor.dtype):
+                raise InputError(f"register({name!r}): expected dtype {tensor.dtype}, got {array.dtype}")
+            if self.device != "cuda":
+                return
+            if tensor.role == "input":
+                key = self._registry.acquire(array)
+                self._registry.release(self._user_keys.pop(name, None))
+                self._user_keys[name] = key
+                return
+            if len(self._sets) > 1:
+                raise InputError(f"register({name!r}): outputs of a pipelined runner land in one buffer per "
+                                 "buffer set; read them from the results instead")
+            mem = self._sets[0].mems[name]
+            assert isinstance(mem, RegisteredMemory)
+            if array.nbytes < mem.nbytes:
+                raise InputError(f"register({name!r}): needs at least {mem.nbytes} bytes (max shape "
+                                 f"{tensor.max_shape}), got {array.nbytes}")
+            self._wait_idle()
+            mem.use(array)
+
+    def fill_outputs(self, value: float = float("nan")) -> None:
+        """Poison every output buffer (host and device) of every buffer set, e.g. with NaN."""
+        with self._lock:
+            self._check_open()
+            self._wait_idle()
+            stream = self._streams.get("d2h", self._streams.get("main", 0))
+            for bs in self._sets:
+                for mem in bs.mems.values():
+                    if not mem.is_input:
+                        mem.fill(value, stream=stream)
+            if self.device == "cuda":
+                cuda.stream_synchronize(stream)
+
+    def synchronize(self) -> None:
+        """Wait until every request in flight has completed."""
+        with self._lock:
+            self._check_open()
+            self._wait_idle()
+
+    def describe(self) -> str:
+        """What this runner owns: streams, buffer sets, events, bytes per memory strategy."""
+        lines = [f"{type(self).__name__}: backend {self.backend} on {self.device}, topology {self.topology}, "
+                 f"{len(self._sets)} buffer set(s), streams {list(self._streams) or ['(cpu)']}, "
+                 f"cuda_graph {self.graph_status}"]
+        for bs in self._sets[:1]:
+            for name, mem in bs.mems.items():
+                lines.append(f"  {name!r}: {type(mem).__name__} {mem.nbytes} B x {len(self._sets)}")
+            lines.append(f"  events per buffer set: {len(bs.events)}")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        """Release every buffer, registration, event, graph, stream and the engine; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            errors: list[BaseException] = []
+
+            def attempt(fn: Callable[[], Any]) -> None:
+                try:
+                    fn()
+                except BaseException as exc:  # keep releasing; report the first failure
+                    errors.append(exc)
+
+            for s in self._streams.values():
+                attempt(lambda s=s: cuda.stream_synchronize(s))
+            for bs in self._sets:
+                for g in bs.graphs.values():
+                    attempt(g.close)
+                bs.graphs.clear()
+                for mem in bs.mems.values():
+                    attempt(mem.close)
+                for ev in bs.events:
+                    attempt(lambda ev=ev: cuda.event_destroy(ev))
+                bs.ev_h2d = bs.ev_compute = bs.ev_d2h = bs.ev_consumed = bs.t_h2d = bs.t_compute = bs.t_d2h = 0
+            self._user_keys.clear()
+            if self.device == "cuda":
+                attempt(self._registry.close)
+            if self._engine is not None:
+                attempt(self._engine.close)
+            if self._scratch:
+                attempt(lambda: cuda.free(self._scratch))
+                self._scratch = 0
+            for s in self._streams.values():
+                attempt(lambda s=s: cuda.stream_destroy(s))
+            self._streams.clear()
+            if errors:
+                raise errors[0]
+
+    def __enter__(self: R) -> R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not getattr(self, "_closed", True):
+                self.close()
+
+    # == the request path ===============================================================================
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RunnerClosed(f"{type(self).__name__} is closed", hint="create a new runner")
+
+    def _tensor(self, name: str, role: str) -> TensorPlan:
+        try:
+            t = self.plan.tensor(name)
+        except KeyError:
+            raise InputError(f"no tensor named {name!r}; {role}s: "
+                             f"{[x.name for x in (self.plan.inputs if role == 'input' else self.plan.outputs)]}") from None
+        if t.role != role:
+            raise InputError(f"tensor {name!r} is an {t.role}, not an {role}")
+        return t
+
+    def _convert_outputs(self, outs: dict[str, Any]) -> Any:
+        if self.Outputs is None:
+            return outs
+        return self.Outputs(*(outs[t.name] for t in self.plan.outputs))
+
+    def _call(self, feeds: Mapping[str, Any], *, copy: bool, convert: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+        with self._lock:
+            t0 = time.perf_counter()
+            pending = self._submit(feeds, convert=convert or self._convert_outputs)
+            outs = pending.result_dict(copy=copy)
+            pending._retrieved = True
+            if pending.timing is not None:
+                wall = (time.perf_counter() - t0) * 1e3
+                pending.timing = self.last_timing = _with_wall(pending.timing, wall)
+            return pending._convert(outs)
+
+    def _submit(self, feeds: Mapping[str, Any], *, convert: Callable[[dict[str, Any]], T] | None = None) -> Pending[T]:
+        with self._lock:
+            self._check_open()
+            t_submit = time.perf_counter()
+            feeds = self._normalize(feeds)
+            shapes = self._validate(feeds)
+            bs = self._next_set()
+            out_shapes = self._output_shapes(shapes)
+            conv: Callable[[dict[str, Any]], Any] = convert or self._convert_outputs
+            if self.device == "cpu":
+                host_in = self._run_cpu(bs, feeds, shapes, out_shapes)
+                p: Pending[Any] = Pending(self, bs, out_shapes, conv, host_in_ms=host_in, t_submit=t_submit,
+                                          graph=False, complete=True)
+            else:
+                host_in, graph = self._launch(bs, feeds, shapes, out_shapes, t_submit)
+                p = Pending(self, bs, out_shapes, conv, host_in_ms=host_in, t_submit=t_submit, graph=graph)
+            bs.pending = p
+            bs.used = True
+            return p
+
+    def _normalize(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in feeds.items():
+            name = key if any(t.name == key for t in self.plan.inputs) else self._ident_to_name.get(key, key)
+            if name in out:
+                raise InputError(f"input {name!r} given twice (by name and by identifier)")
+            out[name] = value
+        expected = [t.name for t in self.plan.inputs]
+        unknown = [k for k in out if k not in expected]
+        missing = [n for n in expected if n not in out]
+        if unknown or missing:
+            parts = ([f"unknown {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])
+            raise InputError(f"inputs: {', '.join(parts)}; expected {expected}")
+        return out
+
+    def _validate(self, feeds: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for t in self.plan.inputs:
+            shapes[t.name] = self._check_input(t, feeds[t.name])
+        return shapes
+
+    def _check_input(self, t: TensorPlan, x: Any) -> tuple[int, ...]:
+        want_dtype = np_dtype(t.dtype)
+        on_device = t.memory == "device" and self.device == "cuda"
+        if on_device:
+            if isinstance(x, np.ndarray):
+                raise InputError(f"input {t.name!r}: expected a CUDA array (memory: device), got a numpy array "
+                                 "on the host", hint="pass a torch/cupy CUDA tensor, or use a host memory strategy")
+            info = cuda_array_info(x)
+            if info is None:
+                raise InputError(f"input {t.name!r}: expected a CUDA array with __cuda_array_interface__, got {_describe(x)}")
+            shape, dtype, contiguous = info.shape, info.dtype, info.contiguous
+        else:
+            if not isinstance(x, np.ndarray):
+                where = "a CUDA array" if hasattr(x, "__cuda_array_interface__") else _describe(x)
+                raise InputError(f"input {t.name!r}: expected a numpy array in host memory ({t.memory}), got {where}",
+                                 hint="copy it to the host (e.g. tensor.cpu().numpy()), or declare memory: device")
+            shape, dtype, contiguous = tuple(x.shape), x.dtype, bool(x.flags.c_contiguous)
+        if dtype != want_dtype:
+            raise InputError(f"input {t.name!r}: expected dtype {t.dtype}, got {dtype} (no implicit casts)",
+                             hint=f"convert it first, e.g. x.astype(np.{want_dtype.name})")
+        _check_shape(t, shape)
+        if not contiguous:
+            raise InputError(f"input {t.name!r}: array is not C-contiguous",
+                             hint="pass np.ascontiguousarray(x) (or tensor.contiguous())")
+        if self.check_finite and not on_device and dtype.kind == "f" and not np.isfinite(x).all():
+            bad = int(x.size - np.isfinite(x).sum())
+            raise InputError(f"input {t.name!r}: {bad} NaN/Inf value(s) (check_finite is on)")
+        return shape
+
+    def _output_shapes(self, in_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        if all(in_shapes[t.name] == t.shape for t in self.plan.inputs):
+            return {o.name: o.shape for o in self.plan.outputs}
+        getter = getattr(self._engine, "output_shape", None)
+        out: dict[str, tuple[int, ...]] = {}
+        for o in self.plan.outputs:
+            if not o.dynamic:
+                out[o.name] = o.shape
+            elif callable(getter):
+                for name, shape in in_shapes.items():
+                    self._set_engine_shape(name, shape)
+                out[o.name] = tuple(int(d) for d in getter(o.name))
+            else:
+                out[o.name] = _derive_shape(o, self.plan.inputs, in_shapes)
+        return out
+
+    def _next_set(self) -> _BufferSet:
+        bs = self._sets[self._seq % len(self._sets)]
+        self._seq += 1
+        if bs.pending is not None:
+            bs.pending._take_snapshot()  # an unread result must survive the reuse of its buffers
+            bs.pending = None
+        return bs
+
+    def _wait_idle(self) -> None:
+        for s in self._streams.values():
+            cuda.stream_synchronize(s)
+
+    # -- CPU -------------------------------------------------------------------------------------------
+    def _run_cpu(self, bs: _BufferSet, feeds: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                 out_shapes: dict[str, tuple[int, ...]]) -> float:
+        assert self._engine is not None
+        t0 = time.perf_counter()
+        for t in self.plan.inputs:
+            bs.mems[t.name].prepare(feeds[t.name], shapes[t.name], stream=0)
+        host_in = (time.perf_counter() - t0) * 1e3
+        outs = {}
+        for o in self.plan.outputs:
+            view = bs.mems[o.name].host_view(out_shapes[o.name])
+            assert view is not None
+            outs[o.name] = view
+        t1 = time.perf_counter()
+        with _range("trtflow.infer"):
+            self._engine.infer({t.name: feeds[t.name] for t in self.plan.inputs}, outs)
+        if self.timing:
+            self.last_timing = StageTiming(None, (time.perf_counter() - t1) * 1e3, None, host_in, None)
+        return host_in
+
+    # -- CUDA ------------------------------------------------------------------------------------------
+    def _set_engine_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if self._engine_shapes.get(name) != shape:
+            assert self._engine is not None
+            self._engine.set_input_shape(name, shape)
+            self._engine_shapes[name] = shape
+
+    def _bind(self, bs: _BufferSet, shapes: dict[str, tuple[int, ...]], out_shapes: dict[str, tuple[int, ...]]) -> None:
+        engine = self._engine
+        assert engine is not None
+        for name, shape in shapes.items():
+            self._set_engine_shape(name, shape)
+        set_out = getattr(engine, "set_output_shape", None)
+        for name, shape in out_shapes.items():
+            if callable(set_out) and self._engine_shapes.get(name) != shape:
+                set_out(name, shape)
+                self._engine_shapes[name] = shape
+        for name, mem in bs.mems.items():
+            ptr = mem.device_ptr
+            if self._engine_addrs.get(name) != ptr:
+                engine.set_address(name, ptr)
+                self._engine_addrs[name] = ptr
+        if bs.consumed_ok and self._engine_consumed != bs.ev_consumed:
+            engine.set_input_consumed_event(bs.ev_consumed)
+            self._engine_consumed = bs.ev_consumed
+
+    def _launch(self, bs: _BufferSet, feeds: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                out_shapes: dict[str, tuple[int, ...]], t_submit: float) -> tuple[float, bool]:
+        """Enqueue one request on the streams; returns (host staging ms, whether a graph ran)."""
+        engine = self._engine
+        assert engine is not None
+        pipelined = self.topology == "pipelined"
+        s_in = self._streams["h2d"] if pipelined else self._streams["main"]
+        s_c = self._streams["compute"] if pipelined else s_in
+        s_out = self._streams["d2h"] if pipelined else s_in
+        inputs = [t.name for t in self.plan.inputs]
+        outputs = [o.name for o in self.plan.outputs]
+
+        if bs.used:  # host staging of this set may still be read by its previous request
+            cuda.event_synchronize(bs.host_free_event())
+        with _range("trtflow.stage_in"):
+            for name in inputs:
+                bs.mems[name].prepare(feeds[name], shapes[name], stream=s_in)
+        host_in = (time.perf_counter() - t_submit) * 1e3
+        self._bind(bs, shapes, out_shapes)
+
+        def copy_in() -> None:
+            for name in inputs:
+                bs.mems[name].enqueue_in(shapes[name], stream=s_in)
+
+        def copy_out() -> None:
+            for name in outputs:
+                bs.mems[name].enqueue_out(out_shapes[name], stream=s_out)
+
+        key: tuple[Any, ...] = (tuple(shapes.items()), tuple(mem.graph_key() for mem in bs.mems.values()))
+        if self._graph_on and not pipelined:
+            def body() -> None:
+                copy_in()
+                engine.enqueue(s_c)
+                copy_out()
+
+            if self.timing:
+                cuda.event_record(bs.t_compute, stream=s_c)
+            self._run_graph(bs, key, body, s_c)
+            for ev in (bs.ev_h2d, bs.ev_compute, bs.ev_d2h):
+                cuda.event_record(ev, stream=s_c)
+            return host_in, True  # stages run as one unit (graph or its eager warm-up): timed as one
+
+        if bs.used and s_in != s_c:  # device inputs of this set are free once its last compute read them
+            cuda.stream_wait_event(s_in, bs.device_inputs_free_event())
+        if self.timing:
+            cuda.event_record(bs.t_h2d, stream=s_in)
+        with _range("trtflow.h2d"):
+            copy_in()
+        cuda.event_record(bs.ev_h2d, stream=s_in)
+        if s_in != s_c:
+            cuda.stream_wait_event(s_c, bs.ev_h2d)
+        if bs.used and s_out != s_c:  # outputs of this set are free once their last D2H finished
+            cuda.stream_wait_event(s_c, bs.ev_d2h)
+        if self.timing:
+            cuda.event_record(bs.t_compute, stream=s_c)
+        ran_graph = False
+        with _range("trtflow.enqueue"):
+            if self._graph_on:  # only the enqueue is captured: its key is the device addresses
+                key = (tuple(shapes.items()), tuple(mem.device_ptr for mem in bs.mems.values()))
+                ran_graph = self._run_graph(bs, key, lambda: engine.enqueue(s_c), s_c)
+            else:
+                engine.enqueue(s_c)
+        cuda.event_record(bs.ev_compute, stream=s_c)
+        if s_out != s_c:
+            cuda.stream_wait_event(s_out, bs.ev_compute)
+        if self.timing:
+            cuda.event_record(bs.t_d2h, stream=s_out)
+        with _range("trtflow.d2h"):
+            copy_out()
+        cuda.event_record(bs.ev_d2h, stream=s_out)
+        return host_in, ran_graph
+
+    def _run_graph(self, bs: _BufferSet, key: tuple[Any, ...], body: Callable[[], None], stream: int) -> bool:
+        """Replay the graph of ``key``; on a miss run ``body`` eagerly (warm-up) and capture it."""
+        graph = bs.graphs.get(key)
+        if graph is not None:
+            bs.graphs.move_to_end(key)
+            graph.launch(stream)
+            self.graph_stats["replays"] += 1
+            return True
+        body()  # eager warm-up: initialisation must not be captured, and it computes this request
+        cuda.stream_synchronize(stream)
+        try:
+            graph = self._capture(stream, body)
+        except Exception as exc:
+            self._graph_on = False
+            self.graph_stats["failures"] += 1
+            self._graph_notes.insert(0, f"capture failed, running eagerly: {exc}".split("\n  hint")[0])
+            with contextlib.suppress(Exception):
+                if cuda.is_capturing(stream):
+                    cuda.abort_capture(stream)
+            with contextlib.suppress(Exception):
+                cuda.get_last_error()
+            return False
+        self.graph_stats["captures"] += 1
+        bs.graphs[key] = graph
+        while len(bs.graphs) > MAX_GRAPHS_PER_SET:
+            cuda.stream_synchronize(stream)
+            bs.graphs.popitem(last=False)[1].close()
+        return False
+
+    def _capture(self, stream: int, body: Callable[[], None]) -> CapturedGraph:
+        capture = getattr(self._engine, "capture_graph", None)
+        if callable(capture):  # engines with their own allocator (torch) capture through it
+            return capture(stream, body)  # type: ignore[no-any-return]
+        return capture_raw(stream, body)
+
+    def _timing_of(self, p: Pending[Any], *, wall: float | None) -> StageTiming | None:
+        if not self.timing or self.device != "cuda":
+            return self.last_timing if self.device != "cuda" else None
+        bs = p._set
+        if p._graph:
+            t = StageTiming(None, cuda.event_elapsed_ms(bs.t_compute, bs.ev_d2h), None, p._host_in_ms, wall, True)
+        else:
+            t = StageTiming(cuda.event_elapsed_ms(bs.t_h2d, bs.ev_h2d), cuda.event_elapsed_ms(bs.t_compute, bs.ev_compute),
+                            cuda.event_elapsed_ms(bs.t_d2h, bs.ev_d2h), p._host_in_ms, wall, False)
+        self.last_timing = t
+        return t
+
+
+# == helpers =========================================================================================
+def _identity(x: dict[str, Any]) -> dict[str, Any]:
+    return x
+
+
+def _with_wall(t: StageTiming, wall: float) -> StageTiming:
+    return StageTiming(t.h2d_ms, t.compute_ms, t.d2h_ms, t.host_in_ms, wall, t.graph)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"numpy array {x.dtype}{list(x.shape)}"
+    return type(x).__module__ + "." + type(x).__qualname__
+
+
+def _check_shape(t: TensorPlan, shape: tuple[int, ...]) -> None:
+    if len(shape) != len(t.shape):
+        raise InputError(f"input {t.name!r}: expected rank {len(t.shape)} {_expected(t)}, got shape {list(shape)}")
+    if not t.dynamic:
+        if shape != t.shape:
+            raise InputError(f"input {t.name!r}: expected shape {list(t.shape)}, got {list(shape)}")
+        return
+    for i, (lo, d, hi) in enumerate(zip(t.min_shape, shape, t.max_shape)):
+        if not lo <= d <= hi:
+            raise InputError(f"input {t.name!r}: dimension {i} is {d}, outside the profile {_expected(t)} "
+                             f"(got shape {list(shape)})",
+                             hint="rebuild with a wider profile: inputs.<name>.profile in the recipe")
+
+
+def _expected(t: TensorPlan) -> str:
+    if not t.dynamic:
+        return str(list(t.shape))
+    return "[" + ", ".join(str(lo) if lo == hi else f"{lo}..{hi}" for lo, hi in zip(t.min_shape, t.max_shape)) + "]"
+
+
+def _derive_shape(o: TensorPlan, inputs: tuple[TensorPlan, ...], shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """Output shape for the given input shapes, from the plan's min/opt/max (a dim of an output that
+    moves with a dim of an input in a fixed ratio over min, opt and max follows that dim)."""
+    dims = []
+    for i, (lo, opt, hi) in enumerate(zip(o.min_shape, o.shape, o.max_shape)):
+        if lo == hi:
+            dims.append(lo)
+            continue
+        best: int | None = None
+        for t in inputs:
+            for j, (a, b, c) in enumerate(zip(t.min_shape, t.shape, t.max_shape)):
+                if a == c or not (a and b and c):
+                    continue
+                r = Fraction(opt, b)
+                if Fraction(lo, a) == r == Fraction(hi, c):
+                    v = shapes[t.name][j] * r
+                    if v.denominator == 1:
+                        best = int(v)
+                        if r == 1:
+                            break
+            if best is not None:
+                break
+        if best is None:
+            raise InputError(f"cannot tell the shape of output {o.name!r} for inputs {shapes}",
+                             hint="the engine does not report output shapes; use the profile's opt shape")
+        dims.append(best)
+    return tuple(dims)
+
+
+def _pick_device(executor: type[Backend], requested: str) -> str:
+    devices = tuple(getattr(executor, "devices", ()) or (("cuda",) if executor.builds_engine else ("cpu",)))
+    if requested == "auto":
+        if "cuda" in devices and cuda.cuda_available():
+            return "cuda"
+        if "cpu" in devices:
+            return "cpu"
+        raise BackendMissing(f"backend {executor.name!r} needs a CUDA GPU and none is usable here",
+                             hint="run on a GPU machine, or backend='onnxruntime' for the CPU")
+    if requested not in ("cuda", "cpu"):
+        raise BackendMissing(f"unknown device {requested!r}", hint="auto, cuda or cpu")
+    if requested not in devices:
+        raise BackendMissing(f"backend {executor.name!r} does not run on {requested}",
+                             hint=f"it runs on: {', '.join(devices)}")
+    if requested == "cuda" and not cuda.cuda_available():
+        raise BackendMissing("device='cuda' but no CUDA GPU is usable (cuda-bindings missing or no device)",
+                             hint="pip install 'trtflow[cuda]' on a machine with an NVIDIA GPU")
+    return requested
+
+
+def _load_plan(folder: Path) -> Plan:
+    path = folder / "plan.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} not found", hint="build the artifact first (trtflow build)") from None
+    try:
+        return Plan.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a valid plan ({type(exc).__name__}: {exc})",
+                            hint="rebuild the artifact") from None
+
+
+def _load_report(folder: Path) -> dict[str, Any]:
+    path = folder / "report.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})", hint="rebuild the artifact") from None
+    return data if isinstance(data, dict) else {}
+
+
+def available_executor(name: str) -> bool:
+    """Whether backend ``name`` can execute here (helper for tests and tools)."""
+    try:
+        return get_backend(name).can_execute_here()
+    except Exception:
+        return False
+
+
+__all__ = ["CapturedGraph", "GraphCaptureFailed", "Pending", "Runner", "StageTiming", "available_executor",
+           "capture_raw"]
