@@ -276,3 +276,26 @@ def test_rtx_open_intact_plan_without_gpu_fails_at_deserialization_with_artifact
     with pytest.raises(ArtifactError, match="could not deserialize") as exc:
         TensorRTRTXBackend().open(built["cbr"].out, built["cbr"].plan, device="cuda")
     assert "CUDA" in str(exc.value)  # the runtime's own reason is passed on
+
+
+def test_rtx_builds_model_with_external_weights(tmp_path: Path) -> None:
+    import onnx
+
+    from trtflow.backends.tensorrt_rtx import TensorRTRTXBackend
+
+    model = onnx.load(str(conv_bn_relu(tmp_path / "src.onnx")))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    assert (tmp_path / "ext.weights").stat().st_size > 800
+    info = TensorRTRTXBackend().build(tmp_path / "ext.onnx", plan_for(tmp_path, "ext.onnx"), tmp_path)
+    assert (tmp_path / "engine.plan").stat().st_size == info.details["plan_bytes"] > 50_000
+
+
+def test_rtx_model_shape_outside_plan_is_a_build_error(tmp_path: Path) -> None:
+    from trtflow.backends.tensorrt_rtx import TensorRTRTXBackend
+
+    conv_bn_relu(tmp_path / "dyn.onnx", batch="N")
+    plan = plan_for(tmp_path, "dyn.onnx", "inputs: {x: {shape: [2, 3, 16, 16]}}\n")
+    static = conv_bn_relu(tmp_path / "b1.onnx")  # batch fixed to 1 in the graph
+    with pytest.raises(BuildError, match=r"input 'x' with shape \[1, 3, 16, 16\]"):
+        TensorRTRTXBackend().build(static, plan, tmp_path)

@@ -380,8 +380,7 @@ def _check_settings(flavor: Flavor, build: dict[str, Any]) -> list[str]:
     return ignored
 
 
-def _parse_error_message(trt: TrtModule, flavor: Flavor, parser: tensorrt.OnnxParser, onnx_path: Path
-                         ) -> BuildError:
+def _parse_error_message(flavor: Flavor, parser: tensorrt.OnnxParser, onnx_path: Path) -> BuildError:
     """One BuildError naming every failing node and op, and which backends can run the model."""
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     lines: list[str] = []
@@ -402,6 +401,8 @@ def _parse_error_message(trt: TrtModule, flavor: Flavor, parser: tensorrt.OnnxPa
         hint = (f"{', '.join(custom)} {'is a custom op' if len(custom) == 1 else 'are custom ops'} "
                 f"(domain {', '.join(sorted({domains.get(o, '?') for o in custom}))}): no trtflow backend "
                 "implements it; register a TensorRT plugin or replace the op in the model")
+    elif not ops:
+        hint = "check the model: python -c \"import onnx; onnx.checker.check_model('model.onnx', full_check=True)\""
     else:
         hint = ("onnxruntime can run this model: backend: onnxruntime "
                 "(set `build: {backend: onnxruntime}` in the recipe, or pass --backend onnxruntime)")
@@ -450,6 +451,13 @@ def _check_network_io(flavor: Flavor, network: tensorrt.INetworkDefinition, plan
         if got != tp.dtype:
             raise BuildError(f"{flavor.title} parsed {tp.role} {tp.name!r} as {got}, the plan says {tp.dtype}",
                              hint="the lowered model must carry the plan's boundary dtypes (Cast nodes at the I/O)")
+    for tp in plan.inputs:
+        shape = dims(tensors[tp.name].shape)
+        fixed = [lo if lo == hi else -1 for lo, hi in zip(tp.min_shape, tp.max_shape)]
+        if len(shape) != len(fixed) or any(d != -1 and d != f for d, f in zip(shape, fixed)):
+            raise BuildError(f"{flavor.title} parsed input {tp.name!r} with shape {shape}; the plan's range is "
+                             f"{list(tp.min_shape)}..{list(tp.max_shape)}",
+                             hint="the lowered model must have static dims where the plan does (-1 elsewhere)")
     return tensors
 
 
@@ -558,7 +566,7 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from file: external weights resolve next to it
-        raise _parse_error_message(trt, flavor, parser, onnx_path)
+        raise _parse_error_message(flavor, parser, onnx_path)
     tensors = _check_network_io(flavor, network, plan)
 
     config = builder.create_builder_config()
