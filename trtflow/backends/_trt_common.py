@@ -334,27 +334,16 @@ def describe_plan_file(path: Path) -> dict[str, Any]:
 
 # -- device ---------------------------------------------------------------------------------------------
 
-def device_compute_capability(device: int = 0) -> tuple[int, int] | None:
-    """(major, minor) of CUDA device ``device``, or None without cuda-bindings or without a GPU.
+def device_compute_capability() -> tuple[int, int] | None:
+    """(major, minor) of the current CUDA device; None without cuda-bindings or without a GPU."""
+    from trtflow.runtime import cuda  # the module that owns CUDA calls; imports cuda-bindings lazily
 
-    TODO(runtime): move into trtflow/runtime/cuda.py (the module that owns CUDA calls) once it offers this.
-    """
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
+    if not cuda.cuda_available():
         return None
     try:
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess or count <= device:
-            return None
-        attr = cudart.cudaDeviceAttr
-        err1, major = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device)
-        err2, minor = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device)
-    except Exception:  # noqa: BLE001 - a broken driver install answers like "no GPU"
+        return cuda.device_properties().compute_capability
+    except TrtflowError:  # CudaError / BackendMissing: answer like "no usable GPU"
         return None
-    if err1 != cudart.cudaError_t.cudaSuccess or err2 != cudart.cudaError_t.cudaSuccess:
-        return None
-    return int(major), int(minor)
 
 
 # -- build ------------------------------------------------------------------------------------------
