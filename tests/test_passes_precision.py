@@ -176,3 +176,30 @@ def test_bf16_refuses_control_flow() -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     with pytest.raises(ModelError, match="control flow"):
         to_bf16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("computed", [False, True])
+def test_fp16_resize_runs_in_fp16_with_float32_scales(computed: bool) -> None:
+    """Resize's `scales` is float32 in every opset: a weight keeps its fp32 original, a computed
+    scales tensor gets a Cast; the interpolation itself runs in fp16 (no fp32 island)."""
+    scales = np.array([1, 1, 2, 2], np.float32)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Resize", ["r", "", "s"], ["y"], name="resize", mode="linear")]
+    inits = [numpy_helper.from_array(scales, "s")]
+    if computed:  # scales = s0 * 2, a float computation the converter lowers to fp16
+        nodes.insert(0, helper.make_node("Mul", ["s0", "two"], ["s"], name="mul"))
+        inits = [numpy_helper.from_array(scales / 2, "s0"), numpy_helper.from_array(np.float32(2), "two")]
+    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = lowered(model, to_fp16)
+    onnx.checker.check_model(out, full_check=True)
+    resize = next(n for n in out.graph.node if n.op_type == "Resize")
+    assert resize.input[0] == "r" and resize.input[2] == "s__fp32"
+    assert ops(out).count("Cast") == (1 if computed else 0)
+    if not computed:
+        assert {i.name: i.data_type for i in out.graph.initializer} == {"s__fp32": TensorProto.FLOAT}
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    ref = run_ort(model, {"x": x})["y"]
+    got = run_ort(out, {"x": x.astype(np.float16)})["y"]
+    assert got.dtype == np.float16 and elemwise_ok(ref, got, 1e-2)

@@ -27,12 +27,16 @@ from onnx import TensorProto, numpy_helper
 
 from trtflow.errors import BackendMissing, ModelError
 from trtflow.passes._graph import NameGen, cast_node, note, opset_of, subgraphs
-from trtflow.passes.normalize import infer_shapes
+from trtflow.passes.normalize import drop_unused_initializers, infer_shapes
 from trtflow.plan.model import Plan
 
 # Kept in fp32 on top of the converter's defaults (Resize, TopK, Range, CumSum, Min, Max, NMS, ...):
 # ops whose fp16 result overflows (65504) for ordinary inputs.
 FP16_EXTRA_BLOCK = frozenset({"Pow", "Exp", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "ReduceProd"})
+# The converter blocks Resize only because its `roi`/`scales` inputs are float32 in every opset;
+# keep_float_slots keeps exactly those inputs fp32, so Resize itself (LRASPP's full-resolution
+# upsample, the biggest tensor of the net) runs in fp16.
+FP16_UNBLOCK = frozenset({"Resize"})
 # fp16 weights: the converter's default clamp of 1e4 would cut representable values; 65504 is fp16's max.
 FP16_MAX = 65504.0
 
@@ -93,7 +97,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                              hint="pip install 'trtflow[lower]'") from None
     refuse_external_data(model, "fp16")
     name_nodes(model.graph)
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | FP16_EXTRA_BLOCK)
+    block = sorted((set(float16.DEFAULT_OP_BLOCK_LIST) - FP16_UNBLOCK) | FP16_EXTRA_BLOCK)
+    opset = opset_of(model)
+    float_weights = fixed_float_initializers(model.graph, frozenset(block), opset)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = float16.convert_float_to_float16(model, keep_io_types=False, op_block_list=block,
@@ -103,10 +109,62 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         note(f"{len(clamped)} weight tensors had values clamped into fp16's range (e.g. {clamped[0]})")
     retarget_casts(out.graph, TensorProto.FLOAT16)
     split_shared_initializers(out.graph, frozenset(block))
+    keep_float_slots(out.graph, float_weights, frozenset(block), opset)
+    drop_unused_initializers(out.graph)  # fp16 copies of weights that only fed fixed-float slots
     kept = sorted({n.op_type for n in out.graph.node if n.op_type in block})
     if kept:
         note(f"kept in fp32: {', '.join(kept)}")
     return out
+
+
+def fixed_float_slots(node: onnx.NodeProto, opset: int) -> list[int]:
+    """Positions of the node's inputs that ONNX types as float32 whatever T is (Resize roi/scales)."""
+    if node.domain not in ("", "ai.onnx"):
+        return []
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return []
+    slots = _formal_types(schema.inputs, len(node.input))
+    return [k for k, t in enumerate(slots) if t == "tensor(float)" and node.input[k]]
+
+
+def fixed_float_initializers(graph: onnx.GraphProto, block: frozenset[str], opset: int) -> dict[str, TensorProto]:
+    """Copies of the fp32 weights feeding fixed-float slots of unblocked nodes, taken before conversion."""
+    inits = {i.name: i for i in graph.initializer if i.data_type == TensorProto.FLOAT}
+    wanted = {node.input[k] for node in graph.node if node.op_type not in block
+              for k in fixed_float_slots(node, opset)}
+    out = {}
+    for name in wanted & set(inits):
+        out[name] = TensorProto()
+        out[name].CopyFrom(inits[name])
+    return out
+
+
+def keep_float_slots(graph: onnx.GraphProto, originals: dict[str, TensorProto], block: frozenset[str],
+                     opset: int) -> None:
+    """Feed fixed-float slots the converter turned fp16: the original fp32 weight, or a Cast."""
+    types, names = value_types(graph), NameGen(graph)
+    fp32: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        for k in fixed_float_slots(node, opset) if node.op_type not in block else []:
+            x = node.input[k]
+            if types.get(x) != TensorProto.FLOAT16:
+                continue
+            if x not in fp32:
+                fp32[x] = names(f"{x}__fp32")
+                if x in originals:
+                    weight = TensorProto()
+                    weight.CopyFrom(originals[x])
+                    weight.name = fp32[x]
+                    graph.initializer.append(weight)
+                else:
+                    nodes.append(cast_node(x, fp32[x], TensorProto.FLOAT, names(f"Cast_{fp32[x]}")))
+            node.input[k] = fp32[x]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def retarget_casts(graph: onnx.GraphProto, low: int) -> None:
