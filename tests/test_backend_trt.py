@@ -119,6 +119,7 @@ def test_tensorrt_backend_typechecks_against_stubs(mypy_dir: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.slow
 @needs_mypy_and_stubs
 def test_stub_typecheck_catches_tensorrt_api_misuse(mypy_dir: Path) -> None:
     """Control: the same setup flags a wrong TensorRT call, so a pass above means the stubs were used."""
