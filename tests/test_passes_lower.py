@@ -77,6 +77,17 @@ def test_bf16_full_contract_passes_the_checker(tmp_path: Path) -> None:
     assert records[1]["opset"] == {"before": 17, "after": 22}
 
 
+def test_bf16_topk_reads_float32_where_topk_has_no_bf16_kernel(tmp_path: Path) -> None:
+    model = conv_net(head="cls", classes=10)
+    plan = make_project(tmp_path, model, "precision: bf16\n" + SEG.split("outputs:")[0] +
+                        "outputs:\n  logits: {reduce: {op: topk, k: 3}}\n")
+    lowered, _ = lower(model, plan)  # check_io ran the full checker: TopK takes bf16 only from opset 24
+    topk = next(n for n in lowered.graph.node if n.op_type == "TopK")
+    cast = next(n for n in lowered.graph.node if topk.input[0] in n.output)
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT
+    assert io_desc(lowered.graph.output)[0][:2] == ("logits_values", TensorProto.FLOAT)
+
+
 # -- check_io -----------------------------------------------------------------------------------------
 @pytest.fixture
 def checked(tmp_path: Path):  # type: ignore[no-untyped-def]

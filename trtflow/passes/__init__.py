@@ -28,7 +28,7 @@ from typing import Any
 
 import onnx
 
-from trtflow.passes._graph import dtype_name, io_elem_type, opset_of, value_info_dims
+from trtflow.passes._graph import PassNote, dtype_name, io_elem_type, opset_of, value_info_dims
 from trtflow.passes.check_io import check_io
 from trtflow.passes.io_inputs import io_inputs
 from trtflow.passes.io_outputs import io_outputs
@@ -71,7 +71,11 @@ def lower(model: onnx.ModelProto, plan: Plan, *,
             warnings.simplefilter("always")
             current = p.run(current, plan)
         seconds = time.perf_counter() - start
-        records.append(_record(p.name, before, _summary(current), seconds, caught))
+        notes = [str(w.message) for w in caught if issubclass(w.category, PassNote)]
+        for w in caught:  # library warnings are not ours to swallow
+            if not issubclass(w.category, PassNote):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        records.append(_record(p.name, before, _summary(current), seconds, notes))
     return current, records
 
 
@@ -93,7 +97,7 @@ def _io(vi: onnx.ValueInfoProto) -> str:
 
 
 def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: float,
-            caught: list[warnings.WarningMessage]) -> dict[str, Any]:
+            notes: list[str]) -> dict[str, Any]:
     added = after["ops"] - before["ops"]
     removed = before["ops"] - after["ops"]
     rec: dict[str, Any] = {
@@ -104,7 +108,7 @@ def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: f
         "nodes_added": dict(sorted(added.items())),
         "nodes_removed": dict(sorted(removed.items())),
         "initializers_delta": after["initializers"] - before["initializers"],
-        "notes": [str(w.message) for w in caught],
+        "notes": notes,
     }
     for key in ("inputs", "outputs", "opset"):
         if before[key] != after[key]:
@@ -112,4 +116,4 @@ def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: f
     return rec
 
 
-__all__ = ["PASSES", "Pass", "check_io", "io_inputs", "io_outputs", "lower", "normalize", "precision"]
+__all__ = ["PASSES", "Pass", "PassNote", "check_io", "io_inputs", "io_outputs", "lower", "normalize", "precision"]

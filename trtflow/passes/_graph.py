@@ -44,6 +44,19 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def accepts(op_type: str, opset: int, elem_type: int) -> bool:
+    """Whether ONNX ``op_type`` at ``opset`` takes its main input ``T`` as ``elem_type`` (e.g. TopK
+    takes bfloat16 only from opset 24)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return False
+    type_str = f"tensor({helper.tensor_dtype_to_string(elem_type).removeprefix('TensorProto.').lower()})"
+    first = schema.inputs[0].type_str
+    allowed = next((c.allowed_type_strs for c in schema.type_constraints if c.type_param_str == first), [first])
+    return type_str in allowed
+
+
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
     """Graphs held in a node's attributes (If/Loop/Scan bodies)."""
     for attr in node.attribute:

@@ -28,6 +28,7 @@ from trtflow.passes._graph import (
     FLOAT_TYPES,
     DimValue,
     NameGen,
+    accepts,
     boundary_value_info,
     cast_node,
     claim_names,
@@ -67,6 +68,9 @@ class _Builder:
         return out
 
 
+ONNX_OP = {"argmax": "ArgMax", "threshold": "Greater", "topk": "TopK", "softmax": "Softmax", "sigmoid": "Sigmoid"}
+
+
 def positive_axis(axis: int, rank: int) -> int:
     """Opsets before 11 take no negative axes; the plan already checked the range."""
     return axis + rank if axis < 0 else axis
@@ -95,6 +99,8 @@ def contract(b: _Builder, x: str, graph_type: int, tensors: Sequence[TensorPlan]
     t = tensors[0]
     red = t.reduce or {}
     op = red.get("op")
+    if op in ONNX_OP and not accepts(ONNX_OP[op], opset, graph_type):
+        x, graph_type = b.cast(x, TensorProto.FLOAT), TensorProto.FLOAT  # e.g. bf16 TopK before opset 24
     if op == "argmax":
         idx = b.node("ArgMax", [x], axis=positive_axis(int(red["axis"]), rank), keepdims=0)
         return {t.name: narrow(b, idx, TensorProto.INT64, t, t.name)}
