@@ -393,9 +393,9 @@ def doctor(json_out: JsonOpt = False) -> None:
 @app.command("init")
 def init_(
     model: Annotated[Path, typer.Argument(help="The ONNX model to write a recipe for.", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Recipe file to write (default recipes/<model stem>.yaml).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Recipe name (default: the recipe file's stem).")] = None,
+    name: Annotated[str | None, typer.Option(help="Recipe name (default: the recipe file's stem).")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing recipe file.")] = False,
 ) -> None:
     """Write a starter recipe from the model's inputs and outputs, with a comment on every choice.
@@ -441,7 +441,8 @@ def inspect_(
     else:
         render(info, console, all_layers=layers)
     if not info["integrity"]["ok"]:
-        raise ArtifactError(str(info["integrity"]["error"]), hint="rebuild with `trtflow build --force`")
+        raise ArtifactError(str(info["integrity"]["error"]),
+                            hint=info["integrity"].get("hint") or "rebuild with `trtflow build --force`")
 
 
 export_app = typer.Typer(name="export", help="Export a built artifact to a serving system.", no_args_is_help=True)
@@ -455,7 +456,7 @@ def export_triton(
         show_default=False)],
     repo: Annotated[Path, typer.Option("--out", "-o", help="The Triton model repository to write into.")] = Path(
         "model_repository"),
-    name: Annotated[Optional[str], typer.Option(help="Triton model name (default: the recipe's name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Triton model name (default: the recipe's name).")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing model folder.")] = False,
     onnx: Annotated[bool, typer.Option("--onnx", help="Export the lowered ONNX (onnxruntime backend) even "
                                                       "when a TensorRT plan exists.")] = False,

@@ -1,0 +1,1 @@
+"""Exports of a built artifact to other serving systems (``trtflow export triton``)."""

@@ -1,0 +1,281 @@
+"""``trtflow init model.onnx``: write a starter recipe from the model's inputs and outputs.
+
+The recipe is built line by line so that every choice carries a comment, but every key and value that
+comes from the model (tensor names, paths, symbolic dims) goes through ``yaml.safe_dump`` and every
+name inside a comment through ``json.dumps``: a tensor called ``"a: b # c\\n"`` stays one key, and a
+comment can never be ended early by a line break hidden in a name. The text is parsed back and checked
+against the model before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trtflow.errors import RecipeError
+from trtflow.plan.onnxmeta import IOInfo, ModelInfo, read_model_info
+
+SCHEMA_REL = Path("schemas") / "recipe.schema.json"
+FLOATS = ("float32", "float16", "bfloat16")
+
+# Profile defaults for dynamic dims (min, opt, max). Batch: small to large, tuned at 8.
+BATCH_RANGE = (1, 8, 32)
+# Spatial dims of [N, C, H, W] / [N, C, D, H, W]: multiples of 32, so strided backbones stay exact.
+SPATIAL_RANGE = (128, 512, 1024)
+# Anything else (sequence length, number of boxes, ...): a guess the user must confirm.
+OTHER_RANGE = (1, 128, 512)
+_BATCH_NAMES = re.compile(r"(?i)^(n|b|bs|batch|batch_?size|num_?batch(es)?|unk__\d+|N)$")
+
+IMAGENET = {"scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@dataclass(frozen=True)
+class InitResult:
+    path: Path                      # the recipe written
+    text: str
+    schema_written: Path | None     # the JSON Schema, when init had to create it for the editor line
+    notes: tuple[str, ...] = ()     # choices the user should check (guessed dims, paths)
+    plan_error: str | None = None   # why `trtflow plan` would fail on it as written (None: it plans)
+
+
+def y(value: Any) -> str:
+    """One YAML scalar, sequence or mapping in flow style on a single line, safely quoted."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=False, sort_keys=False)
+    if "\n" in text.rstrip("\n").removesuffix("\n...").rstrip("\n"):
+        # Multi-line plain/single-quoted output (names holding line breaks): force double quotes, which
+        # escape every break as \n.
+        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=False,
+                              sort_keys=False, default_style='"')
+    text = text.rstrip("\n").removesuffix("\n...").rstrip("\n")
+    if "\n" in text:  # pragma: no cover - safe_dump with double quotes never breaks lines at this width
+        raise ValueError(f"cannot write {value!r} on one YAML line")
+    return text
+
+
+def c(value: Any) -> str:
+    """A model-derived value shown inside a comment: JSON with every non-ASCII char escaped (no line breaks)."""
+    return json.dumps(value, ensure_ascii=True)
+
+
+def safe_name(stem: str) -> str:
+    """A valid recipe ``name`` from a file stem: letters, digits, ``_.-``; starts with a letter or digit."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("_.-")[:64]
+    return name or "model"
+
+
+def _is_batch(symbol: Any, index: int) -> bool:
+    return index == 0 or (isinstance(symbol, str) and bool(_BATCH_NAMES.match(symbol)))
+
+
+class _Dims:
+    """Chooses (min, opt, max) per dynamic dim; a symbol shared by several inputs gets one range."""
+
+    def __init__(self) -> None:
+        self.by_symbol: dict[str, tuple[int, int, int]] = {}
+        self.notes: list[str] = []
+
+    def pick(self, io: IOInfo, index: int) -> tuple[tuple[int, int, int], str]:
+        d = io.dims[index]
+        if isinstance(d, str) and d in self.by_symbol:
+            return self.by_symbol[d], f"dim {index} {c(d)}: shared with another input"
+        rank = len(io.dims)
+        if _is_batch(d, index):
+            rng, why = BATCH_RANGE, f"dim {index} {c(d)} looks like the batch: tuned for 8, up to 32"
+        elif rank >= 4 and index >= 2:
+            rng, why = SPATIAL_RANGE, (f"dim {index} {c(d)} is spatial and dynamic: CHECK this range "
+                                       "(engines are fastest at opt)")
+            self.notes.append(f"input {c(io.name)} dim {index} {c(d)}: guessed {list(rng)} "
+                              "(min/opt/max); set the sizes you serve")
+        else:
+            rng, why = OTHER_RANGE, f"dim {index} {c(d)} is dynamic: CHECK this range (a guess)"
+            self.notes.append(f"input {c(io.name)} dim {index} {c(d)}: guessed {list(rng)} "
+                              "(min/opt/max); set the sizes you serve")
+        if isinstance(d, str):
+            self.by_symbol[d] = rng
+        return rng, why
+
+
+def _dynamic(d: Any) -> bool:
+    return not isinstance(d, int) or d <= 0
+
+
+def _input_lines(io: IOInfo, dims: _Dims) -> list[str]:
+    lines = [f"  # model input {c(io.name)}: {io.dtype} {c(list(io.dims))}"]
+    lines.append(f"  {y(io.name)}:")
+    if any(_dynamic(d) for d in io.dims):
+        lo, opt, hi = [], [], []
+        whys = []
+        for i, d in enumerate(io.dims):
+            if isinstance(d, int) and d > 0:
+                a = b = m = d
+            else:
+                (a, b, m), why = dims.pick(io, i)
+                whys.append(why)
+            lo.append(a)
+            opt.append(b)
+            hi.append(m)
+        lines.append("    # dynamic dims need a profile: the engine accepts any shape between min and max")
+        lines += [f"    #   {w}" for w in whys]
+        lines.append(f"    profile: {y({'min': lo, 'opt': opt, 'max': hi})}")
+    else:
+        fixed = [d for d in io.dims if isinstance(d, int)]
+        lines.append(f"    # shape: {y(fixed)}   # fixed by the model; nothing to choose")
+    lines.append(f"    # dtype: {io.dtype}   # the model's dtype; a narrower one here moves fewer bytes")
+    if len(io.dims) == 4 and io.dtype in FLOATS and io.dims[1] == 3:
+        lines += [
+            "    # Looks like an image batch [N, 3, H, W]. Handing over uint8 NHWC pixels moves 1/4 of the",
+            "    # float32 bytes; the cast, the transpose to NCHW and the normalization then run in the engine:",
+            "    # dtype: uint8",
+            "    # layout: NHWC      # profile/shape above stay in the model's NCHW layout",
+            f"    # preprocess: {y(IMAGENET)}   # ImageNet statistics: use your model's",
+        ]
+    lines.append("    format: linear   # TensorRT I/O format; vectorized ones (hwc8, chw32) pad the channel dim")
+    lines.append("    memory: pinned   # page-locked: full-speed async copies (pageable ones are staged by the driver)")
+    return lines
+
+
+def _output_lines(io: IOInfo) -> list[str]:
+    lines = [f"  # model output {c(io.name)}: {io.dtype} {c(list(io.dims))}", f"  {y(io.name)}:"]
+    if io.dtype in FLOATS:
+        ch = io.dims[1] if len(io.dims) >= 2 else None
+        if len(io.dims) == 4:
+            dtype = "uint8" if isinstance(ch, int) and ch <= 256 else "int32"
+            lines.append(f"    # reduce: {y({'op': 'argmax', 'axis': 1, 'dtype': dtype})}   "
+                         "# a class mask instead of per-class float maps")
+        elif len(io.dims) == 2 and (not isinstance(ch, int) or ch >= 5):
+            lines.append(f"    # reduce: {y({'op': 'topk', 'k': 5, 'axis': 1})}   "
+                         "# 5 scores + 5 indices per row instead of every score")
+        lines.append("    # dtype: float16   # narrowed on the GPU: half the D2H bytes")
+    lines.append("    memory: pinned")
+    return lines
+
+
+def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: Path) -> tuple[str, list[str]]:
+    """The starter recipe for ``info`` to be written at ``recipe_path``, and notes on the guesses in it."""
+    folder = recipe_path.resolve().parent
+    schema_rel = _rel(schema_path.resolve(), folder)
+    model_rel = _rel(info.path.resolve(), folder)
+    dims = _Dims()
+    any_dynamic = any(_dynamic(d) for io in info.inputs for d in io.dims)
+    out: list[str] = [
+        f"# yaml-language-server: $schema={schema_rel}",
+        f"# Starter recipe written by `trtflow init` for {c(info.path.name)} (opset {info.opset}).",
+        "# Every field is optional except `model`; `trtflow plan` shows what each choice costs in bytes and ms.",
+        "# Reference of every field: docs/recipe-reference.md (or `trtflow schema --print`).",
+        "schema_version: 1",
+        f"name: {y(name)}   # artifact folder build/<name>/ and the runner class",
+        f"model: {y(model_rel)}   # relative to this file",
+        f"# model: {{path: {y(model_rel)}, sha256: {info.sha256}}}   # pin it: a changed file is an error",
+        "precision: fp32   # fp32 | tf32 | fp16 | bf16; fp16 halves compute and memory, tolerances follow",
+        "",
+        "inputs:" if info.inputs else "inputs: {}",
+    ]
+    for io in info.inputs:
+        out += _input_lines(io, dims)
+    out += ["", "outputs:" if info.outputs else "outputs: {}"]
+    for io in info.outputs:
+        out += _output_lines(io)
+    out += [
+        "",
+        "streams:",
+        "  topology: sync   # sync: simplest | async: copies overlap compute | pipelined: `depth` requests in flight",
+        "  depth: 2         # buffer sets in flight when pipelined (also Triton instance count on export)",
+        "  cuda_graph: false   # replay copy-in + enqueue + copy-out as one graph: less launch overhead"
+        + ("; dynamic shapes recapture on every shape change" if any_dynamic else ""),
+        "",
+        "build:",
+        "  backend: auto   # the best builder installed (says which); `trtflow doctor` lists them",
+        "  workspace_mib: 4096",
+        "  optimization_level: 3   # 0..5: higher builds slower, may run faster",
+        "  # timing_cache: timing.cache   # relative to this file; TensorRT reuses kernel timings across builds",
+        "",
+        "validate:",
+        "  formula: elemwise   # fail an element only if |a-b| > atol AND |a-b|/|b| > rtol (Polygraphy's rule)",
+        "  statistic: max",
+        "  # default: {atol: 1.0e-05, rtol: 1.0e-05}   # from precision: 1e-5 fp32, 1e-3 tf32, 1e-2 fp16/bf16",
+        "  samples: 2",
+        "  seed: 0",
+        "  generator: uniform   # or data: inputs.npz with real inputs (better for reduced outputs)",
+        "",
+        "# budgets: {p99_latency_ms: 10, min_throughput: 100}   # enforced by `trtflow bench --check`",
+        "",
+    ]
+    text = "\n".join(out)
+    _check_roundtrip(text, info, recipe_path)
+    return text, dims.notes
+
+
+def _rel(target: Path, folder: Path) -> str:
+    try:
+        return Path(os.path.relpath(target, folder)).as_posix()
+    except ValueError:  # another drive: only an absolute path works
+        return target.as_posix()
+
+
+def _check_roundtrip(text: str, info: ModelInfo, recipe_path: Path) -> None:
+    """The written names must be exactly the model's: a quoting bug must never reach disk."""
+    from trtflow.recipe import parse_recipe
+
+    loaded = parse_recipe(text, recipe_path)
+    got = (list(loaded.recipe.inputs), list(loaded.recipe.outputs))
+    want = ([io.name for io in info.inputs], [io.name for io in info.outputs])
+    if got != want:  # pragma: no cover - a bug in y()
+        raise AssertionError(f"init wrote names {got}, the model has {want}")
+
+
+def default_recipe_path(model: Path) -> Path:
+    return Path("recipes") / f"{safe_name(model.stem)}.yaml"
+
+
+def init_recipe(model: Path, out: Path | None = None, *, force: bool = False, name: str | None = None,
+                write_schema: bool = True) -> InitResult:
+    """Write a starter recipe for ``model`` at ``out`` (default ``recipes/<model stem>.yaml``)."""
+    from trtflow.artifact import atomic_write
+    from trtflow.recipe.loader import project_root
+
+    out = out or default_recipe_path(model)
+    if out.exists() and not force:
+        raise RecipeError(f"{out} already exists; not overwriting it", hint="pass --force to replace it, or --out")
+    if out.exists() and not out.is_file():
+        raise RecipeError(f"{out} exists and is not a file")
+    name = name or safe_name(out.stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise RecipeError(f"name {name!r} is not a valid recipe name",
+                          hint="1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
+    info = read_model_info(model.resolve())
+    root = project_root(out.resolve().parent)
+    schema_path = root / SCHEMA_REL
+    schema_written = None
+    if write_schema and not schema_path.exists():
+        from trtflow.recipe.jsonschema import recipe_json_schema
+
+        atomic_write(schema_path, recipe_json_schema())
+        schema_written = schema_path
+    text, notes = recipe_text(info, out, name=name, schema_path=schema_path)
+    if not info.path.resolve().is_relative_to(root):
+        notes.append(f"the model is outside the project {root}: plan/build need --allow-outside "
+                     "(or move the model into the project)")
+    atomic_write(out, text)
+    return InitResult(path=out, text=text, schema_written=schema_written, notes=tuple(notes),
+                      plan_error=_plan_error(out))
+
+
+def _plan_error(path: Path) -> str | None:
+    from trtflow.errors import TrtflowError
+    from trtflow.plan import make_plan
+    from trtflow.recipe import load_recipe
+
+    try:
+        make_plan(load_recipe(path))
+    except TrtflowError as exc:
+        return str(exc)
+    return None
+
+
+__all__ = ["InitResult", "default_recipe_path", "init_recipe", "recipe_text", "safe_name"]
