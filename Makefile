@@ -11,6 +11,7 @@ $(BIN)/trtflow: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,dev]'
 	$(BIN)/pip install -q --no-deps 'tensorrt-stubs>=10.13'
+	$(BIN)/python tests/test_backend_trt.py typings
 	touch $@
 
 setup: $(BIN)/trtflow ## create .venv with every extra this machine can use

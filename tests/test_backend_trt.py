@@ -209,10 +209,6 @@ def test_tensorrt_builds_conv_bn_relu_for_real(tmp_path: Path) -> None:
         engine.close()
 
 
-if __name__ == "__main__":
-    print(write_typings(Path(sys.argv[1] if len(sys.argv) > 1 else "typings")))
-
-
 def test_trt_engine_wrapper_rules_with_fake_engine(tmp_path: Path) -> None:
     """TrtEngine's own rules (scratch memory first, False from TensorRT becomes an error, close), checked
     with fake engine/context objects: no TensorRT runtime can execute on this machine."""
@@ -269,3 +265,7 @@ def test_trt_engine_wrapper_rules_with_fake_engine(tmp_path: Path) -> None:
     e.close()
     with pytest.raises(RunnerClosed):
         e.enqueue(7)
+
+
+if __name__ == "__main__":
+    print(write_typings(Path(sys.argv[1] if len(sys.argv) > 1 else "typings")))
