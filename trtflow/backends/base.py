@@ -67,9 +67,11 @@ class Backend(ABC):
     @classmethod
     def available(cls) -> bool:
         try:
-            return importlib.util.find_spec(cls.module.split(".")[0]) is not None
+            spec = importlib.util.find_spec(cls.module.split(".")[0])
         except (ImportError, ValueError):
             return False
+        # A bare folder (e.g. tensorrt-stubs' `tensorrt/`) imports as an empty namespace package: not installed.
+        return spec is not None and spec.origin is not None
 
     @classmethod
     def version(cls) -> str | None:
