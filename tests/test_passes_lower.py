@@ -75,6 +75,7 @@ def test_bf16_full_contract_passes_the_checker(tmp_path: Path) -> None:
     assert io_desc(lowered.graph.output) == [("logits", TensorProto.UINT8, ["N", 16, 16])]
     assert {i.data_type for i in lowered.graph.initializer if i.name.startswith("image__")} == {TensorProto.BFLOAT16}
     assert records[1]["opset"] == {"before": 17, "after": 22}
+    assert any("opset upgraded 17 -> 22" in n for n in records[1]["notes"])
 
 
 def test_bf16_topk_reads_float32_where_topk_has_no_bf16_kernel(tmp_path: Path) -> None:
