@@ -601,12 +601,17 @@ class DeviceMemory(TensorMemory):
     """Device-resident tensor. Inputs: a CUDA array (``__cuda_array_interface__``) that is
     contiguous, of the right dtype and 256-byte aligned is bound zero-copy; a misaligned one is
     copied D2D into the runner's buffer. The runner's stream waits for the producer's stream.
-    Outputs: :class:`DeviceArray` views of the runner's buffer."""
+    Outputs: :class:`DeviceArray` views of the runner's buffer.
+
+    With ``graph=True`` (CUDA graphs) inputs are always copied D2D into the runner's buffer, and
+    that copy is enqueued in :meth:`prepare`, outside the graph: the graph sees one fixed address
+    instead of being recaptured for every new tensor."""
 
     strategy = "device"
 
-    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
+    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None, graph: bool = False) -> None:
         super().__init__(tensor, fmt=fmt)
+        self.graph = graph
         if self.fmt != "linear":
             raise InputError(f"tensor {tensor.name!r}: device memory with format {self.fmt} would hand the "
                              "caller a packed layout", hint="use format: linear for device tensors")
@@ -630,7 +635,10 @@ class DeviceMemory(TensorMemory):
             cuda.event_record(self._event, stream=info.stream)
             cuda.stream_wait_event(stream, self._event)
         self._keep = array  # the caller's tensor stays alive while the engine may read it
-        if info.ptr % ALIGNMENT == 0:
+        if self.graph:
+            self._bound, self._src = self._dev.ptr, 0
+            cuda.memcpy_async(self._dev.ptr, info.ptr, self.bytes_for(shape), "d2d", stream=stream)
+        elif info.ptr % ALIGNMENT == 0:
             self._bound, self._src = info.ptr, 0
             self.zero_copy_hits += 1
         else:
@@ -720,4 +728,4 @@ def make_memory(tensor: TensorPlan, strategy: str, *, device: str, registry: Hos
         return RegisteredMemory(tensor, registry=registry)
     if strategy == "mapped":
         return MappedMemory(tensor)
-    return DeviceMemory(tensor)
+    return DeviceMemory(tensor, graph=graph)

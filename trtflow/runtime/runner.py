@@ -376,6 +376,10 @@ class Runner:
             if staged:
                 self._graph_notes.append(f"pageable tensors {staged} are staged through pinned buffers "
                                          "(pageable copies cannot be captured)")
+            copied = [t.name for t in self.plan.inputs if t.memory == "device"]
+            if copied:
+                self._graph_notes.append(f"device inputs {copied} are copied D2D into the runner's buffers "
+                                         "before each replay (a graph bakes in addresses)")
 
     def _setup_events(self) -> None:
         if self.device != "cuda":

@@ -1,0 +1,626 @@
+"""Helpers of the runtime tests (no tests here): artifact folders built by hand, and a fake
+``cuda.bindings.runtime`` for CPU tests of the runtime's CUDA code paths (no GPU needed).
+
+Fake CUDA:
+
+"Device" memory is host memory, so every copy is a memmove. Work enqueued on a stream is NOT run when
+it is enqueued: it runs lazily, in a random order that respects stream order and event waits, only
+when something waits for it (a stream/event synchronize, a D2H into pageable memory). A runner that
+forgets an event wait, or rewrites host staging before its copy ran, gets wrong results here.
+Graph capture records ops with the addresses of capture time, like real CUDA graphs.
+
+Imported by name from the test modules (pytest puts tests/ on sys.path, conftest.py lives there).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import random
+import sys
+import types
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from trtflow.backends.base import Backend, Engine
+from trtflow.codegen import write_runner
+from trtflow.plan.formats import pack, physical_shape, unpack
+from trtflow.plan.model import BuildInfo, Plan
+
+
+class cudaError_t(enum.IntEnum):  # noqa: N801 - the real enum's name
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorMemoryAllocation = 2
+    cudaErrorInvalidResourceHandle = 400
+    cudaErrorNotReady = 600
+    cudaErrorHostMemoryAlreadyRegistered = 712
+    cudaErrorHostMemoryNotRegistered = 713
+    cudaErrorStreamCaptureUnsupported = 900
+    cudaErrorStreamCaptureInvalidated = 901
+
+
+class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+    cudaMemcpyHostToHost = 0
+    cudaMemcpyHostToDevice = 1
+    cudaMemcpyDeviceToHost = 2
+    cudaMemcpyDeviceToDevice = 3
+    cudaMemcpyDefault = 4
+
+
+class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
+    cudaStreamCaptureModeGlobal = 0
+    cudaStreamCaptureModeThreadLocal = 1
+    cudaStreamCaptureModeRelaxed = 2
+
+
+class cudaStreamCaptureStatus(enum.IntEnum):  # noqa: N801
+    cudaStreamCaptureStatusNone = 0
+    cudaStreamCaptureStatusActive = 1
+    cudaStreamCaptureStatusInvalidated = 2
+
+
+OK = cudaError_t.cudaSuccess
+
+
+@dataclass
+class _Op:
+    fn: Callable[[], None]
+    waits: list[tuple[int, int]] = field(default_factory=list)  # (event, generation) that must have run
+    records: tuple[int, int] | None = None                       # (event, generation) this op completes
+
+
+@dataclass
+class _Stream:
+    queue: deque[_Op] = field(default_factory=deque)
+    capturing: list[_Op] | None = None
+    invalidated: bool = False
+
+
+class FakeCudart:
+    """State of the fake runtime; its methods are the module functions."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = random.Random(seed)
+        self.blocks: dict[int, np.ndarray] = {}       # device allocations
+        self.host: dict[int, tuple[np.ndarray, int]] = {}  # host allocations -> (buffer, flags)
+        self.registered: dict[int, int] = {}           # ptr -> nbytes
+        self.streams: dict[int, _Stream] = {}
+        self.events: dict[int, dict[str, Any]] = {}    # ev -> {gen, done_gen, time, timing}
+        self.graphs: dict[int, list[_Op]] = {}
+        self.execs: dict[int, list[_Op]] = {}
+        self.next_handle = 0x1000
+        self.last_error = OK
+        self.clock = 0.0
+        self.kernel_launches = 0
+        self.calls: list[str] = []
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def handle(self) -> int:
+        self.next_handle += 0x10
+        return self.next_handle
+
+    def alloc(self, n: int) -> tuple[np.ndarray, int]:
+        buf = np.empty(n + 512, dtype=np.uint8)
+        buf[...] = 0xAB  # garbage, like fresh device memory
+        ptr = buf.ctypes.data
+        off = (-ptr) % 256
+        return buf, ptr + off
+
+    def is_pinned(self, ptr: int, n: int) -> bool:
+        for base, (buf, _) in self.host.items():
+            if base <= ptr and ptr + n <= base + buf.size - 512:
+                return True
+        for base, size in self.registered.items():
+            if base <= ptr and ptr + n <= base + size:
+                return True
+        return False
+
+    def is_device(self, ptr: int) -> bool:
+        for base, buf in self.blocks.items():
+            if base <= ptr < base + buf.size - 512:
+                return True
+        for base, (buf, flags) in self.host.items():
+            if flags & 2 and base <= ptr < base + buf.size - 512:
+                return True  # mapped host memory is device accessible
+        return False
+
+    def stream(self, s: int) -> _Stream:
+        if s in (0, 1, 2):  # legacy / per-thread default streams exist implicitly
+            return self.streams.setdefault(s, _Stream())
+        return self.streams[s]
+
+    def enqueue(self, s: int, op: _Op) -> cudaError_t:
+        st = self.stream(s)
+        if st.capturing is not None:
+            st.capturing.append(op)
+        else:
+            st.queue.append(op)
+        self.background()
+        return OK
+
+    def runnable(self, op: _Op) -> bool:
+        return all(self.events[e]["done_gen"] >= g for e, g in op.waits if e in self.events)
+
+    def step(self) -> bool:
+        heads = [st for st in self.streams.values() if st.queue and self.runnable(st.queue[0])]
+        if not heads:
+            return False
+        st = self.rng.choice(heads)
+        op = st.queue.popleft()
+        op.fn()
+        if op.records is not None:
+            ev, gen = op.records
+            if ev in self.events:
+                self.events[ev]["done_gen"] = max(self.events[ev]["done_gen"], gen)
+                self.clock += 0.25
+                self.events[ev]["time"] = self.clock
+        return True
+
+    def run_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            if not self.step():
+                raise AssertionError("fake CUDA deadlock: nothing runnable but the wait is not satisfied")
+
+    def background(self) -> None:
+        """Now and then run some queued work, so completion order varies between runs."""
+        for _ in range(self.rng.randint(0, 1)):
+            if not self.step():
+                break
+
+    # -- module API -------------------------------------------------------------------------------------------
+    def cudaGetErrorName(self, err: int) -> tuple[Any, bytes]:  # noqa: N802
+        return OK, cudaError_t(err).name.encode()
+
+    def cudaGetLastError(self) -> tuple[Any]:  # noqa: N802
+        err, self.last_error = self.last_error, OK
+        return (err,)
+
+    def cudaGetDeviceCount(self) -> tuple[Any, int]:  # noqa: N802
+        return OK, 1
+
+    def cudaGetDevice(self) -> tuple[Any, int]:  # noqa: N802
+        return OK, 0
+
+    def cudaGetDeviceProperties(self, i: int) -> tuple[Any, Any]:  # noqa: N802
+        return OK, types.SimpleNamespace(name=b"Fake GPU\0\0", major=9, minor=0, totalGlobalMem=80 << 30)
+
+    def cudaMemGetInfo(self) -> tuple[Any, int, int]:  # noqa: N802
+        used = sum(b.size for b in self.blocks.values())
+        return OK, (80 << 30) - used, 80 << 30
+
+    def cudaDeviceSynchronize(self) -> tuple[Any]:  # noqa: N802
+        self.run_until(lambda: not any(st.queue for st in self.streams.values()))
+        return (OK,)
+
+    def cudaMalloc(self, n: int) -> tuple[Any, int]:  # noqa: N802
+        buf, ptr = self.alloc(n)
+        self.blocks[ptr] = buf
+        return OK, ptr
+
+    def cudaFree(self, ptr: int) -> tuple[Any]:  # noqa: N802
+        if self.blocks.pop(int(ptr), None) is None:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        return (OK,)
+
+    def cudaMemsetAsync(self, ptr: int, value: int, n: int, s: int) -> tuple[Any]:  # noqa: N802
+        return (self.enqueue(s, _Op(lambda: ctypes.memset(ptr, value, n))),)
+
+    cudaHostAllocDefault = 0
+    cudaHostAllocPortable = 1
+    cudaHostAllocMapped = 2
+    cudaHostAllocWriteCombined = 4
+    cudaHostRegisterDefault = 0
+    cudaStreamDefault = 0
+    cudaStreamNonBlocking = 1
+    cudaEventDefault = 0
+    cudaEventDisableTiming = 2
+
+    def cudaHostAlloc(self, n: int, flags: int) -> tuple[Any, int]:  # noqa: N802
+        buf, ptr = self.alloc(n)
+        self.host[ptr] = (buf, int(flags))
+        return OK, ptr
+
+    def cudaFreeHost(self, ptr: int) -> tuple[Any]:  # noqa: N802
+        if self.host.pop(int(ptr), None) is None:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        return (OK,)
+
+    def cudaHostRegister(self, ptr: int, n: int, flags: int) -> tuple[Any]:  # noqa: N802
+        if int(ptr) in self.registered:
+            return (cudaError_t.cudaErrorHostMemoryAlreadyRegistered,)
+        self.registered[int(ptr)] = int(n)
+        return (OK,)
+
+    def cudaHostUnregister(self, ptr: int) -> tuple[Any]:  # noqa: N802
+        if self.registered.pop(int(ptr), None) is None:
+            return (cudaError_t.cudaErrorHostMemoryNotRegistered,)
+        return (OK,)
+
+    def cudaHostGetDevicePointer(self, ptr: int, flags: int) -> tuple[Any, int]:  # noqa: N802
+        entry = self.host.get(int(ptr))
+        if entry is None or not entry[1] & 2:
+            return cudaError_t.cudaErrorInvalidValue, 0
+        return OK, int(ptr)
+
+    def _copy(self, dst: int, src: int, n: int, kind: int, s: int, *, sync: bool) -> cudaError_t:
+        dst, src, n = int(dst), int(src), int(n)
+        kind = cudaMemcpyKind(int(kind))
+        if kind == cudaMemcpyKind.cudaMemcpyHostToDevice and not self.is_device(dst):
+            return cudaError_t.cudaErrorInvalidValue
+        if kind == cudaMemcpyKind.cudaMemcpyDeviceToHost and not self.is_device(src):
+            return cudaError_t.cudaErrorInvalidValue
+        st = self.stream(s)
+        pageable_src = kind == cudaMemcpyKind.cudaMemcpyHostToDevice and not self.is_pinned(src, n)
+        pageable_dst = kind == cudaMemcpyKind.cudaMemcpyDeviceToHost and not self.is_pinned(dst, n)
+        if st.capturing is not None and (pageable_src or pageable_dst or sync):
+            st.invalidated = True  # pageable copies and sync calls cannot be captured
+            self.last_error = cudaError_t.cudaErrorStreamCaptureUnsupported
+            return cudaError_t.cudaErrorStreamCaptureUnsupported
+        if pageable_src:  # the driver stages pageable data before the call returns
+            staged = (ctypes.c_uint8 * n).from_buffer_copy((ctypes.c_uint8 * n).from_address(src))
+            op = _Op(lambda: ctypes.memmove(dst, ctypes.addressof(staged), n))
+        else:
+            op = _Op(lambda: ctypes.memmove(dst, src, n))
+        self.enqueue(s, op)
+        if pageable_dst or sync:  # returns only once the copy has completed
+            self.run_until(lambda: op not in st.queue)
+        return OK
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, s: int) -> tuple[Any]:  # noqa: N802
+        return (self._copy(dst, src, n, kind, int(s), sync=False),)
+
+    def cudaMemcpy(self, dst: int, src: int, n: int, kind: int) -> tuple[Any]:  # noqa: N802
+        err = self._copy(dst, src, n, kind, 1, sync=True)
+        return (err,)
+
+    def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, int]:  # noqa: N802
+        h = self.handle()
+        self.streams[h] = _Stream()
+        return OK, h
+
+    def cudaStreamDestroy(self, s: int) -> tuple[Any]:  # noqa: N802
+        st = self.streams.pop(int(s), None)
+        if st is None:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        while st.queue:  # outstanding work still completes
+            self.streams[int(s)] = st
+            self.step()
+            self.streams.pop(int(s), None)
+        return (OK,)
+
+    def cudaStreamSynchronize(self, s: int) -> tuple[Any]:  # noqa: N802
+        st = self.stream(int(s))
+        if st.capturing is not None:
+            st.invalidated = True
+            self.last_error = cudaError_t.cudaErrorStreamCaptureUnsupported
+            return (cudaError_t.cudaErrorStreamCaptureUnsupported,)
+        self.run_until(lambda: not st.queue)
+        return (OK,)
+
+    def cudaStreamQuery(self, s: int) -> tuple[Any]:  # noqa: N802
+        return (OK if not self.stream(int(s)).queue else cudaError_t.cudaErrorNotReady,)
+
+    def cudaEventCreateWithFlags(self, flags: int) -> tuple[Any, int]:  # noqa: N802
+        h = self.handle()
+        self.events[h] = {"gen": 0, "done_gen": 0, "time": 0.0, "timing": not int(flags) & 2}
+        return OK, h
+
+    def cudaEventDestroy(self, ev: int) -> tuple[Any]:  # noqa: N802
+        if self.events.pop(int(ev), None) is None:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        return (OK,)
+
+    def cudaEventRecord(self, ev: int, s: int) -> tuple[Any]:  # noqa: N802
+        e = self.events[int(ev)]
+        st = self.stream(int(s))
+        if st.capturing is not None:
+            return (self.enqueue(int(s), _Op(lambda: None)),)  # an internal dependency node
+        e["gen"] += 1
+        return (self.enqueue(int(s), _Op(lambda: None, records=(int(ev), e["gen"]))),)
+
+    def cudaEventSynchronize(self, ev: int) -> tuple[Any]:  # noqa: N802
+        e = self.events[int(ev)]
+        self.run_until(lambda: e["done_gen"] >= e["gen"])
+        return (OK,)
+
+    def cudaEventQuery(self, ev: int) -> tuple[Any]:  # noqa: N802
+        e = self.events[int(ev)]
+        return (OK if e["done_gen"] >= e["gen"] else cudaError_t.cudaErrorNotReady,)
+
+    def cudaEventElapsedTime(self, a: int, b: int) -> tuple[Any, float]:  # noqa: N802
+        ea, eb = self.events[int(a)], self.events[int(b)]
+        if not (ea["timing"] and eb["timing"]) or not ea["gen"] or not eb["gen"]:
+            return cudaError_t.cudaErrorInvalidResourceHandle, 0.0
+        return OK, max(eb["time"] - ea["time"], 0.0)
+
+    def cudaStreamWaitEvent(self, s: int, ev: int, flags: int) -> tuple[Any]:  # noqa: N802
+        e = self.events[int(ev)]
+        return (self.enqueue(int(s), _Op(lambda: None, waits=[(int(ev), e["gen"])])),)
+
+    def cudaStreamBeginCapture(self, s: int, mode: int) -> tuple[Any]:  # noqa: N802
+        st = self.stream(int(s))
+        if st.capturing is not None:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        st.capturing, st.invalidated = [], False
+        return (OK,)
+
+    def cudaStreamEndCapture(self, s: int) -> tuple[Any, Any]:  # noqa: N802
+        st = self.stream(int(s))
+        ops, bad = st.capturing, st.invalidated
+        st.capturing, st.invalidated = None, False
+        if ops is None:
+            return cudaError_t.cudaErrorInvalidValue, None
+        if bad:
+            return cudaError_t.cudaErrorStreamCaptureInvalidated, None
+        h = self.handle()
+        self.graphs[h] = ops
+        return OK, h
+
+    def cudaStreamIsCapturing(self, s: int) -> tuple[Any, Any]:  # noqa: N802
+        st = self.stream(int(s))
+        status = (cudaStreamCaptureStatus.cudaStreamCaptureStatusNone if st.capturing is None else
+                  cudaStreamCaptureStatus.cudaStreamCaptureStatusInvalidated if st.invalidated else
+                  cudaStreamCaptureStatus.cudaStreamCaptureStatusActive)
+        return OK, status
+
+    def cudaGraphInstantiate(self, g: int, flags: int) -> tuple[Any, int]:  # noqa: N802
+        h = self.handle()
+        self.execs[h] = list(self.graphs[int(g)])
+        return OK, h
+
+    def cudaGraphLaunch(self, ex: int, s: int) -> tuple[Any]:  # noqa: N802
+        ops = self.execs[int(ex)]
+
+        def run_all() -> None:
+            for op in ops:
+                op.fn()
+
+        return (self.enqueue(int(s), _Op(run_all)),)
+
+    def cudaGraphDestroy(self, g: int) -> tuple[Any]:  # noqa: N802
+        return (OK if self.graphs.pop(int(g), None) is not None else cudaError_t.cudaErrorInvalidResourceHandle,)
+
+    def cudaGraphExecDestroy(self, ex: int) -> tuple[Any]:  # noqa: N802
+        return (OK if self.execs.pop(int(ex), None) is not None else cudaError_t.cudaErrorInvalidResourceHandle,)
+
+    # -- what tests look at ------------------------------------------------------------------------------------
+    def live(self) -> dict[str, int]:
+        return {k: v for k, v in {"device": len(self.blocks), "host": len(self.host), "registered": len(self.registered),
+                                  "stream": len([s for s in self.streams if s > 2]), "event": len(self.events),
+                                  "graph": len(self.graphs), "graph_exec": len(self.execs)}.items() if v}
+
+
+def install(monkeypatch: Any, seed: int = 0) -> FakeCudart:
+    """Install a fresh fake as ``cuda.bindings.runtime`` (and reset trtflow.runtime.cuda)."""
+    from trtflow.runtime import cuda
+
+    fake = FakeCudart(seed)
+    mod = types.ModuleType("cuda.bindings.runtime")
+    for name in dir(FakeCudart):
+        if name.startswith("cuda"):
+            setattr(mod, name, getattr(fake, name))
+    mod.cudaError_t = cudaError_t  # type: ignore[attr-defined]
+    mod.cudaMemcpyKind = cudaMemcpyKind  # type: ignore[attr-defined]
+    mod.cudaStreamCaptureMode = cudaStreamCaptureMode  # type: ignore[attr-defined]
+    mod.cudaStreamCaptureStatus = cudaStreamCaptureStatus  # type: ignore[attr-defined]
+    pkg, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    bindings.runtime = mod  # type: ignore[attr-defined]
+    pkg.bindings = bindings  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuda", pkg)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", mod)
+    cuda._reset_for_tests()
+    monkeypatch.setattr(cuda, "_rt", None)
+    return fake
+
+
+# -- a CUDA engine over the fake: onnxruntime on the host, run as a "kernel" on the stream ----------
+FAKE: FakeCudart | None = None
+
+
+class FakeCudaEngine(Engine):
+    """Binds addresses like TensorRT; enqueue adds one kernel op that reads/writes those addresses
+    (baked in at enqueue time, so a captured graph replays the old addresses)."""
+
+    device = "cuda"
+
+    def __init__(self, plan: Plan, model: Path, *, capturable: bool = True, break_capture: bool = False,
+                 consumed_events: bool = False) -> None:
+        import onnxruntime as ort
+
+        self.plan = plan
+        self.sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        self.model_dtypes = {i.name: i.type for i in self.sess.get_inputs()}
+        self.shapes = {t.name: t.shape for t in plan.tensors}
+        self.ptrs: dict[str, int] = {}
+        self._capturable, self.break_capture, self.consumed_events = capturable, break_capture, consumed_events
+        self.consumed = 0
+        self.enqueues = 0
+        self.closed = False
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        self.shapes[name] = tuple(shape)
+
+    def set_address(self, name: str, ptr: int) -> None:
+        assert ptr % 256 == 0, f"{name}: address {ptr:#x} not 256-byte aligned"
+        self.ptrs[name] = int(ptr)
+
+    def set_input_consumed_event(self, event: int) -> bool:
+        if self.consumed_events:
+            self.consumed = int(event)
+        return self.consumed_events
+
+    @property
+    def capturable(self) -> bool:
+        return self._capturable
+
+    def _array(self, name: str, ptr: int, shape: tuple[int, ...]) -> np.ndarray:
+        t = self.plan.tensor(name)
+        phys = physical_shape(shape, t.format)
+        n = int(np.prod(phys)) * np.dtype(t.dtype).itemsize
+        raw = np.frombuffer((ctypes.c_uint8 * n).from_address(ptr), dtype=np.uint8) if n else np.empty(0, np.uint8)
+        arr = raw.view(t.dtype).reshape(phys)
+        return arr if t.format == "linear" else arr  # physical layout
+
+    def enqueue(self, stream: int) -> None:
+        assert FAKE is not None
+        if self.closed:
+            raise RuntimeError("closed")
+        ptrs, shapes = dict(self.ptrs), dict(self.shapes)  # baked in, like a real engine/graph
+        plan, sess = self.plan, self.sess
+        if self.break_capture and FAKE.stream(stream).capturing is not None:
+            FAKE.cudaStreamSynchronize(stream)  # a host sync inside capture: invalidates it
+        self.enqueues += 1
+
+        def kernel() -> None:
+            FAKE.kernel_launches += 1  # type: ignore[union-attr]
+            feeds = {}
+            for t in plan.inputs:
+                phys = self._array(t.name, ptrs[t.name], shapes[t.name])
+                x = phys if t.format == "linear" else unpack(phys, shapes[t.name], t.format)
+                want = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(self.model_dtypes[t.name])
+                feeds[t.name] = np.ascontiguousarray(x).astype(want or x.dtype)
+            results = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+            for o in plan.outputs:
+                res = results[o.name].astype(o.dtype)  # the shape the engine computes, like TensorRT
+                dst = self._array(o.name, ptrs[o.name], res.shape)
+                dst[...] = res if o.format == "linear" else pack(res, o.format)
+
+        FAKE.enqueue(stream, _Op(kernel))
+        if self.consumed:
+            FAKE.cudaEventRecord(self.consumed, stream)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend(Backend):
+    """Registered as backend ``fakecuda`` by the tests; options come from class attributes."""
+
+    name = "fakecuda"
+    extra = "dev"
+    module = "onnxruntime"
+    builds_engine = False
+    rank = 0
+    devices = ("cuda",)
+    options: dict[str, Any] = {}
+    opened: list[FakeCudaEngine] = []
+
+    @classmethod
+    def can_execute_here(cls) -> bool:
+        return True
+
+    def build(self, onnx_path: Path, plan: Plan, out_dir: Path, *, progress: Any = None) -> BuildInfo:
+        return BuildInfo("fakecuda", None, "0", 0.0)
+
+    def open(self, artifact_dir: Path, plan: Plan, *, device: Literal["cpu", "cuda"],
+             allow_host_code: bool = False) -> Engine:
+        assert device == "cuda"
+        eng = FakeCudaEngine(plan, Path(artifact_dir) / "model.onnx", **self.options)
+        FakeBackend.opened.append(eng)
+        return eng
+
+
+class FakeCudaArray:
+    """A CUDA array (``__cuda_array_interface__`` v3) over fake device memory, like a cupy array."""
+
+    def __init__(self, fake: FakeCudart, array: np.ndarray, *, offset: int = 0, stream: int | None = None) -> None:
+        self.fake = fake
+        self.shape, self.dtype = array.shape, array.dtype
+        _, self.base = fake.cudaMalloc(array.nbytes + offset)
+        self.ptr = self.base + offset
+        ctypes.memmove(self.ptr, array.ctypes.data, array.nbytes)
+        self.stream = stream
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "strides": None,
+                "version": 3, "stream": self.stream}
+
+    def free(self) -> None:
+        self.fake.cudaFree(self.base)
+
+
+# -- artifact folders built by hand ------------------------------------------------------------------
+def make_artifact(root: Path, model: Path, recipe: dict[str, Any] | None = None, *, backend: str = "onnxruntime",
+                  name: str = "net", lowered: Path | None = None) -> tuple[Path, Plan]:
+    """``root/<name>/`` with plan.json (make_plan of the recipe), model.onnx (``lowered`` or the
+    original model: fine when the recipe has no I/O contract), report.json and a generated runner.py."""
+    import json
+    import shutil
+
+    from trtflow.plan.planner import make_plan
+    from trtflow.recipe.loader import parse_recipe
+
+    src = root / f"{name}_src"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "pyproject.toml").write_text("[project]\nname='x'\n")
+    shutil.copy(model, src / "model.onnx")
+    body = {"model": "model.onnx", "name": name, **(recipe or {})}
+    text = json.dumps(body, indent=1)  # JSON is YAML: any tensor name survives quoting
+    plan = make_plan(parse_recipe(text, src / "recipe.yaml"))
+    art = root / name
+    art.mkdir(parents=True, exist_ok=True)
+    (art / "plan.json").write_text(plan.to_json())
+    shutil.copy(lowered or model, art / "model.onnx")
+    (art / "report.json").write_text(json.dumps({"backend": backend}))
+    write_runner(plan, art)
+    return art, plan
+
+
+_loaded = 0
+
+
+def load_runner(art: Path) -> types.ModuleType:
+    """Import ``art/runner.py`` under a fresh module name."""
+    import importlib.util
+
+    global _loaded
+    _loaded += 1
+    spec = importlib.util.spec_from_file_location(f"generated_runner_{_loaded}", art / "runner.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def conv_model(path: Path, *, batch: int | str = 1, channels: int = 3, classes: int = 5, hw: int = 16,
+               names: tuple[str, str] = ("image", "logits"), seed: int = 0) -> Path:
+    """A small real conv net: Conv(3x3)-Relu-Conv(1x1)-Sigmoid, fixed-seed weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, channels, 3, 3)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (classes, 8, 1, 1)).astype(np.float32), "w2")
+    x, y = names
+    nodes = [
+        helper.make_node("Conv", [x, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("Sigmoid", ["c2"], [y]),
+    ]
+    graph = helper.make_graph(
+        nodes, "convnet",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, channels, hw, hw])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [batch, classes, hw, hw])],
+        [w1, b1, w2])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
