@@ -203,3 +203,23 @@ def test_fp16_resize_runs_in_fp16_with_float32_scales(computed: bool) -> None:
     ref = run_ort(model, {"x": x})["y"]
     got = run_ort(out, {"x": x.astype(np.float16)})["y"]
     assert got.dtype == np.float16 and elemwise_ok(ref, got, 1e-2)
+
+
+def test_bf16_decomposes_hardswish_and_stays_bf16() -> None:
+    """TensorRT's importer has no bf16 HardSwish; x * HardSigmoid(x, 1/6, 1/2) is its ONNX definition."""
+    import ml_dtypes
+    from onnx.reference import ReferenceEvaluator
+
+    graph = helper.make_graph(
+        [helper.make_node("HardSwish", ["x"], ["y"], name="hs")], "hs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = lowered(model, to_bf16)
+    onnx.checker.check_model(out, full_check=True)
+    assert ops(out) == ["HardSigmoid", "Mul"]
+    assert out.graph.node[1].output[0] == "y"
+    x = np.linspace(-5, 5, 64, dtype=np.float32)
+    got = ReferenceEvaluator(out).run(None, {"x": x.astype(ml_dtypes.bfloat16)})[0]
+    ref = run_ort(model, {"x": x})["y"]
+    np.testing.assert_allclose(got.astype(np.float32), ref, rtol=1e-2, atol=1e-2)

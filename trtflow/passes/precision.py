@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.errors import BackendMissing, ModelError
 from trtflow.passes._graph import NameGen, cast_node, note, opset_of, subgraphs
@@ -211,9 +211,35 @@ def to_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
                          hint="use precision: fp16, or fp32")
     if opset_of(model) < BF16_MIN_OPSET:
         model = upgrade_opset(model, BF16_MIN_OPSET)
+    decompose_hardswish(model.graph)
     model = infer_shapes(model)
     name_nodes(model.graph)
     return _Bf16Lowering(model).run()
+
+
+def decompose_hardswish(graph: onnx.GraphProto) -> None:
+    """HardSwish(x) -> Mul(x, HardSigmoid(x, alpha=1/6, beta=0.5)), its ONNX definition.
+
+    TensorRT's (and TensorRT-RTX 1.7's) ONNX importer refuses bf16 HardSwish but takes bf16
+    HardSigmoid and Mul; decomposing keeps MobileNetV3-style nets in bf16 instead of casting around
+    every activation.
+    """
+    names = NameGen(graph)
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in graph.node:
+        if node.op_type != "HardSwish" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        gate = names(f"{node.output[0]}__hardsigmoid")
+        nodes.append(helper.make_node("HardSigmoid", [node.input[0]], [gate], name=names(f"{node.name}__gate"),
+                                      alpha=1.0 / 6.0, beta=0.5))
+        nodes.append(helper.make_node("Mul", [node.input[0], gate], [node.output[0]], name=node.name or names("Mul")))
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        note(f"{count} HardSwish decomposed into HardSigmoid * x (no bf16 HardSwish in TensorRT's importer)")
 
 
 def upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
