@@ -12,9 +12,11 @@ fp16 right before the first conv (so TensorRT can fold it into the conv), and an
 logits instead of an fp32 copy of them. It also avoids a converter bug: with ``keep_io_types=True`` an
 output produced by a blocked op (LRASPP ends in Resize) comes out fp16 anyway.
 
-fp16 uses ``onnxconverter_common.float16`` plus fixes for two of its gaps (``Cast(to=float)`` nodes are
-not retargeted; an initializer shared by a blocked and an unblocked node stays fp32 for both).
-bf16 has no converter there: :func:`to_bf16` is a small schema-driven lowering of our own.
+fp16 uses ``onnxconverter_common.float16`` plus fixes for its gaps: ``Cast(to=float)`` nodes are not
+retargeted; an initializer shared by a blocked and an unblocked node stays fp32 for both; unnamed
+nodes give colliding cast names; and inputs ONNX always types float32 (Resize ``roi``/``scales``) are
+lowered too, which is why it blocks Resize altogether. bf16 has no converter there: :func:`to_bf16`
+is a small schema-driven lowering of our own, checked against TensorRT-RTX's parser.
 """
 
 from __future__ import annotations
