@@ -132,6 +132,19 @@ def _table(plan: Plan) -> list[str]:
     return out
 
 
+LINE = 110
+
+
+def _wrap(head: str, items: list[str], tail: str, *, tuple_: bool = False) -> str:
+    """``head + items + tail`` on one line if it fits, else one item per line (black/ruff style)."""
+    one = head + ", ".join(items) + ("," if tuple_ and len(items) == 1 else "") + tail
+    if len(one) <= LINE:
+        return one
+    indent = " " * (len(head) - len(head.lstrip()) + 4)
+    close_indent = " " * (len(head) - len(head.lstrip()))
+    return "\n".join([head] + [f"{indent}{item}," for item in items] + [close_indent + tail.lstrip()])
+
+
 def _param_type(t: TensorPlan) -> str:
     return "Any" if t.memory == "device" else "np.ndarray"
 
@@ -223,8 +236,8 @@ def generate_runner(plan: Plan) -> str:
     add("")
     add("    ARTIFACT_DIR = Path(__file__).resolve().parent")
     add(f"    Outputs = {out_cls}")
-    add(f"    INPUT_NAMES = ({''.join(_lit(t.name) + ', ' for t in plan.inputs).rstrip()})")
-    add(f"    OUTPUT_NAMES = ({''.join(_lit(t.name) + ', ' for t in plan.outputs).rstrip()})")
+    add(_wrap("    INPUT_NAMES = (", [_lit(t.name) for t in plan.inputs], ")", tuple_=True))
+    add(_wrap("    OUTPUT_NAMES = (", [_lit(t.name) for t in plan.outputs], ")", tuple_=True))
     add("")
     add("    def _allocate(self) -> None:")
     add('        """Every stream and buffer this runner owns (on the CPU: host arrays only)."""')
@@ -234,33 +247,33 @@ def generate_runner(plan: Plan) -> str:
     add(f"        for _ in range(self.depth):  # buffer sets: {depth} (one per request in flight)")
     add("            self._add_buffer_set({")
     for t in plan.tensors:
-        add(f"                {_lit(t.name)}: self._memory({_lit(t.name)}, {_lit(t.memory)}),"
-            f"  # {int(t.max_bytes):,} B {t.role}")
+        add(f"                # {_doc(t.name)}: {t.role}, {int(t.max_bytes):,} B, {_STRATEGY_NOTE[t.memory]}")
+        add(f"                {_lit(t.name)}: self._memory({_lit(t.name)}, {_lit(t.memory)}),")
     add("            })  # the base class adds each set's events: h2d/compute/d2h done (+ inputs consumed)")
     add("")
 
-    params = "".join(f"{t.ident}: {_param_type(t)}, " for t in plan.inputs)
-    feeds = "{" + ", ".join(f"{_lit(t.name)}: {t.ident}" for t in plan.inputs) + "}"
-    arg_doc = [f"            {t.ident}: {_tensor_note(t)}" for t in plan.inputs]
-    ret_doc = ", ".join(f"{t.ident}: {t.dtype} {_dims(t)}" for t in plan.outputs)
-
-    add(f"    def __call__(self, *, {params}copy: bool = False) -> {out_cls}:")
+    params = [f"{t.ident}: {_param_type(t)}" for t in plan.inputs]
+    feeds = [f"{_lit(t.name)}: {t.ident}" for t in plan.inputs]
+    add(_wrap("    def __call__(", ["self", "*", *params, "copy: bool = False"], f") -> {out_cls}:"))
     add('        """Run one inference and wait for it.')
     add("")
     add("        Args:")
-    L.extend(arg_doc)
+    L.extend(f"            {t.ident}: {_tensor_note(t)}" for t in plan.inputs)
     add("            copy: return owned arrays instead of views into the runner's buffers.")
     add("")
-    add(f"        Returns {out_cls}({ret_doc}).")
+    add(f"        Returns {out_cls}:")
+    L.extend(f"            {t.ident}: {t.dtype} {_dims(t)}" for t in plan.outputs)
     add('        """')
-    add(f"        return self._call({feeds}, copy=copy)  # type: ignore[no-any-return]")
+    add(_wrap("        feeds = {", feeds, "}"))
+    add("        return self._call(feeds, copy=copy)  # type: ignore[no-any-return]")
     add("")
-    sig = f"self, *, {params.rstrip(', ')}" if plan.inputs else "self"
-    add(f"    def submit({sig}) -> Pending[{out_cls}]:")
+    add(_wrap("    def submit(", ["self", "*", *params] if plan.inputs else ["self"], f") -> Pending[{out_cls}]:"))
     add('        """Start one inference and return at once: .result() waits, .done() polls."""')
-    add(f"        return self._submit({feeds}, convert=self._convert_outputs)")
+    add(_wrap("        feeds = {", feeds, "}"))
+    add("        return self._submit(feeds, convert=self._convert_outputs)")
     add("")
-    add(f"    def stream(self, requests: Iterable[Mapping[str, Any]], *, copy: bool = False) -> Iterator[{out_cls}]:")
+    add(_wrap("    def stream(", ["self", "requests: Iterable[Mapping[str, Any]]", "*", "copy: bool = False"],
+              f") -> Iterator[{out_cls}]:"))
     add('        """Run every request (dicts keyed by tensor name or identifier), up to `depth` in flight,')
     add('        yielding results in order; a result is valid until the iterator advances (or copy=True)."""')
     add("        return super().stream(requests, copy=copy)")
@@ -268,7 +281,7 @@ def generate_runner(plan: Plan) -> str:
     add("    @property")
     add(f"    def inputs(self) -> {views_cls}:")
     add('        """Staging views of the next request: write into them, then pass them as the inputs."""')
-    add(f"        return {views_cls}(" + "".join(f"self._view_or_none({_lit(t.name)}), " for t in plan.inputs).rstrip(", ") + ")")
+    add(_wrap(f"        return {views_cls}(", [f"self._view_or_none({_lit(t.name)})" for t in plan.inputs], ")"))
     src = "\n".join(L) + "\n"
     if any(ord(c) > 127 for c in src):  # defensive: everything above is ASCII by construction
         raise CodegenError("generated source is not ASCII")
