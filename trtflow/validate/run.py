@@ -155,7 +155,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
     refs: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
     folder = Path(plan.recipe_path).parent
     with runner_cls(backend=backend, device=device) as runner:
-        used_backend = getattr(runner, "backend_name", backend)
+        used_backend = getattr(runner, "backend", backend)
         used_device = getattr(runner, "device", device)
         for i in range(n):
             feeds = generate_inputs(plan, i, folder)
