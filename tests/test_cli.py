@@ -1,0 +1,72 @@
+"""The CLI as a user runs it: exit codes, JSON output, error messages with file:line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, make_conv_model
+
+
+def trtflow(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trtflow.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_plan_json_of_shipped_recipe() -> None:
+    r = trtflow("plan", "recipes/seg_hd.yaml", "--json")
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)
+    assert p["totals"]["ratio"] < 0.25 and p["inputs"][0]["dtype"] == "uint8"
+
+
+def test_plan_table_and_link_override() -> None:
+    r = trtflow("plan", "recipes/seg_hd.yaml", "--h2d-gbps", "27")
+    assert r.returncode == 0 and "H2D 27.0 GB/s" in r.stdout and "moves 4.2% of the naive bytes" in r.stdout
+
+
+def test_recipe_error_exit_code_and_location(project: Path) -> None:
+    make_conv_model(project / "m.onnx")
+    (project / "r.yaml").write_text("model: m.onnx\ninputs:\n  image:\n    memory: pined\n")
+    r = trtflow("plan", str(project / "r.yaml"))
+    assert r.returncode == 2 and "r.yaml:4:5 inputs.image.memory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_build_validate_and_cache(project: Path) -> None:
+    make_conv_model(project / "m.onnx")
+    (project / "r.yaml").write_text("model: m.onnx\noutputs: {logits: {reduce: {op: argmax}}}\n"
+                                    "build: {backend: onnxruntime}\n")
+    out = str(project / "build")
+    r = trtflow("build", str(project / "r.yaml"), "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["cache_hit"] is False
+    r = trtflow("build", str(project / "r.yaml"), "--out", out, "--json")
+    assert json.loads(r.stdout)[0]["cache_hit"] is True and "cache hit" in r.stderr
+    r = trtflow("validate", str(project / "r.yaml"), "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["passed"] and rep["outputs"][0]["metrics"][0]["kind"] == "agreement"
+    assert (project / "build" / "r" / "validation.json").is_file()
+
+
+def test_validate_failure_exits_4(project: Path) -> None:
+    make_conv_model(project / "m.onnx")
+    # fp16 compute against an fp32 reference with fp32 tolerances must fail
+    (project / "r.yaml").write_text("model: m.onnx\nprecision: fp16\nbuild: {backend: onnxruntime}\n"
+                                    "validate: {default: {atol: 1e-7, rtol: 1e-7}}\n")
+    r = trtflow("validate", str(project / "r.yaml"), "--out", str(project / "build"))
+    assert r.returncode == 4 and "FAIL" in r.stdout and "validation failed for r" in r.stderr
+
+
+def test_schema_check_is_fresh() -> None:
+    r = trtflow("schema", "--check")
+    assert r.returncode == 0, r.stderr
+
+
+def test_doctor_json() -> None:
+    r = trtflow("doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert {b["name"] for b in info["backends"]} >= {"tensorrt", "tensorrt_rtx", "onnxruntime", "torch"}
