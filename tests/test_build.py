@@ -141,3 +141,26 @@ def test_generated_runner_imports_from_any_directory(recipe: Path, project: Path
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "(1, 16, 16) uint8"
     assert res.artifact.name == "r"
+
+
+NO_NET = """
+import socket, sys
+def refuse(*a, **k):
+    raise OSError("network access attempted")
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+from pathlib import Path
+from trtflow.build import build
+from trtflow.validate.run import validate_artifact
+res = build(sys.argv[1], out_root=Path(sys.argv[2]))
+print(validate_artifact(res.artifact).passed)
+"""
+
+
+def test_build_and_validate_never_touch_the_network(recipe: Path, project: Path) -> None:
+    p = subprocess.run([sys.executable, "-c", NO_NET, str(recipe), str(project / "build")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("True")
