@@ -130,7 +130,7 @@ def test_generated_code_passes_ruff(tmp_path: Path) -> None:
     plan = _plan(NASTY[:4], NASTY[4:8], topology="pipelined")
     write_runner(plan, tmp_path)
     res = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "E,F,W,I",
-                          "--line-length", "110", str(tmp_path / "runner.py")], capture_output=True, text=True)
+                          "--line-length", "110", str(tmp_path / "runner.py")], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -39,7 +39,7 @@ def _x(shape: tuple[int, ...] = (1, 3, 16, 16), seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("memory", ["pageable", "pinned", "registered", "mapped", "device"])
 def test_generated_runner_end_to_end_on_cpu(tmp_path: Path, memory: str, streams: dict[str, Any]) -> None:
     model = sup.conv_model(tmp_path / "m.onnx")
-    art, plan = sup.make_artifact(tmp_path, model, {"inputs": {"image": {"memory": memory}},
+    art, _ = sup.make_artifact(tmp_path, model, {"inputs": {"image": {"memory": memory}},
                                                     "outputs": {"logits": {"memory": memory}}, "streams": streams})
     mod = sup.load_runner(art)
     xs = [_x(seed=i) for i in range(4)]
@@ -62,7 +62,7 @@ def test_generated_runner_end_to_end_on_cpu(tmp_path: Path, memory: str, streams
 
 
 def test_outputs_are_views_until_reuse_unless_copy(conv: tuple[Path, Path]) -> None:
-    art, model = conv
+    art, _ = conv
     with sup.load_runner(art).NetRunner(topology="sync") as r:
         a = r(image=_x(seed=1)).logits
         kept = a.copy()
@@ -99,7 +99,7 @@ def test_input_errors_name_tensor_expected_and_got(conv: tuple[Path, Path]) -> N
     art, _ = conv
 
     class OnGpu:
-        __cuda_array_interface__ = {"shape": (1, 3, 16, 16), "typestr": "<f4", "data": (0, False), "version": 3}
+        __cuda_array_interface__: ClassVar[dict[str, Any]] = {"shape": (1, 3, 16, 16), "typestr": "<f4", "data": (0, False), "version": 3}
 
     with sup.load_runner(art).NetRunner(check_finite=True) as r:
         cases: list[tuple[Any, str]] = [
@@ -125,7 +125,7 @@ def test_input_errors_name_tensor_expected_and_got(conv: tuple[Path, Path]) -> N
 def test_dynamic_profile_shapes_and_bounds(tmp_path: Path) -> None:
     model = sup.conv_model(tmp_path / "m.onnx", batch="N")
     recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 16, 16], "opt": [2, 3, 16, 16], "max": [4, 3, 16, 16]}}}}
-    art, plan = sup.make_artifact(tmp_path, model, recipe)
+    art, _ = sup.make_artifact(tmp_path, model, recipe)
     with sup.load_runner(art).NetRunner() as r:
         for b in (1, 4, 2, 3):
             x = _x((b, 3, 16, 16), seed=b)
@@ -167,7 +167,7 @@ def test_generated_module_imports_from_any_directory(conv: tuple[Path, Path], tm
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     ref = sup.reference(model, {"image": _x(seed=4)})["logits"]
     shape, total = res.stdout.split(")")

@@ -107,7 +107,7 @@ def test_every_strategy_and_topology_matches_reference(tmp_path: Path, fake: Any
 
 
 def test_pipelined_results_in_order_equal_single_shot(tmp_path: Path, fake: Any) -> None:
-    art, model = _artifact(tmp_path, "pinned", {"topology": "pipelined", "depth": 3})
+    art, _ = _artifact(tmp_path, "pinned", {"topology": "pipelined", "depth": 3})
     mod = sup.load_runner(art)
     xs = _inputs(12, seed=3)
     with mod.NetRunner() as r:
@@ -166,7 +166,7 @@ def test_graph_recaptures_on_shape_change(tmp_path: Path, fake: Any) -> None:
     model = sup.conv_model(tmp_path / "m.onnx", batch="N")
     recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 16, 16], "opt": [2, 3, 16, 16], "max": [4, 3, 16, 16]}}},
               "streams": {"cuda_graph": True}}
-    art, plan = sup.make_artifact(tmp_path, model, recipe, backend="fakecuda")
+    art, _ = sup.make_artifact(tmp_path, model, recipe, backend="fakecuda")
     mod = sup.load_runner(art)
     with mod.NetRunner() as r:
         for b in (1, 2, 4, 2, 1, 3):
@@ -319,9 +319,8 @@ def test_check_finite(tmp_path: Path, fake: Any) -> None:
     art, _ = _artifact(tmp_path, "pinned", {})
     x = _inputs(1)[0]
     x[0, 0, 0, 0] = np.nan
-    with sup.load_runner(art).NetRunner(check_finite=True) as r:
-        with pytest.raises(InputError, match="1 NaN/Inf"):
-            r(image=x)
+    with sup.load_runner(art).NetRunner(check_finite=True) as r, pytest.raises(InputError, match="1 NaN/Inf"):
+        r(image=x)
     with sup.load_runner(art).NetRunner() as r:
         r(image=x)  # off by default
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from trtflow.plan.formats import pack, physical_shape, unpack
 from trtflow.plan.model import BuildInfo, Plan
 
 
-class cudaError_t(enum.IntEnum):  # noqa: N801 - the real enum's name
+class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
@@ -45,7 +45,7 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - the real enum's name
     cudaErrorStreamCaptureInvalidated = 901
 
 
-class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyHostToHost = 0
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
@@ -53,13 +53,13 @@ class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
     cudaMemcpyDefault = 4
 
 
-class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
+class cudaStreamCaptureMode(enum.IntEnum):
     cudaStreamCaptureModeGlobal = 0
     cudaStreamCaptureModeThreadLocal = 1
     cudaStreamCaptureModeRelaxed = 2
 
 
-class cudaStreamCaptureStatus(enum.IntEnum):  # noqa: N801
+class cudaStreamCaptureStatus(enum.IntEnum):
     cudaStreamCaptureStatusNone = 0
     cudaStreamCaptureStatusActive = 1
     cudaStreamCaptureStatusInvalidated = 2
@@ -174,41 +174,41 @@ class FakeCudart:
                 break
 
     # -- module API -------------------------------------------------------------------------------------------
-    def cudaGetErrorName(self, err: int) -> tuple[Any, bytes]:  # noqa: N802
+    def cudaGetErrorName(self, err: int) -> tuple[Any, bytes]:
         return OK, cudaError_t(err).name.encode()
 
-    def cudaGetLastError(self) -> tuple[Any]:  # noqa: N802
+    def cudaGetLastError(self) -> tuple[Any]:
         err, self.last_error = self.last_error, OK
         return (err,)
 
-    def cudaGetDeviceCount(self) -> tuple[Any, int]:  # noqa: N802
+    def cudaGetDeviceCount(self) -> tuple[Any, int]:
         return OK, 1
 
-    def cudaGetDevice(self) -> tuple[Any, int]:  # noqa: N802
+    def cudaGetDevice(self) -> tuple[Any, int]:
         return OK, 0
 
-    def cudaGetDeviceProperties(self, i: int) -> tuple[Any, Any]:  # noqa: N802
+    def cudaGetDeviceProperties(self, i: int) -> tuple[Any, Any]:
         return OK, types.SimpleNamespace(name=b"Fake GPU\0\0", major=9, minor=0, totalGlobalMem=80 << 30)
 
-    def cudaMemGetInfo(self) -> tuple[Any, int, int]:  # noqa: N802
+    def cudaMemGetInfo(self) -> tuple[Any, int, int]:
         used = sum(b.size for b in self.blocks.values())
         return OK, (80 << 30) - used, 80 << 30
 
-    def cudaDeviceSynchronize(self) -> tuple[Any]:  # noqa: N802
+    def cudaDeviceSynchronize(self) -> tuple[Any]:
         self.run_until(lambda: not any(st.queue for st in self.streams.values()))
         return (OK,)
 
-    def cudaMalloc(self, n: int) -> tuple[Any, int]:  # noqa: N802
+    def cudaMalloc(self, n: int) -> tuple[Any, int]:
         buf, ptr = self.alloc(n)
         self.blocks[ptr] = buf
         return OK, ptr
 
-    def cudaFree(self, ptr: int) -> tuple[Any]:  # noqa: N802
+    def cudaFree(self, ptr: int) -> tuple[Any]:
         if self.blocks.pop(int(ptr), None) is None:
             return (cudaError_t.cudaErrorInvalidValue,)
         return (OK,)
 
-    def cudaMemsetAsync(self, ptr: int, value: int, n: int, s: int) -> tuple[Any]:  # noqa: N802
+    def cudaMemsetAsync(self, ptr: int, value: int, n: int, s: int) -> tuple[Any]:
         return (self.enqueue(s, _Op(lambda: ctypes.memset(ptr, value, n))),)
 
     cudaHostAllocDefault = 0
@@ -221,28 +221,28 @@ class FakeCudart:
     cudaEventDefault = 0
     cudaEventDisableTiming = 2
 
-    def cudaHostAlloc(self, n: int, flags: int) -> tuple[Any, int]:  # noqa: N802
+    def cudaHostAlloc(self, n: int, flags: int) -> tuple[Any, int]:
         buf, ptr = self.alloc(n)
         self.host[ptr] = (buf, int(flags))
         return OK, ptr
 
-    def cudaFreeHost(self, ptr: int) -> tuple[Any]:  # noqa: N802
+    def cudaFreeHost(self, ptr: int) -> tuple[Any]:
         if self.host.pop(int(ptr), None) is None:
             return (cudaError_t.cudaErrorInvalidValue,)
         return (OK,)
 
-    def cudaHostRegister(self, ptr: int, n: int, flags: int) -> tuple[Any]:  # noqa: N802
+    def cudaHostRegister(self, ptr: int, n: int, flags: int) -> tuple[Any]:
         if int(ptr) in self.registered:
             return (cudaError_t.cudaErrorHostMemoryAlreadyRegistered,)
         self.registered[int(ptr)] = int(n)
         return (OK,)
 
-    def cudaHostUnregister(self, ptr: int) -> tuple[Any]:  # noqa: N802
+    def cudaHostUnregister(self, ptr: int) -> tuple[Any]:
         if self.registered.pop(int(ptr), None) is None:
             return (cudaError_t.cudaErrorHostMemoryNotRegistered,)
         return (OK,)
 
-    def cudaHostGetDevicePointer(self, ptr: int, flags: int) -> tuple[Any, int]:  # noqa: N802
+    def cudaHostGetDevicePointer(self, ptr: int, flags: int) -> tuple[Any, int]:
         entry = self.host.get(int(ptr))
         if entry is None or not entry[1] & 2:
             return cudaError_t.cudaErrorInvalidValue, 0
@@ -272,19 +272,19 @@ class FakeCudart:
             self.run_until(lambda: op not in st.queue)
         return OK
 
-    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, s: int) -> tuple[Any]:  # noqa: N802
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, s: int) -> tuple[Any]:
         return (self._copy(dst, src, n, kind, int(s), sync=False),)
 
-    def cudaMemcpy(self, dst: int, src: int, n: int, kind: int) -> tuple[Any]:  # noqa: N802
+    def cudaMemcpy(self, dst: int, src: int, n: int, kind: int) -> tuple[Any]:
         err = self._copy(dst, src, n, kind, 1, sync=True)
         return (err,)
 
-    def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, int]:  # noqa: N802
+    def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, int]:
         h = self.handle()
         self.streams[h] = _Stream()
         return OK, h
 
-    def cudaStreamDestroy(self, s: int) -> tuple[Any]:  # noqa: N802
+    def cudaStreamDestroy(self, s: int) -> tuple[Any]:
         st = self.streams.pop(int(s), None)
         if st is None:
             return (cudaError_t.cudaErrorInvalidResourceHandle,)
@@ -294,7 +294,7 @@ class FakeCudart:
             self.streams.pop(int(s), None)
         return (OK,)
 
-    def cudaStreamSynchronize(self, s: int) -> tuple[Any]:  # noqa: N802
+    def cudaStreamSynchronize(self, s: int) -> tuple[Any]:
         st = self.stream(int(s))
         if st.capturing is not None:
             st.invalidated = True
@@ -303,20 +303,20 @@ class FakeCudart:
         self.run_until(lambda: not st.queue)
         return (OK,)
 
-    def cudaStreamQuery(self, s: int) -> tuple[Any]:  # noqa: N802
+    def cudaStreamQuery(self, s: int) -> tuple[Any]:
         return (OK if not self.stream(int(s)).queue else cudaError_t.cudaErrorNotReady,)
 
-    def cudaEventCreateWithFlags(self, flags: int) -> tuple[Any, int]:  # noqa: N802
+    def cudaEventCreateWithFlags(self, flags: int) -> tuple[Any, int]:
         h = self.handle()
         self.events[h] = {"gen": 0, "done_gen": 0, "time": 0.0, "timing": not int(flags) & 2}
         return OK, h
 
-    def cudaEventDestroy(self, ev: int) -> tuple[Any]:  # noqa: N802
+    def cudaEventDestroy(self, ev: int) -> tuple[Any]:
         if self.events.pop(int(ev), None) is None:
             return (cudaError_t.cudaErrorInvalidResourceHandle,)
         return (OK,)
 
-    def cudaEventRecord(self, ev: int, s: int) -> tuple[Any]:  # noqa: N802
+    def cudaEventRecord(self, ev: int, s: int) -> tuple[Any]:
         e = self.events[int(ev)]
         st = self.stream(int(s))
         if st.capturing is not None:
@@ -324,33 +324,33 @@ class FakeCudart:
         e["gen"] += 1
         return (self.enqueue(int(s), _Op(lambda: None, records=(int(ev), e["gen"]))),)
 
-    def cudaEventSynchronize(self, ev: int) -> tuple[Any]:  # noqa: N802
+    def cudaEventSynchronize(self, ev: int) -> tuple[Any]:
         e = self.events[int(ev)]
         self.run_until(lambda: e["done_gen"] >= e["gen"])
         return (OK,)
 
-    def cudaEventQuery(self, ev: int) -> tuple[Any]:  # noqa: N802
+    def cudaEventQuery(self, ev: int) -> tuple[Any]:
         e = self.events[int(ev)]
         return (OK if e["done_gen"] >= e["gen"] else cudaError_t.cudaErrorNotReady,)
 
-    def cudaEventElapsedTime(self, a: int, b: int) -> tuple[Any, float]:  # noqa: N802
+    def cudaEventElapsedTime(self, a: int, b: int) -> tuple[Any, float]:
         ea, eb = self.events[int(a)], self.events[int(b)]
         if not (ea["timing"] and eb["timing"]) or not ea["gen"] or not eb["gen"]:
             return cudaError_t.cudaErrorInvalidResourceHandle, 0.0
         return OK, max(eb["time"] - ea["time"], 0.0)
 
-    def cudaStreamWaitEvent(self, s: int, ev: int, flags: int) -> tuple[Any]:  # noqa: N802
+    def cudaStreamWaitEvent(self, s: int, ev: int, flags: int) -> tuple[Any]:
         e = self.events[int(ev)]
         return (self.enqueue(int(s), _Op(lambda: None, waits=[(int(ev), e["gen"])])),)
 
-    def cudaStreamBeginCapture(self, s: int, mode: int) -> tuple[Any]:  # noqa: N802
+    def cudaStreamBeginCapture(self, s: int, mode: int) -> tuple[Any]:
         st = self.stream(int(s))
         if st.capturing is not None:
             return (cudaError_t.cudaErrorInvalidValue,)
         st.capturing, st.invalidated = [], False
         return (OK,)
 
-    def cudaStreamEndCapture(self, s: int) -> tuple[Any, Any]:  # noqa: N802
+    def cudaStreamEndCapture(self, s: int) -> tuple[Any, Any]:
         st = self.stream(int(s))
         ops, bad = st.capturing, st.invalidated
         st.capturing, st.invalidated = None, False
@@ -362,19 +362,19 @@ class FakeCudart:
         self.graphs[h] = ops
         return OK, h
 
-    def cudaStreamIsCapturing(self, s: int) -> tuple[Any, Any]:  # noqa: N802
+    def cudaStreamIsCapturing(self, s: int) -> tuple[Any, Any]:
         st = self.stream(int(s))
         status = (cudaStreamCaptureStatus.cudaStreamCaptureStatusNone if st.capturing is None else
                   cudaStreamCaptureStatus.cudaStreamCaptureStatusInvalidated if st.invalidated else
                   cudaStreamCaptureStatus.cudaStreamCaptureStatusActive)
         return OK, status
 
-    def cudaGraphInstantiate(self, g: int, flags: int) -> tuple[Any, int]:  # noqa: N802
+    def cudaGraphInstantiate(self, g: int, flags: int) -> tuple[Any, int]:
         h = self.handle()
         self.execs[h] = list(self.graphs[int(g)])
         return OK, h
 
-    def cudaGraphLaunch(self, ex: int, s: int) -> tuple[Any]:  # noqa: N802
+    def cudaGraphLaunch(self, ex: int, s: int) -> tuple[Any]:
         ops = self.execs[int(ex)]
 
         def run_all() -> None:
@@ -383,10 +383,10 @@ class FakeCudart:
 
         return (self.enqueue(int(s), _Op(run_all)),)
 
-    def cudaGraphDestroy(self, g: int) -> tuple[Any]:  # noqa: N802
+    def cudaGraphDestroy(self, g: int) -> tuple[Any]:
         return (OK if self.graphs.pop(int(g), None) is not None else cudaError_t.cudaErrorInvalidResourceHandle,)
 
-    def cudaGraphExecDestroy(self, ex: int) -> tuple[Any]:  # noqa: N802
+    def cudaGraphExecDestroy(self, ex: int) -> tuple[Any]:
         return (OK if self.execs.pop(int(ex), None) is not None else cudaError_t.cudaErrorInvalidResourceHandle,)
 
     # -- what tests look at ------------------------------------------------------------------------------------
@@ -465,8 +465,7 @@ class FakeCudaEngine(Engine):
         phys = physical_shape(shape, t.format)
         n = int(np.prod(phys)) * np.dtype(t.dtype).itemsize
         raw = np.frombuffer((ctypes.c_uint8 * n).from_address(ptr), dtype=np.uint8) if n else np.empty(0, np.uint8)
-        arr = raw.view(t.dtype).reshape(phys)
-        return arr if t.format == "linear" else arr  # physical layout
+        return raw.view(t.dtype).reshape(phys)  # the engine's (physical) layout
 
     def enqueue(self, stream: int) -> None:
         assert FAKE is not None
@@ -509,8 +508,8 @@ class FakeBackend(Backend):
     builds_engine = False
     rank = 0
     devices = ("cuda",)
-    options: dict[str, Any] = {}
-    opened: list[FakeCudaEngine] = []
+    options: ClassVar[dict[str, Any]] = {}
+    opened: ClassVar[list[FakeCudaEngine]] = []
 
     @classmethod
     def can_execute_here(cls) -> bool:

@@ -235,7 +235,7 @@ class TorchCudaEngine(Engine):
         try:
             with torch.cuda.graph(graph, stream=s, capture_error_mode="thread_local"):
                 body()
-        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/AcceleratorError for capture problems
+        except Exception as exc:
             self._capturable = False
             torch.cuda.set_stream(previous)
             with_reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -24,6 +24,7 @@ what lets the runner capture copy-in + enqueue + copy-out into one CUDA graph.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import weakref
@@ -150,7 +151,7 @@ class DeviceArray:
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "strides": None,
                 "version": 3, "stream": None}  # the runner synchronized before handing it out
 
-    def copy(self) -> "DeviceArray":
+    def copy(self) -> DeviceArray:
         """A device copy that owns its memory (freed when garbage-collected)."""
         ptr = cuda.malloc(self.nbytes)
         cuda.memcpy(ptr, self.ptr, self.nbytes, "d2d")
@@ -167,10 +168,8 @@ class DeviceArray:
 
 
 def _free_quietly(ptr: int) -> None:
-    try:
+    with contextlib.suppress(Exception):  # interpreter shutdown: the context is going away anyway
         cuda.free(ptr)
-    except Exception:  # interpreter shutdown: the context is going away anyway
-        pass
 
 
 # -- page-locking the caller's buffers, reference counted per runner -------------------------------

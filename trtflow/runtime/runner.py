@@ -27,10 +27,10 @@ Thread safety: one lock serializes every public method, so a runner may be share
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
-import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -41,17 +41,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
+from typing_extensions import Self
 
 from trtflow.backends.base import Backend, Engine, get_backend, pick_executor
 from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed, TrtflowError
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.runtime import cuda
 from trtflow.runtime.memory import (
-    HOST_STRATEGIES,
-    DeviceMemory,
-    HostMemory,
     HostRegistry,
-    PageableMemory,
     RegisteredMemory,
     TensorMemory,
     cuda_array_info,
@@ -64,12 +61,17 @@ R = TypeVar("R", bound="Runner")
 TOPOLOGIES = ("sync", "async", "pipelined")
 MAX_GRAPHS_PER_SET = 8
 
-_nvtx: Any = None
-if importlib.util.find_spec("nvtx") is not None:  # optional: ranges show up in Nsight Systems
+def _load_nvtx() -> Any:
+    """The optional ``nvtx`` package (ranges show up in Nsight Systems); None when absent or broken."""
+    if importlib.util.find_spec("nvtx") is None:
+        return None
     try:
-        import nvtx as _nvtx
-    except Exception:  # a broken install must not break inference
-        _nvtx = None
+        return importlib.import_module("nvtx")
+    except Exception:  # noqa: BLE001 - a broken install must not break inference
+        return None
+
+
+_nvtx: Any = _load_nvtx()
 
 
 def _range(name: str) -> contextlib.AbstractContextManager[Any]:
@@ -534,9 +536,9 @@ class Runner:
 
     def describe(self) -> str:
         """What this runner owns: streams, buffer sets, events, bytes per memory strategy."""
-        lines = [f"{type(self).__name__}: backend {self.backend} on {self.device}, topology {self.topology}, "
-                 f"{len(self._sets)} buffer set(s), streams {list(self._streams) or ['(cpu)']}, "
-                 f"cuda_graph {self.graph_status}"]
+        lines = [(f"{type(self).__name__}: backend {self.backend} on {self.device}, topology {self.topology}, "
+                  f"{len(self._sets)} buffer set(s), streams {list(self._streams) or ['(cpu)']}, "
+                  f"cuda_graph {self.graph_status}")]
         for bs in self._sets[:1]:
             for name, mem in bs.mems.items():
                 lines.append(f"  {name!r}: {type(mem).__name__} {mem.nbytes} B x {len(self._sets)}")
@@ -554,11 +556,11 @@ class Runner:
             def attempt(fn: Callable[[], Any]) -> None:
                 try:
                     fn()
-                except BaseException as exc:  # keep releasing; report the first failure
+                except BaseException as exc:  # noqa: BLE001 - keep releasing; report the first failure
                     errors.append(exc)
 
             for s in self._streams.values():
-                attempt(lambda s=s: cuda.stream_synchronize(s))
+                attempt(functools.partial(cuda.stream_synchronize, s))
             for bs in self._sets:
                 for g in bs.graphs.values():
                     attempt(g.close)
@@ -566,7 +568,7 @@ class Runner:
                 for mem in bs.mems.values():
                     attempt(mem.close)
                 for ev in bs.events:
-                    attempt(lambda ev=ev: cuda.event_destroy(ev))
+                    attempt(functools.partial(cuda.event_destroy, ev))
                 bs.ev_h2d = bs.ev_compute = bs.ev_d2h = bs.ev_consumed = bs.t_h2d = bs.t_compute = bs.t_d2h = 0
             self._user_keys.clear()
             if self.device == "cuda":
@@ -574,15 +576,15 @@ class Runner:
             if self._engine is not None:
                 attempt(self._engine.close)
             if self._scratch:
-                attempt(lambda: cuda.free(self._scratch))
+                attempt(functools.partial(cuda.free, self._scratch))
                 self._scratch = 0
             for s in self._streams.values():
-                attempt(lambda s=s: cuda.stream_destroy(s))
+                attempt(functools.partial(cuda.stream_destroy, s))
             self._streams.clear()
             if errors:
                 raise errors[0]
 
-    def __enter__(self: R) -> R:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -852,7 +854,7 @@ class Runner:
         cuda.stream_synchronize(stream)
         try:
             graph = self._capture(stream, body)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any capture problem means: run eagerly, say why
             self._graph_on = False
             self.graph_stats["failures"] += 1
             self._graph_notes.insert(0, f"capture failed, running eagerly: {exc}".split("\n  hint")[0])
@@ -1000,7 +1002,7 @@ def available_executor(name: str) -> bool:
     """Whether backend ``name`` can execute here (helper for tests and tools)."""
     try:
         return get_backend(name).can_execute_here()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken backend install is "not available"
         return False
 
 

@@ -1,0 +1,362 @@
+"""GPU tests of the runtime (run on the GPU machine: scripts/gpu_suite.sh). Every memory strategy x
+topology through the torch engine against onnxruntime CPU, CUDA graphs, pipelining, lifecycle."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared runtime test helpers
+import test_runtime_support as sup
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _why_not() -> str | None:
+    for mod in ("cuda.bindings", "torch", "onnx2torch", "onnxruntime"):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return f"{mod} is not installed"
+        except ModuleNotFoundError:
+            return f"{mod} is not installed"
+    from trtflow.runtime import cuda
+
+    if not cuda.cuda_available():
+        return "no CUDA GPU is visible (cudaGetDeviceCount)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA GPU"
+    return None
+
+
+REASON = _why_not()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"GPU tests: {REASON}")]
+
+STRATEGIES = ["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
+TOPOLOGIES = {
+    "sync": {"topology": "sync"},
+    "async": {"topology": "async"},
+    "pipelined3": {"topology": "pipelined", "depth": 3},
+    "graph": {"topology": "sync", "cuda_graph": True},
+    "graph_pipelined2": {"topology": "pipelined", "depth": 2, "cuda_graph": True},
+}
+HW = 64
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _host(x: Any) -> np.ndarray:
+    from trtflow.runtime.memory import DeviceArray
+
+    if isinstance(x, DeviceArray):
+        return _torch().as_tensor(x, device="cuda").cpu().numpy()
+    return np.asarray(x)
+
+
+def _inputs(n: int, shape: tuple[int, ...], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def conv_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("conv")
+    return sup.conv_model(d / "conv.onnx", hw=HW)
+
+
+def _artifact(root: Path, model: Path, memory: str, streams: dict[str, Any], *, name: str = "net",
+              extra: dict[str, Any] | None = None, in_name: str = "image", out_name: str = "logits") -> Path:
+    out_mem = "pinned" if memory == "write_combined" else memory
+    recipe = {"inputs": {in_name: {"memory": memory, **(extra or {})}}, "outputs": {out_name: {"memory": out_mem}},
+              "streams": streams}
+    art, _ = sup.make_artifact(root, model, recipe, backend="torch", name=name)
+    return art
+
+
+# -- cuda.py against the real runtime ---------------------------------------------------------------------
+def test_cuda_wrappers_on_the_real_runtime() -> None:
+    from trtflow.errors import CudaError
+    from trtflow.runtime import cuda
+
+    props = cuda.device_properties()
+    print(f"\n[gpu] {props.name} cc {props.compute_capability} {props.total_memory / 2**30:.0f} GiB")
+    assert props.compute_capability >= (7, 0) and props.total_memory > 0
+    free, total = cuda.mem_get_info()
+    assert 0 < free <= total
+    n = 1 << 20
+    s = cuda.stream_create()
+    a, b = cuda.event_create(timing=True), cuda.event_create(timing=True)
+    dev = cuda.malloc(n)
+    hosts = {k: cuda.host_alloc(n, k) for k in ("default", "mapped", "write_combined", "portable")}
+    try:
+        src = cuda.host_array(hosts["default"], n)
+        src[:] = np.arange(n, dtype=np.uint8)
+        cuda.event_record(a, stream=s)
+        cuda.memcpy_async(dev, hosts["default"], n, "h2d", stream=s)
+        cuda.memcpy_async(hosts["mapped"], dev, n, "d2h", stream=s)
+        cuda.event_record(b, stream=s)
+        cuda.event_synchronize(b)
+        assert cuda.event_elapsed_ms(a, b) > 0 and cuda.stream_query(s) and cuda.event_query(b)
+        np.testing.assert_array_equal(cuda.host_array(hosts["mapped"], n), src)
+        assert cuda.host_get_device_pointer(hosts["mapped"]) != 0
+        arr = np.zeros(n, np.uint8)
+        cuda.host_register(arr.ctypes.data, n)
+        assert cuda.host_register_or_shared(arr.ctypes.data, n) is False  # already registered: shared
+        cuda.memcpy(arr.ctypes.data, dev, n, "d2h")
+        np.testing.assert_array_equal(arr, src)
+        cuda.host_unregister(arr.ctypes.data)
+        with pytest.raises(CudaError, match="cudaHostUnregister failed: cudaErrorHostMemoryNotRegistered"):
+            cuda.host_unregister(arr.ctypes.data)
+        # a raw graph of one copy replays with the data present at launch time
+        cuda.begin_capture(s)
+        cuda.memcpy_async(dev, hosts["default"], n, "h2d", stream=s)
+        assert cuda.is_capturing(s)
+        g = cuda.end_capture(s)
+        ex = cuda.graph_instantiate(g)
+        src[:] = 7
+        cuda.graph_launch(ex, stream=s)
+        cuda.memcpy_async(hosts["mapped"], dev, n, "d2h", stream=s)
+        cuda.stream_synchronize(s)
+        assert (cuda.host_array(hosts["mapped"], n) == 7).all()
+        cuda.graph_exec_destroy(ex)
+        cuda.graph_destroy(g)
+        # a prohibited call inside a capture fails cleanly and leaves no sticky error
+        cuda.begin_capture(s)
+        with pytest.raises(CudaError, match="cudaStreamSynchronize"):
+            cuda.stream_synchronize(s)
+        assert cuda.abort_capture(s) is not None
+        assert cuda.get_last_error() is None
+        cuda.stream_synchronize(s)
+    finally:
+        cuda.free(dev)
+        for p in hosts.values():
+            cuda.free_host(p)
+        for e in (a, b):
+            cuda.event_destroy(e)
+        cuda.stream_destroy(s)
+    assert cuda.live_handles() == {}
+
+
+# -- every strategy x topology on a small real conv net ----------------------------------------------------
+@pytest.mark.parametrize("topology", list(TOPOLOGIES))
+@pytest.mark.parametrize("memory", STRATEGIES)
+def test_strategy_x_topology_matches_onnxruntime(tmp_path: Path, conv_model: Path, memory: str, topology: str) -> None:
+    torch = _torch()
+    art = _artifact(tmp_path, conv_model, memory, TOPOLOGIES[topology])
+    mod = sup.load_runner(art)
+    xs = _inputs(5, (1, 3, HW, HW))
+    refs = [sup.reference(conv_model, {"image": x})["logits"] for x in xs]
+
+    def feed(x: np.ndarray) -> Any:
+        return torch.from_numpy(x).cuda() if memory == "device" else x
+
+    with mod.NetRunner(backend="torch") as r:
+        assert (r.device, r.backend) == ("cuda", "torch")
+        for x, ref in zip(xs, refs):
+            r.fill_outputs(np.nan)  # an output the engine never wrote stays NaN and fails below
+            np.testing.assert_allclose(_host(r(image=feed(x)).logits), ref, rtol=1e-4, atol=1e-5)
+        pend = [r.submit(image=feed(x)) for x in xs]
+        for p, ref in zip(pend, refs):
+            np.testing.assert_allclose(_host(p.result().logits), ref, rtol=1e-4, atol=1e-5)
+        streamed = [_host(o.logits).copy() for o in r.stream({"image": feed(x)} for x in xs)]
+        for g, ref in zip(streamed, refs):
+            np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5)
+        status = r.graph_status
+        print(f"\n[gpu] {memory:>14} {topology:>16}: graph {status}")
+        if TOPOLOGIES[topology].get("cuda_graph"):
+            assert status.startswith("captured"), status
+            assert r.graph_stats["replays"] >= 1
+    del pend
+    gc.collect()
+
+
+def test_pipelined_results_arrive_in_order_and_equal_single_shot(tmp_path: Path, conv_model: Path) -> None:
+    art = _artifact(tmp_path, conv_model, "pinned", {"topology": "pipelined", "depth": 3})
+    xs = _inputs(20, (1, 3, HW, HW), seed=1)
+    with sup.load_runner(art).NetRunner(backend="torch") as r:
+        single = [r(image=x, copy=True).logits for x in xs]
+        streamed = [o.logits.copy() for o in r.stream({"image": x} for x in xs)]
+        futures = [r.submit(image=x) for x in xs]
+        late = [f.result(copy=True).logits for f in futures]
+    for a, b, c in zip(single, streamed, late):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_cuda_graph_replay_equals_eager(tmp_path: Path, conv_model: Path) -> None:
+    art = _artifact(tmp_path, conv_model, "pinned", {"topology": "sync", "cuda_graph": True})
+    mod = sup.load_runner(art)
+    xs = _inputs(6, (1, 3, HW, HW), seed=2)
+    with mod.NetRunner(backend="torch") as g, mod.NetRunner(backend="torch", cuda_graph=False) as e:
+        for _ in range(2):
+            for x in xs:
+                np.testing.assert_allclose(g(image=x, copy=True).logits, e(image=x, copy=True).logits,
+                                           rtol=1e-6, atol=1e-7)
+        assert g.graph_stats["captures"] == 1 and g.graph_stats["replays"] == 11, g.graph_stats
+
+
+def test_dynamic_batch_on_gpu(tmp_path: Path) -> None:
+    model = sup.conv_model(tmp_path / "dyn.onnx", batch="N", hw=32)
+    recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [8, 3, 32, 32]}}},
+              "streams": {"topology": "sync", "cuda_graph": True}}
+    art, _ = sup.make_artifact(tmp_path, model, recipe, backend="torch", name="dyn")
+    with sup.load_runner(art).DynRunner(backend="torch") as r:
+        for b in (1, 8, 3, 8, 1):
+            x = _inputs(1, (b, 3, 32, 32), seed=b)[0]
+            out = r(image=x).logits
+            assert out.shape == (b, 5, 32, 32)
+            np.testing.assert_allclose(out, sup.reference(model, {"image": x})["logits"], rtol=1e-4, atol=1e-5)
+        assert r.graph_stats["captures"] == 3, r.graph_stats  # one graph per shape, replayed after
+
+
+def test_device_inputs_zero_copy_and_stream_ordered(tmp_path: Path, conv_model: Path) -> None:
+    torch = _torch()
+    art = _artifact(tmp_path, conv_model, "device", {"topology": "sync"})
+    x = _inputs(1, (1, 3, HW, HW), seed=3)[0]
+    ref = sup.reference(conv_model, {"image": x})["logits"]
+    with sup.load_runner(art).NetRunner(backend="torch") as r:
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):  # produce the input on another stream, behind a long queue
+            big = torch.randn(4096, 4096, device="cuda")
+            for _ in range(20):
+                big = big @ big / 64
+            t = torch.from_numpy(x).cuda(non_blocking=True) + big[:1, :1] * 0
+            out = r(image=t)
+        np.testing.assert_allclose(_host(out.logits), ref, rtol=1e-4, atol=1e-5)
+        assert r._sets[0].mems["image"].zero_copy_hits == 1
+        got = torch.as_tensor(out.logits, device="cuda")  # zero-copy view of the runner's output
+        assert got.data_ptr() == out.logits.ptr
+        with pytest.raises(Exception, match="expected a CUDA array"):
+            r(image=x)
+
+
+def test_registered_buffers_are_unregistered_on_close(tmp_path: Path, conv_model: Path) -> None:
+    from trtflow.errors import CudaError
+    from trtflow.runtime import cuda
+
+    art = _artifact(tmp_path, conv_model, "registered", {"topology": "async"})
+    x = _inputs(1, (1, 3, HW, HW), seed=4)[0]
+    y = np.empty((1, 5, HW, HW), np.float32)
+    r = sup.load_runner(art).NetRunner(backend="torch")
+    r.register("image", x)
+    r.register("logits", y)
+    r(image=x)
+    np.testing.assert_allclose(y, sup.reference(conv_model, {"image": x})["logits"], rtol=1e-4, atol=1e-5)
+    assert cuda.live_handles().get("registered", 0) >= 2
+    r.close()
+    assert cuda.live_handles() == {}
+    for arr in (x, y):  # really unregistered: a second unregister fails
+        with pytest.raises(CudaError, match="NotRegistered"):
+            cuda.host_unregister(arr.ctypes.data)
+
+
+def test_create_close_cycles_do_not_grow_device_memory(tmp_path: Path) -> None:
+    torch = _torch()
+    from trtflow.runtime import cuda
+
+    model = sup.conv_model(tmp_path / "small.onnx", hw=32)
+    art = _artifact(tmp_path, model, "pinned", {"topology": "pipelined", "depth": 3, "cuda_graph": True},
+                    name="small")
+    mod = sup.load_runner(art)
+    x = _inputs(1, (1, 3, 32, 32))[0]
+
+    def cycle() -> None:
+        with mod.SmallRunner(backend="torch") as r:
+            r(image=x)
+
+    def free_now() -> int:
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return cuda.mem_get_info()[0]
+
+    for _ in range(10):
+        cycle()
+    before = free_now()
+    for _ in range(200):
+        cycle()
+    after = free_now()
+    print(f"\n[gpu] 200 create/close cycles: free device memory {before / 2**20:.1f} -> {after / 2**20:.1f} MiB")
+    assert before - after < 16 << 20
+    assert cuda.live_handles() == {}
+
+
+# -- a real segmentation network ----------------------------------------------------------------------------
+def _lraspp() -> Path:
+    path = ROOT / "models" / "lraspp_mobilenet_v3.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} is not there")
+    return path
+
+
+@pytest.mark.parametrize("memory,streams", [
+    ("pinned", {"topology": "sync"}),
+    ("mapped", {"topology": "sync"}),
+    ("device", {"topology": "pipelined", "depth": 2}),
+    ("pinned", {"topology": "pipelined", "depth": 3}),
+    ("pinned", {"topology": "sync", "cuda_graph": True}),
+])
+def test_lraspp_matches_onnxruntime(tmp_path: Path, memory: str, streams: dict[str, Any]) -> None:
+    torch = _torch()
+    model = _lraspp()
+    art = _artifact(tmp_path, model, memory, streams, name="seg", out_name="out")
+    xs = _inputs(2, (1, 3, 520, 520), seed=5)
+    refs = [sup.reference(model, {"image": x})["out"] for x in xs]
+    with sup.load_runner(art).SegRunner(backend="torch") as r:
+        for _ in range(2):
+            for x, ref in zip(xs, refs):
+                r.fill_outputs(np.nan)
+                out = r(image=torch.from_numpy(x).cuda() if memory == "device" else x, copy=True)
+                got = _host(out[0])
+                assert np.isfinite(got).all()
+                np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+                assert (got.argmax(1) == ref.argmax(1)).mean() > 0.999
+        print(f"\n[gpu] lraspp {memory} {streams}: graph {r.graph_status}")
+        if streams.get("cuda_graph"):  # onnx2torch's Resize may break capture: then eager, with the reason
+            assert r.graph_status.startswith(("captured", "eager: capture failed")), r.graph_status
+
+
+def test_vectorized_format_through_the_torch_engine(tmp_path: Path, conv_model: Path) -> None:
+    try:
+        import onnx
+
+        from trtflow.passes import lower
+        from trtflow.plan.planner import make_plan
+        from trtflow.recipe.loader import parse_recipe
+    except Exception as exc:  # noqa: BLE001 - the graph passes live elsewhere; skip if they do not import here
+        pytest.skip(f"graph passes unavailable: {exc}")
+    import json
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pyproject.toml").write_text("[project]\nname='x'\n")
+    shutil.copy(conv_model, src / "model.onnx")
+    recipe = {"model": "model.onnx", "name": "fmt", "inputs": {"image": {"dtype": "float16", "format": "hwc8"}},
+              "outputs": {"logits": {"dtype": "float16"}}}
+    plan = make_plan(parse_recipe(json.dumps(recipe), src / "r.yaml"))
+    try:
+        lowered, _ = lower(onnx.load(str(conv_model)), plan)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"lowering failed here: {exc}")
+    onnx.save(lowered, str(tmp_path / "lowered.onnx"))
+    art, plan = sup.make_artifact(tmp_path, conv_model, {k: v for k, v in recipe.items() if k not in ("model", "name")},
+                                  backend="torch", name="fmt", lowered=tmp_path / "lowered.onnx")
+    x = _inputs(1, (1, 3, HW, HW), seed=6)[0].astype(np.float16)
+    ref = sup.reference(conv_model, {"image": x.astype(np.float32)})["logits"]
+    with sup.load_runner(art).FmtRunner(backend="torch") as r:
+        assert r._sets[0].mems["image"].nbytes == HW * HW * 8 * 2  # packed, padded to 8 channels
+        out = r(image=x).logits
+        assert out.dtype == np.float16
+        np.testing.assert_allclose(out.astype(np.float32), ref, rtol=1e-2, atol=1e-2)
