@@ -14,10 +14,12 @@ export PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
 
-python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -rs -s ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest_gpu.txt"
+timeout "${TEST_TIMEOUT:-1800}" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -rs -s ${PYTEST_ARGS:-} 2>&1 \
+  | tee "$OUT/pytest_gpu.txt"
 tests_rc=${PIPESTATUS[0]}
 
-python3 scripts/gpu_timing.py --out "$OUT/timing.json" ${TIMING_ARGS:-} 2>&1 | tee "$OUT/timing.txt"
+timeout "${TIMING_TIMEOUT:-1200}" python3 scripts/gpu_timing.py --out "$OUT/timing.json" ${TIMING_ARGS:-} 2>&1 \
+  | tee "$OUT/timing.txt"
 timing_rc=${PIPESTATUS[0]}
 
 echo
