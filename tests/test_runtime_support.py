@@ -73,6 +73,7 @@ class _Op:
     fn: Callable[[], None]
     waits: list[tuple[int, int]] = field(default_factory=list)  # (event, generation) that must have run
     records: tuple[int, int] | None = None                       # (event, generation) this op completes
+    host: tuple[int, int, int] | None = None                     # (ptr, n, pinning id) a copy node uses
 
 
 @dataclass
@@ -90,6 +91,7 @@ class FakeCudart:
         self.blocks: dict[int, np.ndarray] = {}       # device allocations
         self.host: dict[int, tuple[np.ndarray, int]] = {}  # host allocations -> (buffer, flags)
         self.registered: dict[int, int] = {}           # ptr -> nbytes
+        self.pin_ids: dict[int, int] = {}              # ptr of a registration/host alloc -> id of that pinning
         self.streams: dict[int, _Stream] = {}
         self.events: dict[int, dict[str, Any]] = {}    # ev -> {gen, done_gen, time, timing}
         self.graphs: dict[int, list[_Op]] = {}
@@ -112,14 +114,18 @@ class FakeCudart:
         off = (-ptr) % 256
         return buf, ptr + off
 
-    def is_pinned(self, ptr: int, n: int) -> bool:
+    def pin_id(self, ptr: int, n: int) -> int | None:
+        """Which host allocation / registration page-locks [ptr, ptr+n), if any."""
         for base, (buf, _) in self.host.items():
             if base <= ptr and ptr + n <= base + buf.size - 512:
-                return True
+                return self.pin_ids.get(base)
         for base, size in self.registered.items():
             if base <= ptr and ptr + n <= base + size:
-                return True
-        return False
+                return self.pin_ids.get(base)
+        return None
+
+    def is_pinned(self, ptr: int, n: int) -> bool:
+        return self.pin_id(ptr, n) is not None
 
     def is_device(self, ptr: int) -> bool:
         for base, buf in self.blocks.items():
@@ -224,6 +230,7 @@ class FakeCudart:
     def cudaHostAlloc(self, n: int, flags: int) -> tuple[Any, int]:
         buf, ptr = self.alloc(n)
         self.host[ptr] = (buf, int(flags))
+        self.pin_ids[ptr] = self.handle()
         return OK, ptr
 
     def cudaFreeHost(self, ptr: int) -> tuple[Any]:
@@ -235,6 +242,7 @@ class FakeCudart:
         if int(ptr) in self.registered:
             return (cudaError_t.cudaErrorHostMemoryAlreadyRegistered,)
         self.registered[int(ptr)] = int(n)
+        self.pin_ids[int(ptr)] = self.handle()
         return (OK,)
 
     def cudaHostUnregister(self, ptr: int) -> tuple[Any]:
@@ -267,6 +275,9 @@ class FakeCudart:
             op = _Op(lambda: ctypes.memmove(dst, ctypes.addressof(staged), n))
         else:
             op = _Op(lambda: ctypes.memmove(dst, src, n))
+            if kind in (cudaMemcpyKind.cudaMemcpyHostToDevice, cudaMemcpyKind.cudaMemcpyDeviceToHost):
+                hp = src if kind == cudaMemcpyKind.cudaMemcpyHostToDevice else dst
+                op.host = (hp, n, self.pin_id(hp, n) or 0)
         self.enqueue(s, op)
         if pageable_dst or sync:  # returns only once the copy has completed
             self.run_until(lambda: op not in st.queue)
@@ -376,6 +387,10 @@ class FakeCudart:
 
     def cudaGraphLaunch(self, ex: int, s: int) -> tuple[Any]:
         ops = self.execs[int(ex)]
+        for op in ops:  # real CUDA crashes on a node whose host memory was unregistered since capture
+            if op.host is not None and self.pin_id(op.host[0], op.host[1]) != op.host[2]:
+                raise AssertionError(f"graph launch: host memory {op.host[0]:#x} was unpinned since capture "
+                                     "(a real GPU segfaults here)")
 
         def run_all() -> None:
             for op in ops:

@@ -230,8 +230,9 @@ class TensorMemory(ABC):
     """
 
     strategy: ClassVar[str]
-    #: whether the copies this memory enqueues can be captured in a CUDA graph
-    capturable: ClassVar[bool] = True
+    #: the input copy stays eager (enqueued before a graph launch, never captured): for memory the
+    #: caller owns, whose address changes or which may be unregistered while a graph still exists
+    outside_graph: bool = False
 
     def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
         self.tensor = tensor
@@ -475,6 +476,9 @@ class RegisteredMemory(TensorMemory):
 
     def __init__(self, tensor: TensorPlan, *, fmt: str | None = None, registry: HostRegistry) -> None:
         super().__init__(tensor, fmt=fmt)
+        # A graph node copying from a host range that was unregistered since capture crashes the
+        # process at launch: the caller's input buffers are therefore never captured.
+        self.outside_graph = self.is_input
         self._registry = registry
         self._key: tuple[int, int] | None = None
         self._buffer: np.ndarray | None = None  # the registered host buffer (flat uint8)
@@ -534,6 +538,8 @@ class RegisteredMemory(TensorMemory):
         return np.array(view) if copy else view
 
     def graph_key(self) -> tuple[int, ...]:
+        if self.outside_graph:
+            return (self._dev.ptr,)
         return (self._dev.ptr, data_ptr(self._buffer) if self._buffer is not None else 0)
 
     def fill(self, value: float, *, stream: int) -> None:
@@ -603,14 +609,15 @@ class DeviceMemory(TensorMemory):
     Outputs: :class:`DeviceArray` views of the runner's buffer.
 
     With ``graph=True`` (CUDA graphs) inputs are always copied D2D into the runner's buffer, and
-    that copy is enqueued in :meth:`prepare`, outside the graph: the graph sees one fixed address
-    instead of being recaptured for every new tensor."""
+    that copy stays outside the graph (``outside_graph``): the graph sees one fixed address instead
+    of being recaptured for every new tensor."""
 
     strategy = "device"
 
     def __init__(self, tensor: TensorPlan, *, fmt: str | None = None, graph: bool = False) -> None:
         super().__init__(tensor, fmt=fmt)
         self.graph = graph
+        self.outside_graph = graph
         if self.fmt != "linear":
             raise InputError(f"tensor {tensor.name!r}: device memory with format {self.fmt} would hand the "
                              "caller a packed layout", hint="use format: linear for device tensors")
@@ -635,8 +642,7 @@ class DeviceMemory(TensorMemory):
             cuda.stream_wait_event(stream, self._event)
         self._keep = array  # the caller's tensor stays alive while the engine may read it
         if self.graph:
-            self._bound, self._src = self._dev.ptr, 0
-            cuda.memcpy_async(self._dev.ptr, info.ptr, self.bytes_for(shape), "d2d", stream=stream)
+            self._bound, self._src = self._dev.ptr, info.ptr
         elif info.ptr % ALIGNMENT == 0:
             self._bound, self._src = info.ptr, 0
             self.zero_copy_hits += 1
@@ -652,7 +658,7 @@ class DeviceMemory(TensorMemory):
         return arr.copy() if copy else arr
 
     def graph_key(self) -> tuple[int, ...]:
-        return (self._bound, self._src)
+        return (self._bound,) if self.graph else (self._bound, self._src)
 
     def fill(self, value: float, *, stream: int) -> None:
         _fill_device(self._dev.ptr, self.nbytes, stream)

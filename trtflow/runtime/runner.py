@@ -513,6 +513,7 @@ class Runner:
                 raise InputError(f"register({name!r}): needs at least {mem.nbytes} bytes (max shape "
                                  f"{tensor.max_shape}), got {array.nbytes}")
             self._wait_idle()
+            self._drop_graphs()  # graphs copy into the old buffer, which is unregistered below
             mem.use(array)
 
     def fill_outputs(self, value: float = float("nan")) -> None:
@@ -720,6 +721,12 @@ class Runner:
             bs.pending = None
         return bs
 
+    def _drop_graphs(self) -> None:
+        for bs in self._sets:
+            for g in bs.graphs.values():
+                g.close()
+            bs.graphs.clear()
+
     def _wait_idle(self) -> None:
         for s in self._streams.values():
             cuda.stream_synchronize(s)
@@ -790,16 +797,19 @@ class Runner:
         host_in = (time.perf_counter() - t_submit) * 1e3
         self._bind(bs, shapes, out_shapes)
 
+        graph_now = self._graph_on and not pipelined
+
         def copy_in() -> None:
             for name in inputs:
-                bs.mems[name].enqueue_in(shapes[name], stream=s_in)
+                if not (graph_now and bs.mems[name].outside_graph):
+                    bs.mems[name].enqueue_in(shapes[name], stream=s_in)
 
         def copy_out() -> None:
             for name in outputs:
                 bs.mems[name].enqueue_out(out_shapes[name], stream=s_out)
 
         key: tuple[Any, ...] = (tuple(shapes.items()), tuple(mem.graph_key() for mem in bs.mems.values()))
-        if self._graph_on and not pipelined:
+        if graph_now:
             def body() -> None:
                 copy_in()
                 engine.enqueue(s_c)
@@ -807,6 +817,9 @@ class Runner:
 
             if self.timing:
                 cuda.event_record(bs.t_compute, stream=s_c)
+            for name in inputs:  # copies from memory the caller owns stay eager, ahead of the graph
+                if bs.mems[name].outside_graph:
+                    bs.mems[name].enqueue_in(shapes[name], stream=s_in)
             self._run_graph(bs, key, body, s_c)
             for ev in (bs.ev_h2d, bs.ev_compute, bs.ev_d2h):
                 cuda.event_record(ev, stream=s_c)
