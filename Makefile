@@ -44,5 +44,14 @@ demo: setup ## the README's main job: plan, build and validate the shipped examp
 gpu: ## on the GPU machine: GPU tests + benchmarks
 	bash scripts/gpu_suite.sh
 
+# Offline GPU hosts: `make wheelhouse EXTRAS=trt,cuda,ort PYTHON_VERSION=3.11 GLIBC=2.28`, copy wheelhouse/
+# over, then `pip install --no-index --find-links wheelhouse 'trtflow[trt,cuda,ort]'` (docs/getting-started.md).
+EXTRAS ?= trt,cuda,ort
+PYTHON_VERSION ?= 3.11
+GLIBC ?= 2.28
+wheelhouse: ## download every wheel trtflow[$(EXTRAS)] needs on an offline Linux x86_64 host into wheelhouse/
+	PYTHON="$$( [ -x $(BIN)/python ] && echo $(BIN)/python || echo $(PY) )" bash scripts/wheelhouse.sh \
+	  --extras '$(EXTRAS)' --python '$(PYTHON_VERSION)' --glibc '$(GLIBC)' --dest wheelhouse
+
 clean:
 	rm -rf build .pytest_cache .mypy_cache

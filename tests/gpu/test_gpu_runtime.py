@@ -225,20 +225,44 @@ def test_device_inputs_zero_copy_and_stream_ordered(tmp_path: Path, conv_model: 
     art = _artifact(tmp_path, conv_model, "device", {"topology": "sync"})
     x = _inputs(1, (1, 3, HW, HW), seed=3)[0]
     ref = sup.reference(conv_model, {"image": x})["logits"]
+    src = torch.from_numpy(x).cuda()
+    torch.cuda.synchronize()
     with sup.load_runner(art).NetRunner(backend="torch") as r:
         side = torch.cuda.Stream()
-        with torch.cuda.stream(side):  # produce the input on another stream, behind a long queue
-            big = torch.randn(4096, 4096, device="cuda")
-            for _ in range(20):
-                big = big @ big / 64
-            t = torch.from_numpy(x).cuda(non_blocking=True) + big[:1, :1] * 0
-            out = r(image=t)
+        with torch.cuda.stream(side):  # the producer's stream: NaN now, the real data only after ~50 ms
+            t = torch.full_like(src, float("nan"))
+            torch.cuda._sleep(100_000_000)
+            t.copy_(src)
+            out = r(image=t)  # the runner must order its reads after the producer's stream
         np.testing.assert_allclose(_host(out.logits), ref, rtol=1e-4, atol=1e-5)
         assert r._sets[0].mems["image"].zero_copy_hits == 1
         got = torch.as_tensor(out.logits, device="cuda")  # zero-copy view of the runner's output
         assert got.data_ptr() == out.logits.ptr
         with pytest.raises(Exception, match="expected a CUDA array"):
             r(image=x)
+
+
+def test_stream_ordering_check_is_sensitive(tmp_path: Path, conv_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test above fails without the producer-stream wait: skip it and the runner reads NaN."""
+    import dataclasses
+
+    from trtflow.runtime import memory
+
+    torch = _torch()
+    real = memory.cuda_array_info
+    monkeypatch.setattr(memory, "cuda_array_info", lambda obj: dataclasses.replace(real(obj), stream=None))
+    art = _artifact(tmp_path, conv_model, "device", {"topology": "sync"})
+    src = torch.from_numpy(_inputs(1, (1, 3, HW, HW), seed=3)[0]).cuda()
+    torch.cuda.synchronize()
+    with sup.load_runner(art).NetRunner(backend="torch") as r:
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            t = torch.full_like(src, float("nan"))
+            torch.cuda._sleep(100_000_000)
+            t.copy_(src)
+            out = r(image=t)
+        assert np.isnan(_host(out.logits)).any()
+        torch.cuda.synchronize()
 
 
 def test_registered_buffers_are_unregistered_on_close(tmp_path: Path, conv_model: Path) -> None:
