@@ -403,19 +403,22 @@ def init_(
     Dynamic dims become a profile (batch 1/8/32; other dims get a guess marked CHECK). The recipe plans
     as written; edit it, then `trtflow plan` shows what each choice costs.
     """
+    from rich.markup import escape
+
     from trtflow.init import init_recipe
 
     res = init_recipe(model, out, force=force, name=name)
-    err_console.print(f"wrote {res.path}")
+    err_console.print(f"wrote {escape(str(res.path))}", highlight=False)
     if res.schema_written:
-        err_console.print(f"wrote {res.schema_written} (for the editor's `yaml-language-server` line)")
+        err_console.print(f"wrote {escape(str(res.schema_written))} (for the editor's `yaml-language-server` line)",
+                          highlight=False)
     for note in res.notes:
-        err_console.print(f"  [yellow]check:[/] {note}", markup=True, highlight=False)
+        err_console.print(f"  [yellow]check:[/] {escape(note)}", highlight=False)
     if res.plan_error:
-        err_console.print(f"  [yellow]`trtflow plan {res.path}` fails as written:[/]", highlight=False)
+        err_console.print(f"  [yellow]`trtflow plan {escape(str(res.path))}` fails as written:[/]", highlight=False)
         print(res.plan_error, file=sys.stderr)
     elif not _State.quiet:
-        err_console.print(f"next: trtflow plan {res.path}", highlight=False)
+        err_console.print(f"next: trtflow plan {escape(str(res.path))}", highlight=False)
 
 
 @app.command("inspect")
@@ -470,6 +473,8 @@ def export_triton(
     max_batch_size comes from the profile's batch range, instance_group from the pipelining depth, CUDA
     graphs from the recipe; tensors with non-linear formats are flagged is_non_linear_format_io.
     """
+    from rich.markup import escape
+
     from trtflow.errors import RecipeError
     from trtflow.export.triton import export_artifact, export_recipe, is_artifact
 
@@ -486,14 +491,15 @@ def export_triton(
         for path in paths:
             exp, built = export_recipe(path, repo, out_root=build_out, backend=backend,
                                        allow_outside=allow_outside, **opts)
-            err_console.print(f"{built.name}: " + ("cache hit" if built.cache_hit else
-                                                    f"built in {built.seconds:.1f} s") + f" with {built.backend}")
+            err_console.print(f"{escape(built.name)}: " + ("cache hit" if built.cache_hit else
+                                                            f"built in {built.seconds:.1f} s")
+                              + f" with {built.backend}", highlight=False)
             results.append(exp)
     for exp in results:
-        err_console.print(f"[green]{exp.model_dir.name}[/]: wrote {exp.config_path} and {exp.model_file} "
-                          f"({exp.platform})", highlight=False)
+        err_console.print(f"[green]{escape(exp.model_dir.name)}[/]: wrote {escape(str(exp.config_path))} and "
+                          f"{escape(str(exp.model_file))} ({exp.platform})", highlight=False)
         for note in exp.notes:
-            err_console.print(f"  note: {note}", highlight=False)
+            err_console.print(f"  note: {escape(note)}", highlight=False)
 
 
 @app.command("docs")
@@ -504,6 +510,8 @@ def docs(
     print_: Annotated[bool, typer.Option("--print", help="Print the reference instead of writing it.")] = False,
 ) -> None:
     """Write docs/recipe-reference.md from the recipe schema (every field, type, default, allowed values)."""
+    from rich.markup import escape
+
     from trtflow.docs_gen import recipe_reference
 
     text = recipe_reference()
@@ -512,14 +520,14 @@ def docs(
         return
     if check:
         if (out.read_text() if out.is_file() else "") != text:
-            err_console.print(f"[red]{out} is stale[/]: run `trtflow docs` and commit the result")
+            err_console.print(f"[red]{escape(str(out))} is stale[/]: run `trtflow docs` and commit the result")
             raise typer.Exit(1)
-        err_console.print(f"{out} is up to date")
+        err_console.print(f"{escape(str(out))} is up to date")
         return
     from trtflow.artifact import atomic_write
 
     atomic_write(out, text)
-    err_console.print(f"wrote {out}")
+    err_console.print(f"wrote {escape(str(out))}")
 
 
 def main() -> None:
