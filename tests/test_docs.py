@@ -5,10 +5,10 @@ from __future__ import annotations
 import typing
 from pathlib import Path
 
+from conftest import ROOT
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from conftest import ROOT
 from trtflow.cli import app
 from trtflow.docs_gen import REFERENCE_PATH, Reference, recipe_reference
 from trtflow.plan.formats import FORMATS

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_conv_model
+from ecosystem_helpers import add_model, build_artifact, rewrite_report
 from google.protobuf import text_format
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import make_conv_model
-from ecosystem_helpers import add_model, build_artifact, rewrite_report
 from trtflow.cli import app
 from trtflow.errors import ArtifactError, BuildError
 from trtflow.export.triton import Enum, batching, config_text, export_artifact, quote, to_pbtxt, triton_config
@@ -74,6 +74,19 @@ def test_dynamic_batch_becomes_max_batch_size(project: Path) -> None:
     assert c.optimization.cuda.graphs and not c.optimization.cuda.graph_spec  # only the batch dim is dynamic
     assert list(c.dynamic_batching.preferred_batch_size) == [4]
     assert any("depth" in n for n in notes)
+
+
+@needs_triton
+def test_one_value_per_batch_item_gets_a_reshape(project: Path) -> None:
+    add_model(project, "mobilenet_v3_small.onnx")
+    plan = make_plan(parse_recipe("model: models/mobilenet_v3_small.onnx\ninputs: {images: {profile: "
+                                  "{min: [1,3,224,224], opt: [8,3,224,224], max: [32,3,224,224]}}}\n"
+                                  "outputs: {logits: {reduce: {op: argmax, axis: 1, dtype: int32}}}\n",
+                                  project / "argmax.yaml"))
+    assert plan.outputs[0].max_shape == (32,)
+    c = parse(config_text(triton_config(plan, name="a", platform="tensorrt_plan")[0], []))
+    (o,) = c.output
+    assert c.max_batch_size == 32 and list(o.dims) == [1] and o.HasField("reshape") and list(o.reshape.shape) == []
 
 
 @needs_triton

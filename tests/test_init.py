@@ -8,12 +8,12 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
+from ecosystem_helpers import add_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from ecosystem_helpers import add_model
 from trtflow.cli import app
 from trtflow.errors import RecipeError
 from trtflow.init import init_recipe, recipe_text, safe_name, y

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import ROOT, make_conv_model
 from ecosystem_helpers import add_model, build_artifact, rewrite_report
+from typer.testing import CliRunner
+
 from trtflow.cli import app
 from trtflow.errors import ArtifactError
 from trtflow.inspect import contiguous_strides, inspect_artifact, resolve_artifact, tensor_layout
@@ -117,12 +117,11 @@ def test_corrupt_artifact_exits_6(built: Path) -> None:
     info = inspect_artifact(built)
     assert info["integrity"]["ok"] is False and "does not match" in info["integrity"]["error"]
     assert any("not opened" in n for n in info["notes"])
-    r = subprocess.run([sys.executable, "-m", "trtflow.cli", "inspect", str(built)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120)
+    cmd = [sys.executable, "-m", "trtflow.cli", "inspect", str(built)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert r.returncode == ArtifactError.exit_code == 6, r.stderr
     assert "CORRUPT" in r.stdout and "does not match" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "trtflow.cli", "inspect", str(built), "--json"], capture_output=True,
-                       text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run([*cmd, "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert r.returncode == 6 and json.loads(r.stdout)["integrity"]["ok"] is False
 
 
@@ -167,7 +166,7 @@ class _FakeBackend:
 
 
 def test_backend_is_asked_through_optional_methods(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trtflow.backends.base as base
+    from trtflow.backends import base
 
     monkeypatch.setattr(base, "get_backend", lambda name: _FakeBackend)
     info = inspect_artifact(built)
@@ -178,7 +177,7 @@ def test_backend_is_asked_through_optional_methods(built: Path, monkeypatch: pyt
 
 
 def test_backend_that_cannot_open_is_a_note(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trtflow.backends.base as base
+    from trtflow.backends import base
 
     class Broken(_FakeBackend):
         def open(self, *a: Any, **k: Any) -> _FakeEngine:

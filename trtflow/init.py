@@ -30,7 +30,7 @@ BATCH_RANGE = (1, 8, 32)
 SPATIAL_RANGE = (128, 512, 1024)
 # Anything else (sequence length, number of boxes, ...): a guess the user must confirm.
 OTHER_RANGE = (1, 128, 512)
-_BATCH_NAMES = re.compile(r"(?i)^(n|b|bs|batch|batch_?size|num_?batch(es)?|unk__\d+|N)$")
+_BATCH_NAMES = re.compile(r"(?i)^(n|b|bs|batch|batch_?size|num_?batch(es)?)$")
 
 IMAGENET = {"scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

@@ -146,8 +146,10 @@ def triton_config(plan: Plan, *, name: str, platform: Platform, kind: Literal["g
     is_plan = platform == "tensorrt_plan"
 
     def tensor(t: TensorPlan) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": t.name, "data_type": Enum(TRITON_DTYPES[t.dtype]),
-                             "dims": _dims(t, b.max_batch_size > 0)}
+        dims = _dims(t, b.max_batch_size > 0)
+        d: dict[str, Any] = {"name": t.name, "data_type": Enum(TRITON_DTYPES[t.dtype]), "dims": dims or [1]}
+        if not dims:  # one value per batch item ([batch] in the engine): Triton's documented [1] + empty reshape
+            d["reshape"] = {"shape": []}
         if is_plan and t.format != "linear":
             d["is_non_linear_format_io"] = True
         return d
