@@ -9,7 +9,7 @@ RECIPE ?= recipes/seg.yaml
 $(BIN)/trtflow: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,dev]'
+	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,triton,dev]'
 	$(BIN)/pip install -q --no-deps 'tensorrt-stubs>=10.13'
 	$(BIN)/python tests/test_backend_trt.py typings
 	touch $@

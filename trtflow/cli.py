@@ -40,15 +40,19 @@ AllowOutsideOpt = Annotated[bool, typer.Option(
     "--allow-outside", help="Allow model/data paths that resolve outside the project folder.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"trtflow {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
-    if version:
-        console.print(f"trtflow {__version__}")
-        raise typer.Exit()
     _State.debug, _State.quiet = debug, quiet
 
 
@@ -373,17 +377,19 @@ def doctor(json_out: JsonOpt = False) -> None:
         return
     console.print(f"trtflow {info['trtflow']} on Python {info['python']} ({info['platform']})")
     gpu = info["gpu"]
-    console.print(f"GPU: {gpu.get('summary') or 'none'}" + (f"  ({gpu['why']})" if gpu.get("why") else ""))
+    from rich.markup import escape
+
+    console.print(escape(f"GPU: {gpu.get('summary') or 'none'}" + (f"  ({gpu['why']})" if gpu.get("why") else "")))
     tbl = Table(title="backends", title_justify="left")
     for col in ("backend", "installed", "version", "builds", "executes here", "install"):
         tbl.add_column(col)
     for b in info["backends"]:
         tbl.add_row(b["name"], "yes" if b["installed"] else "no", b["version"] or "-",
                     "engine" if b["builds_engine"] else "runs ONNX", "yes" if b["executes_here"] else "no",
-                    b["install"])
+                    escape(b["install"]))
     console.print(tbl)
     for note in info["notes"]:
-        console.print(f"  {note}")
+        console.print(f"  {escape(note)}")
     if info.get("bandwidth"):
         bw = info["bandwidth"]
         console.print("link: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw.items()))
@@ -544,10 +550,8 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors of typer's (vendored) click: duck-typed, no click import
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         if _State.debug:
