@@ -150,7 +150,8 @@ def measure(runner: Any, plan: Plan, *, label: str, memory: str, warmup: int = 1
     stages = [s.mean for s in (s_h2d, s_c, s_d2h) if s is not None]
     if stages and not graph_any:
         res.pipeline_floor_per_s = 1e3 / max(stages)
-    res.diagnostics = diagnostics(wall=wall, h2d=s_h2d, compute=s_c, d2h=s_d2h, host=res.host)
+    on_gpu = runner.device == "cuda"  # on the CPU the host does the compute: enqueue-bound means nothing
+    res.diagnostics = diagnostics(wall=wall, h2d=s_h2d, compute=s_c, d2h=s_d2h, host=res.host if on_gpu else None)
     return res
 
 
