@@ -43,9 +43,10 @@ def test_records_name_every_pass_in_order_and_the_input_is_untouched(tmp_path: P
     _, records = lower(model, plan)
     assert model.SerializeToString() == before
     assert [r["name"] for r in records] == [p.name for p in PASSES] == \
-        ["normalize", "precision", "io_inputs", "io_outputs", "check_io"]
+        ["normalize", "fold_shapes", "precision", "io_inputs", "io_outputs", "check_io"]
     by_name = {r["name"]: r for r in records}
     assert by_name["normalize"]["nodes_removed"] == {"Constant": 8}
+    assert by_name["fold_shapes"]["nodes_removed"] == {} and by_name["fold_shapes"]["notes"] == []
     assert by_name["io_inputs"]["nodes_added"] == {"Add": 1, "Cast": 1, "Mul": 1, "Transpose": 1}
     assert by_name["io_outputs"]["nodes_added"] == {"ArgMax": 1, "Cast": 1}
     assert by_name["io_inputs"]["inputs"]["after"] == ["image:uint8[N,16,16,3]"]
@@ -74,8 +75,9 @@ def test_bf16_full_contract_passes_the_checker(tmp_path: Path) -> None:
     assert io_desc(lowered.graph.input) == [("image", TensorProto.UINT8, ["N", 16, 16, 3])]
     assert io_desc(lowered.graph.output) == [("logits", TensorProto.UINT8, ["N", 16, 16])]
     assert {i.data_type for i in lowered.graph.initializer if i.name.startswith("image__")} == {TensorProto.BFLOAT16}
-    assert records[1]["opset"] == {"before": 17, "after": 22}
-    assert any("opset upgraded 17 -> 22" in n for n in records[1]["notes"])
+    by_name = {r["name"]: r for r in records}
+    assert by_name["precision"]["opset"] == {"before": 17, "after": 22}
+    assert any("opset upgraded 17 -> 22" in n for n in by_name["precision"]["notes"])
 
 
 def test_bf16_topk_reads_float32_where_topk_has_no_bf16_kernel(tmp_path: Path) -> None:

@@ -8,13 +8,18 @@ Order, and why:
 
 1. ``normalize``   Constants -> initializers, drop stray initializers, infer shapes: every later pass
                    sees the same, typed graph whatever the exporter did.
-2. ``precision``   fp16/bf16 lowering of the whole graph, boundaries included. Running it before the
+2. ``fold_shapes`` ``Shape`` of statically shaped tensors -> constants, then constant folding of what
+                   depends only on initializers (exporters' Shape->Slice->Concat chains feeding
+                   Resize/Reshape): engines that read such inputs on the host (onnx2torch) stay
+                   sync-free and CUDA-graph capturable. Before ``precision`` so folded int64/float
+                   constants are typed once, and the fp16 converter sees fewer ops.
+3. ``precision``   fp16/bf16 lowering of the whole graph, boundaries included. Running it before the
                    I/O contract means the contract adds exactly one boundary Cast per tensor from the
                    compute dtype (uint8 -> fp16, fp16 -> fp32), and reducers read fp16 directly,
                    instead of stacking the converter's casts on top of the contract's.
-3. ``io_inputs``   Cast -> NHWC transpose -> folded normalization in front of each input.
-4. ``io_outputs``  reducers (argmax, threshold, topk, softmax, sigmoid) and dtype narrowing at the end.
-5. ``check_io``    graph I/O == plan tensors exactly, and ``onnx.checker`` full check; else ModelError.
+4. ``io_inputs``   Cast -> NHWC transpose -> folded normalization in front of each input.
+5. ``io_outputs``  reducers (argmax, threshold, topk, softmax, sigmoid) and dtype narrowing at the end.
+6. ``check_io``    graph I/O == plan tensors exactly, and ``onnx.checker`` full check; else ModelError.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import onnx
 
 from trtflow.passes._graph import PassNote, dtype_name, io_elem_type, opset_of, value_info_dims
 from trtflow.passes.check_io import check_io
+from trtflow.passes.fold import fold_shapes
 from trtflow.passes.io_inputs import io_inputs
 from trtflow.passes.io_outputs import io_outputs
 from trtflow.passes.normalize import normalize
@@ -47,6 +53,7 @@ class Pass:
 
 PASSES: tuple[Pass, ...] = (
     Pass("normalize", normalize),
+    Pass("fold_shapes", fold_shapes),
     Pass("precision", precision),
     Pass("io_inputs", io_inputs),
     Pass("io_outputs", io_outputs),
@@ -116,4 +123,4 @@ def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: f
     return rec
 
 
-__all__ = ["PASSES", "Pass", "PassNote", "check_io", "io_inputs", "io_outputs", "lower", "normalize", "precision"]
+__all__ = ["PASSES", "Pass", "PassNote", "check_io", "fold_shapes", "io_inputs", "io_outputs", "lower", "normalize", "precision"]
