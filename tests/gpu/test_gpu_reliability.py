@@ -1,0 +1,66 @@
+"""Reliability on the GPU machine: out-of-memory at allocation, and the full build -> validate path on CUDA."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_gpu_runtime import REASON  # noqa: E402  (same skip rule as the runtime suite)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"GPU tests: {REASON}")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import make_conv_model  # noqa: E402
+
+
+def _project(tmp: Path, body: str) -> Path:
+    (tmp / "pyproject.toml").write_text("[project]\nname='x'\n")
+    make_conv_model(tmp / "m.onnx", batch="N")
+    (tmp / "r.yaml").write_text("model: m.onnx\nbuild: {backend: torch}\n" + body)
+    return tmp / "r.yaml"
+
+
+def test_malloc_failure_is_a_clear_cuda_error() -> None:
+    from trtflow.errors import CudaError
+    from trtflow.runtime import cuda
+
+    with pytest.raises(CudaError, match="cudaMalloc.*cudaErrorMemoryAllocation") as exc:
+        cuda.malloc(1 << 50)
+    assert "out of memory" in str(exc.value)
+
+
+def test_runner_out_of_memory_at_allocation_leaks_nothing(tmp_path: Path) -> None:
+    """Buffers sized at a huge profile max (~600 GB) cannot be allocated: clear error, every handle released."""
+    from trtflow.build import build
+    from trtflow.errors import CudaError
+    from trtflow.runtime import cuda
+    from trtflow.runtime.runner import Runner
+
+    recipe = _project(tmp_path, "inputs: {image: {profile: {min: [1,3,16,16], opt: [1,3,16,16], "
+                                "max: [1000000,3,16,16]}}}\noutputs: {logits: {memory: device}}\n"
+                                "streams: {topology: pipelined, depth: 3}\n")
+    res = build(recipe, out_root=tmp_path / "build")
+    before = dict(cuda.live_handles())
+    free_before = cuda.mem_get_info()[0]
+    with pytest.raises(CudaError, match="cudaErrorMemoryAllocation"):
+        Runner(res.artifact)
+    assert cuda.live_handles() == before
+    assert abs(cuda.mem_get_info()[0] - free_before) < 64 << 20
+
+
+def test_build_and_validate_on_cuda_through_the_cli_path(tmp_path: Path) -> None:
+    from trtflow.build import build
+    from trtflow.validate.run import validate_artifact
+
+    recipe = _project(tmp_path, "precision: fp16\ninputs: {image: {shape: [2,3,16,16], dtype: uint8, layout: NHWC, "
+                                "preprocess: {scale: 0.0039215686, mean: [0.5,0.5,0.5], std: [0.25,0.25,0.25]}}}\n"
+                                "outputs: {logits: {reduce: {op: argmax, dtype: uint8}}}\n"
+                                "streams: {topology: pipelined, depth: 2, cuda_graph: true}\n"
+                                "validate: {metrics: {logits: [{kind: agreement, min: 0.95}]}}\n")
+    res = build(recipe, out_root=tmp_path / "build")
+    rep = validate_artifact(res.artifact, device="cuda")
+    assert rep.device == "cuda" and rep.backend == "torch" and rep.passed, rep.to_dict()
+    assert np.isfinite(rep.outputs[0].metrics[0].value)
