@@ -42,7 +42,7 @@ demo: setup ## the README's main job: plan, build and validate the shipped examp
 	$(BIN)/trtflow validate $(RECIPE)
 
 gpu: ## on the GPU machine: GPU tests + benchmarks
-	bash scripts/gpu_suite.sh
+	bash scripts/gpu_suite.sh && bash scripts/gpu_bench.sh
 
 # Offline GPU hosts: `make wheelhouse EXTRAS=trt,cuda,ort PYTHON_VERSION=3.11 GLIBC=2.28`, copy wheelhouse/
 # over, then `pip install --no-index --find-links wheelhouse 'trtflow[trt,cuda,ort]'` (docs/getting-started.md).
