@@ -11,8 +11,11 @@ TensorRT I/O formats (hwc8, chw32...) are emulated on the device: the bound buff
 layout, exactly as a TensorRT engine would read and write them.
 
 CUDA graphs are captured through ``torch.cuda.graph`` (a private memory pool keeps the intermediate
-tensors alive for replays). onnx2torch's Resize reads its scales on the host, which breaks capture:
-the first failed capture makes :attr:`TorchCudaEngine.capturable` False and the runner runs eagerly.
+tensors alive for replays). onnx2torch's Resize, TopK and Reshape read their sizes/k/shape on the host
+every call (a device->host sync: no capture, no pipelining overlap); where those are constants of the
+graph (the ``fold_shapes`` pass makes exported shape chains constants) :func:`make_static` swaps the
+modules for sync-free ones at open time. One left reading device data makes the first capture fail:
+:attr:`TorchCudaEngine.capturable` turns False and the runner runs eagerly.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def _convert(path: Path) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return convert(model)
+            module = convert(model)
     except NotImplementedError as exc:
         text = str(exc)
         m = _OP.search(text)
@@ -68,6 +71,20 @@ def _convert(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises plain exceptions for unsupported graphs
         raise BuildError(f"onnx2torch cannot convert {path.name}: {type(exc).__name__}: {exc}",
                          hint="use backend onnxruntime (CPU) or tensorrt/tensorrt_rtx") from None
+    _static("split_outputs", module, model)  # one tensor per graph output (TopK's values and indices apart)
+    return module
+
+
+def _static(fn: str, *args: Any) -> Any:
+    """``trtflow.backends._torch_static.<fn>(*args)``; None where the installed onnx2torch is not one
+    its stand-ins know (the model then runs as converted, with its host syncs)."""
+    from trtflow.backends import _torch_static
+
+    try:
+        return getattr(_torch_static, fn)(*args)
+    except ImportError as exc:
+        warnings.warn(f"onnx2torch module left as converted ({fn} unavailable): {exc}", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def _io_order(path: Path) -> tuple[list[str], list[str]]:
@@ -163,6 +180,7 @@ class TorchCudaEngine(Engine):
         self._views: dict[tuple[str, int, tuple[int, ...]], Any] = {}
         self._streams: dict[int, Any] = {}
         self._capturable = True
+        self.static_modules: dict[str, int] = {}  # onnx2torch modules made sync-free at open, by op
 
     def _live(self) -> Any:
         if self._module is None:
@@ -240,7 +258,8 @@ class TorchCudaEngine(Engine):
             torch.cuda.set_stream(previous)
             with_reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GraphCaptureFailed(f"torch graph capture failed ({type(exc).__name__}: {with_reason})",
-                                     hint="an op reads device data on the host (onnx2torch's Resize does)") from exc
+                                     hint="an op reads device data on the host (onnx2torch's Resize/TopK/Reshape do where their "
+                                          "sizes/k/shape are computed at run time)") from exc
         return _TorchGraph(torch, graph, s)
 
     def close(self) -> None:
@@ -257,6 +276,7 @@ class TorchCpuEngine(Engine):
     def __init__(self, torch: Any, module: Any, plan: Plan, order: tuple[list[str], list[str]]) -> None:
         self._torch, self._module, self.plan = torch, module, plan
         self._in_order, self._out_order = order
+        self.static_modules: dict[str, int] = {}  # onnx2torch modules made sync-free at open, by op
 
     def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         if self._module is None:
@@ -327,9 +347,14 @@ class TorchBackend(Backend):
             raise ArtifactError(f"{artifact_dir} has no {MODEL_FILE}", hint="rebuild: trtflow build <recipe>")
         order = _io_order(path)
         module = _convert(path).eval()
+        static = dict(_static("make_static", module) or {})  # on the CPU, before .to(): reading costs no sync
+        engine: TorchCudaEngine | TorchCpuEngine
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise BackendMissing("torch sees no CUDA GPU", hint="open with device='cpu'")
             _set_tf32(torch, bool(plan.tf32))
-            return TorchCudaEngine(torch, module.to("cuda"), plan, order)
-        return TorchCpuEngine(torch, module, plan, order)
+            engine = TorchCudaEngine(torch, module.to("cuda"), plan, order)
+        else:
+            engine = TorchCpuEngine(torch, module, plan, order)
+        engine.static_modules = static
+        return engine
