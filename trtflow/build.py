@@ -54,9 +54,20 @@ def _plan_key_material(plan: Plan) -> dict[str, Any]:
     return d
 
 
+def _lowering_fingerprint() -> str:
+    """Hash of the graph passes' source: a change to how models are lowered invalidates cached builds."""
+    import trtflow.passes as passes
+
+    h = art.hashlib.sha256()
+    for path in sorted(Path(passes.__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(plan: Plan, builder: type[Backend]) -> str:
     material = {
         "plan": _plan_key_material(plan),
+        "lowering": _lowering_fingerprint(),
         "builder": builder.name,
         "builder_version": builder.version(),
         "target": builder_target(builder, plan),

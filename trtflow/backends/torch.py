@@ -263,9 +263,14 @@ class TorchCudaEngine(Engine):
         return _TorchGraph(torch, graph, s)
 
     def close(self) -> None:
+        if self._module is None:
+            return
         self._module = None
         self._views.clear()
         self._streams.clear()
+        # torch's caching allocator keeps freed blocks per stream; every runner has its own streams, so
+        # without this a create/close loop grows device memory by the module's footprint each cycle.
+        self._torch.cuda.empty_cache()
 
 
 class TorchCpuEngine(Engine):
