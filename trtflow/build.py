@@ -56,7 +56,7 @@ def _plan_key_material(plan: Plan) -> dict[str, Any]:
 
 def _lowering_fingerprint() -> str:
     """Hash of the graph passes' source: a change to how models are lowered invalidates cached builds."""
-    import trtflow.passes as passes
+    from trtflow import passes
 
     h = art.hashlib.sha256()
     for path in sorted(Path(passes.__file__).parent.glob("*.py")):
@@ -118,8 +118,9 @@ def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), 
     builder = pick_builder(backend or plan.build["backend"])
     final = artifact_dir(plan, out_root)
     key = cache_key(plan, builder)
-    if not force and (report := _cached(final, key)) is not None:
-        return BuildResult(plan.name, final, plan, builder.name, True, time.perf_counter() - t0, report)
+    cached = None if force else _cached(final, key)
+    if cached is not None:
+        return BuildResult(plan.name, final, plan, builder.name, True, time.perf_counter() - t0, cached)
 
     timings: dict[str, float] = {}
     tmp = art.staging_dir(final)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,7 +34,7 @@ class _State:
 RecipeArg = Annotated[Path, typer.Argument(help="A recipe YAML file, or a folder of them.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder that holds one artifact folder per recipe.")]
-BackendOpt = Annotated[Optional[str], typer.Option(
+BackendOpt = Annotated[str | None, typer.Option(
     "--backend", "-b", help="Override the recipe's backend: tensorrt, tensorrt_rtx, onnxruntime, torch.")]
 AllowOutsideOpt = Annotated[bool, typer.Option(
     "--allow-outside", help="Allow model/data paths that resolve outside the project folder.")]
@@ -82,8 +82,8 @@ def _recipes(target: Path) -> list[Path]:
 def plan(
     recipe: RecipeArg,
     json_out: JsonOpt = False,
-    h2d_gbps: Annotated[Optional[float], typer.Option(help="Override the link's pinned H2D GB/s.")] = None,
-    d2h_gbps: Annotated[Optional[float], typer.Option(help="Override the link's pinned D2H GB/s.")] = None,
+    h2d_gbps: Annotated[float | None, typer.Option(help="Override the link's pinned H2D GB/s.")] = None,
+    d2h_gbps: Annotated[float | None, typer.Option(help="Override the link's pinned D2H GB/s.")] = None,
     allow_outside: AllowOutsideOpt = False,
 ) -> None:
     """Resolve a recipe against its model and show every I/O tensor, its bytes and predicted transfer time.
@@ -173,7 +173,7 @@ def _result_json(r: Any) -> dict[str, Any]:
             "seconds": round(r.seconds, 3), "engine_file": r.report.get("engine_file")}
 
 
-def _build_one(path: Path, out: Path, force: bool, backend: Optional[str], allow_outside: bool, quiet: bool) -> Any:
+def _build_one(path: Path, out: Path, force: bool, backend: str | None, allow_outside: bool, quiet: bool) -> Any:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from trtflow.build import build as do_build
@@ -205,8 +205,8 @@ def validate(
     out: OutOpt = Path("build"),
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where the runner executes.")] = "auto",
-    samples: Annotated[Optional[int], typer.Option(help="Override the recipe's number of samples.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="JSON report path (default OUT/<name>/validation.json).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Override the recipe's number of samples.")] = None,
+    report: Annotated[Path | None, typer.Option(help="JSON report path (default OUT/<name>/validation.json).")] = None,
     build_first: Annotated[bool, typer.Option("--build/--no-build", help="Build (or hit the cache) first.")] = True,
     json_out: JsonOpt = False,
 ) -> None:
@@ -267,15 +267,15 @@ def bench(
     out: OutOpt = Path("build"),
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    sweep: Annotated[Optional[str], typer.Option(
+    sweep: Annotated[str | None, typer.Option(
         help="memory (strategies x topologies, with the hand-written baseline), batch, or precision.")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up requests per configuration.")] = 10,
     iterations: Annotated[int, typer.Option(help="Timed requests per configuration (at least).")] = 100,
-    duration: Annotated[Optional[float], typer.Option(help="Seconds per configuration (at least).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds per configuration (at least).")] = None,
     json_out: JsonOpt = False,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: stage bars per config + a pipelined timeline.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG: stage bars per config + a pipelined timeline.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Fail (exit 9) when a recipe budget is not met.")] = False,
-    write_best: Annotated[Optional[Path], typer.Option(help="Write the recipe with the best config of a sweep.")] = None,
+    write_best: Annotated[Path | None, typer.Option(help="Write the recipe with the best config of a sweep.")] = None,
     link: Annotated[bool, typer.Option("--link/--no-link", help="Measure pinned/pageable bandwidth in the same run.")] = True,
 ) -> None:
     """Measure the generated runner: CUDA-event stage times, wall clock, host overhead, p50/p90/p99, throughput.
@@ -551,9 +551,10 @@ def main() -> None:
         print("aborted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # usage errors of typer's (vendored) click: duck-typed, no click import
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         if _State.debug:
             raise
         print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", file=sys.stderr)

@@ -12,7 +12,7 @@ from trtflow.backends.base import all_backends
 def _gpu() -> dict[str, Any]:
     try:
         from trtflow.runtime import cuda
-    except Exception as exc:  # runtime not importable: report, never crash doctor
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
         return {"summary": None, "why": f"trtflow.runtime.cuda: {exc}"}
     if not cuda.cuda_available():
         return {"summary": None, "why": "no CUDA GPU visible (or cuda-bindings missing: pip install 'trtflow[cuda]')"}
@@ -27,7 +27,7 @@ def _bandwidth(seconds: float = 2.0) -> dict[str, float] | None:
         if not cuda.cuda_available():
             return None
         from trtflow.bench.link import measure_link
-    except Exception:
+    except Exception:  # noqa: BLE001 - no bandwidth figure rather than no report
         return None
     return measure_link(seconds=seconds)
 
@@ -42,7 +42,7 @@ def collect(*, measure: bool = True) -> dict[str, Any]:
         if installed:
             try:
                 executes = b.can_execute_here()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken backend is reported, not fatal
                 notes.append(f"{b.name}: installed but cannot execute here ({type(exc).__name__}: {exc})")
         backends.append({"name": b.name, "installed": installed, "version": b.version() if installed else None,
                          "builds_engine": b.builds_engine, "executes_here": executes,

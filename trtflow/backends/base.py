@@ -53,7 +53,7 @@ class Engine(ABC):
     def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release library objects; idempotent."""
 
 
@@ -79,7 +79,7 @@ class Backend(ABC):
             return None
         try:
             mod = importlib.import_module(cls.module)
-        except Exception:  # a broken install: report as unavailable
+        except Exception:  # noqa: BLE001 - a broken install of any kind reports as unavailable
             return None
         return str(getattr(mod, "__version__", "unknown"))
 

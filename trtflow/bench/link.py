@@ -30,7 +30,7 @@ def measure_link(nbytes: int = 64 << 20, *, seconds: float = 1.0) -> dict[str, f
         for name, (dst, src, kind) in cases.items():
             cuda.memcpy_async(dst, src, nbytes, kind, stream=stream)  # type: ignore[arg-type]
             cuda.stream_synchronize(stream)
-            samples = []
+            samples: list[float] = []
             deadline = time.perf_counter() + seconds / len(cases)
             while time.perf_counter() < deadline or len(samples) < 3:
                 cuda.event_record(start, stream=stream)

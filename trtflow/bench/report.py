@@ -7,8 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from trtflow import artifact as art
-from trtflow.bench.run import (MEMORY_TOPOLOGY_SWEEP, BenchReport, batch_sizes, bench_config, check_budgets, finish,
-                               knee, write_best)
+from trtflow.bench.measure import BenchResult
+from trtflow.bench.run import (
+    MEMORY_TOPOLOGY_SWEEP,
+    BenchReport,
+    batch_sizes,
+    bench_config,
+    check_budgets,
+    finish,
+    knee,
+    write_best,
+)
 from trtflow.errors import TrtflowError
 from trtflow.plan.model import Plan
 
@@ -36,15 +45,15 @@ def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str 
         from trtflow.bench.link import measure_link
 
         link = measure_link(seconds=1.0)
-    kw: dict[str, Any] = dict(backend=backend, device=device, link=link or None, warmup=warmup,
-                              iterations=iterations, duration_s=duration_s)
+    kw: dict[str, Any] = {"backend": backend, "device": device, "link": link or None, "warmup": warmup,
+                          "iterations": iterations, "duration_s": duration_s}
 
     def artifact_of(path: Path) -> tuple[Path, Plan]:
         res = build_progress(path)
         return res.artifact, Plan.from_json((res.artifact / art.PLAN).read_text())
 
     artifact, plan = artifact_of(recipe)
-    results = []
+    results: list[BenchResult] = []
     rep = BenchReport(name=plan.name, card=card, link=link, results=results)
     if sweep is None:
         results.append(bench_config(artifact, plan, label="recipe", memory=None, topology=None, cuda_graph=None, **kw))

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from trtflow import artifact as art
-from trtflow.bench.measure import BenchResult, measure, timeline
-from trtflow.errors import BudgetExceeded, TrtflowError
+from trtflow.bench.measure import BenchResult, measure
+from trtflow.errors import TrtflowError
 from trtflow.plan.model import Plan
 
 BASELINE = ("baseline", "pageable", "sync", False)

@@ -22,10 +22,11 @@ class Stats:
     cv: float  # coefficient of variation (std / mean)
 
     @classmethod
-    def of(cls, samples: list[float] | np.ndarray) -> "Stats":
+    def of(cls, samples: list[float] | np.ndarray) -> Stats:
         x = np.asarray(samples, dtype=np.float64)
         if x.size == 0:
-            return cls(0, *(float("nan"),) * 7)
+            nan = float("nan")
+            return cls(0, nan, nan, nan, nan, nan, nan, nan)
         mean = float(x.mean())
         return cls(int(x.size), mean, float(x.min()), *(float(np.percentile(x, q)) for q in (50, 90, 99)),
                    float(x.max()), float(x.std() / mean) if mean > 0 else 0.0)

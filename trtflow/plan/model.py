@@ -107,7 +107,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
         def tensor(t: dict[str, Any]) -> TensorPlan:
             kw = {f.name: t[f.name] for f in fields(TensorPlan) if f.name in t}
             for k in ("shape", "min_shape", "max_shape", "model_shape"):
@@ -121,7 +121,7 @@ class Plan:
         return cls(**kw)
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
 
 

@@ -69,7 +69,7 @@ def read_model_info(path: Path) -> ModelInfo:
         raise ModelError(f"model file not found: {path}", hint="check `model:` in the recipe (relative to the recipe file)")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})",
                          hint="the file may be truncated or not ONNX; re-export it") from None
     if not model.graph.node:

@@ -15,7 +15,7 @@ from trtflow.plan.formats import ITEMSIZE, check_format, inflation, nbytes
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo, read_model_info
 from trtflow.recipe.loader import LoadedRecipe
-from trtflow.recipe.schema import InputSpec, OutputSpec
+from trtflow.recipe.schema import InputSpec, OutputSpec, TopKReduce
 
 FLOATS = ("float32", "float16", "bfloat16")
 
@@ -163,7 +163,8 @@ class _Planner:
             result.append(tuple(int(d) for d in dims))  # type: ignore[arg-type]
         return result[0], result[1], result[2]
 
-    def inferred_output_shapes(self, io: IOInfo, inputs: list[Any]) -> tuple[tuple[int, ...], ...]:  # type: ignore[override]
+    def inferred_output_shapes(self, io: IOInfo, inputs: list[Any]
+                               ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Fall back to ONNX shape inference with the input shapes fixed (loads the graph)."""
         import onnx
 
@@ -181,7 +182,7 @@ class _Planner:
                 vi.type.tensor_type.shape.Clear()
             try:
                 inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any inference failure becomes a ModelError
                 raise ModelError(f"shape inference failed for output {io.name!r}: {exc}") from None
             out = next(o for o in inferred.graph.output if o.name == io.name)
             dims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
@@ -226,13 +227,15 @@ class _Planner:
             items = [(io.name, red.dtype, drop(lo, ax), drop(opt, ax), drop(hi, ax))]
         elif red.op == "threshold":
             items = [(io.name, red.dtype, lo, opt, hi)]
-        else:  # topk
+        else:
+            assert isinstance(red, TopKReduce)
             ax = axis_of(red.axis)
-            if red.k > lo[ax]:
-                raise self.err(loc + ("reduce", "k"), f"k={red.k} exceeds dimension {ax} ({lo[ax]})")
+            k = red.k
+            if k > lo[ax]:
+                raise self.err(loc + ("reduce", "k"), f"k={k} exceeds dimension {ax} ({lo[ax]})")
 
             def kshape(s: tuple[int, ...]) -> tuple[int, ...]:
-                return s[:ax] + (red.k,) + s[ax + 1:]  # type: ignore[union-attr]
+                return s[:ax] + (k,) + s[ax + 1:]
 
             items = [(f"{io.name}_values", float_dtype, kshape(lo), kshape(opt), kshape(hi)),
                      (f"{io.name}_indices", "int32", kshape(lo), kshape(opt), kshape(hi))]
@@ -260,7 +263,8 @@ class _Planner:
     def run(self) -> Plan:
         r = self.recipe
         self.check_names()
-        if r.streams.cuda_graph and any(s.memory == "pageable" for s in [*r.inputs.values(), *r.outputs.values()]):
+        specs: list[InputSpec | OutputSpec] = [*r.inputs.values(), *r.outputs.values()]
+        if r.streams.cuda_graph and any(s.memory == "pageable" for s in specs):
             self.warnings.append("cuda_graph with pageable memory: pageable copies are staged by the driver "
                                  "and cannot be captured; the runner stages them through pinned buffers")
         in_specs = {io.name: r.inputs.get(io.name, InputSpec()) for io in self.info.inputs}

@@ -89,19 +89,21 @@ def _collect_marks(node: yaml.Node, loc: Loc, out: dict[Loc, tuple[int, int]]) -
             _collect_marks(item, loc + (i,), out)
 
 
+_UNION_TAGS = {"str", "argmax", "threshold", "topk", "softmax", "sigmoid"}
+
+
 def _pydantic_loc(loc: tuple[Any, ...]) -> Loc:
     """Drop pydantic's union/discriminator tags (e.g. 'str', 'ModelSource', 'argmax') from a loc."""
     clean: list[str | int] = []
     for part in loc:
-        if isinstance(part, str) and (part[:1].isupper() or part in {"str", "argmax", "threshold", "topk",
-                                                                          "softmax", "sigmoid"}):
-            if clean and clean[-1] in ("model", "reduce"):
-                continue
+        tag = isinstance(part, str) and (part[:1].isupper() or part in _UNION_TAGS)
+        if tag and clean and clean[-1] in ("model", "reduce"):
+            continue
         clean.append(part)
     return tuple("validate" if p == "validate_" else p for p in clean)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
         return "unknown field; check the spelling (see `trtflow schema` for every field)"
@@ -117,7 +119,7 @@ def parse_recipe(text: str, path: Path) -> LoadedRecipe:
     path = path.resolve()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader: no object construction
+        data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{_display(path)}:{mark.line + 1}:{mark.column + 1}" if mark else _display(path)

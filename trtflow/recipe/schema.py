@@ -7,7 +7,7 @@ the planner resolves against the ONNX model and records in ``plan.json``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -67,7 +67,7 @@ class Profile(_Strict):
     max: list[Dim]
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Profile":
+    def _ordered(self) -> Profile:
         if not (len(self.min) == len(self.opt) == len(self.max)):
             raise ValueError("min, opt and max must have the same rank")
         for i, (lo, mid, hi) in enumerate(zip(self.min, self.opt, self.max)):
@@ -106,7 +106,7 @@ class InputSpec(_Strict):
     _dtype = field_validator("dtype", mode="before")(classmethod(lambda cls, v: _canonical_dtype(v)))
 
     @model_validator(mode="after")
-    def _shape_xor_profile(self) -> "InputSpec":
+    def _shape_xor_profile(self) -> InputSpec:
         if self.shape is not None and self.profile is not None:
             raise ValueError("give either `shape` or `profile`, not both")
         return self
@@ -140,7 +140,7 @@ class SigmoidReduce(_Strict):
 
 
 Reduce = Annotated[
-    Union[ArgmaxReduce, ThresholdReduce, TopKReduce, SoftmaxReduce, SigmoidReduce],
+    ArgmaxReduce | ThresholdReduce | TopKReduce | SoftmaxReduce | SigmoidReduce,
     Field(discriminator="op"),
 ]
 
@@ -231,9 +231,9 @@ class Link(_Strict):
 class Recipe(_Strict):
     """A trtflow recipe. Only `model` is required."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION
     name: str | None = Field(default=None, description="Artifact name; default: the recipe file's stem.")
-    model: Union[str, ModelSource] = Field(description="ONNX file (relative to the recipe) or {path, sha256}.")
+    model: str | ModelSource = Field(description="ONNX file (relative to the recipe) or {path, sha256}.")
     precision: Precision = Field(default="fp32", description="fp32 | tf32 | fp16 | bf16 (lowered in the ONNX graph).")
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)

@@ -95,7 +95,8 @@ def _random(rng: np.random.Generator, t: TensorPlan, generator: str, batch: int 
 def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run the original model in fp32 on onnxruntime CPU with the contract applied in numpy."""
     from trtflow.backends.onnxruntime import reference_session
-    from trtflow.passes.reference import reference_input, reference_outputs as reduce_outputs
+    from trtflow.passes.reference import reference_input
+    from trtflow.passes.reference import reference_outputs as reduce_outputs
 
     sess = reference_session(Path(plan.model_path))
     model_feeds = {t.source: reference_input(t, feeds[t.name]) for t in plan.inputs}
@@ -160,10 +161,10 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
         for i in range(n):
             feeds = generate_inputs(plan, i, folder)
             got = _as_dict(runner(**{plan.tensor(k).ident: x for k, x in feeds.items()}))
-            got = {t.name: got.get(t.ident, got.get(t.name)) for t in plan.outputs}
+            got = {t.name: got[t.ident] if t.ident in got else got[t.name] for t in plan.outputs}
             ref = reference_outputs(plan, feeds)
-            for name in cand:
-                cand[name].append(np.array(got[name], copy=True))
+            for name, seen in cand.items():
+                seen.append(np.array(got[name], copy=True))
                 refs[name].append(ref[name])
     tol = v.get("tolerances", {})
     out = []
