@@ -70,3 +70,10 @@ def test_doctor_json() -> None:
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert {b["name"] for b in info["backends"]} >= {"tensorrt", "tensorrt_rtx", "onnxruntime", "torch"}
+
+
+def test_schema_check_fails_when_stale(tmp_path: Path) -> None:
+    stale = tmp_path / "schema.json"
+    stale.write_text("{}\n")
+    r = trtflow("schema", "--check", "--out", str(stale))
+    assert r.returncode == 1 and "stale" in r.stderr

@@ -539,7 +539,9 @@ def docs(
 def main() -> None:
     """Entry point: run the app, map trtflow errors to exit codes, traceback only with --debug."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except TrtflowError as exc:
         if _State.debug:
             raise
