@@ -163,3 +163,12 @@ def test_shipped_seed_recipe_moves_under_a_quarter_of_naive_bytes() -> None:
     root = Path(__file__).resolve().parents[1]
     p = make_plan(load_recipe(root / "recipes/seg_hd.yaml"))
     assert (p.bytes_in + p.bytes_out) * 4 <= p.naive_bytes
+
+
+def test_every_shipped_recipe_plans() -> None:
+    from trtflow.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.glob("recipes/*.yaml")):
+        p = make_plan(load_recipe(path))
+        assert p.inputs and p.outputs, path
