@@ -8,6 +8,11 @@ it is enqueued: it runs lazily, in a random order that respects stream order and
 when something waits for it (a stream/event synchronize, a D2H into pageable memory). A runner that
 forgets an event wait, or rewrites host staging before its copy ran, gets wrong results here.
 Graph capture records ops with the addresses of capture time, like real CUDA graphs.
+Every runtime call is counted (``FakeCudart.calls``, names in call order): tests of the request path
+assert how many CUDA calls one request makes.
+
+:class:`NullCudart` is the same API with every stream operation a no-op (nothing is queued or run):
+with ``FakeBackend.options = {"null_kernel": True}`` it measures the runner's own host overhead.
 
 Imported by name from the test modules (pytest puts tests/ on sys.path, conftest.py lives there).
 """
@@ -411,15 +416,54 @@ class FakeCudart:
                                   "graph": len(self.graphs), "graph_exec": len(self.execs)}.items() if v}
 
 
-def install(monkeypatch: Any, seed: int = 0) -> FakeCudart:
-    """Install a fresh fake as ``cuda.bindings.runtime`` (and reset trtflow.runtime.cuda)."""
+class NullCudart(FakeCudart):
+    """The fake's allocations, handles and capture bookkeeping, but stream work is dropped: copies,
+    event records, waits, kernels and graph launches cost one Python call and do nothing. Results
+    are garbage; only the runner's host path is exercised (timing it, counting its calls)."""
+
+    def enqueue(self, s: int, op: _Op) -> cudaError_t:
+        return OK
+
+    def background(self) -> None:
+        pass
+
+    def run_until(self, done: Callable[[], bool]) -> None:
+        pass
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, s: int) -> tuple[Any]:
+        return (OK,)
+
+    def cudaEventRecord(self, ev: int, s: int) -> tuple[Any]:
+        e = self.events[int(ev)]
+        e["gen"] = e["done_gen"] = e["gen"] + 1
+        return (OK,)
+
+    def cudaStreamWaitEvent(self, s: int, ev: int, flags: int) -> tuple[Any]:
+        return (OK,)
+
+    def cudaGraphLaunch(self, ex: int, s: int) -> tuple[Any]:
+        return (OK,)
+
+
+def _counted(fake: FakeCudart, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        fake.calls.append(name)
+        return fn(*args)
+
+    return call
+
+
+def install(monkeypatch: Any, seed: int = 0, *, cls: type[FakeCudart] | None = None, count: bool = True) -> FakeCudart:
+    """Install a fresh fake (``cls``, default :class:`FakeCudart`) as ``cuda.bindings.runtime`` and
+    reset trtflow.runtime.cuda. ``count``: record every call's name in ``fake.calls``."""
     from trtflow.runtime import cuda
 
-    fake = FakeCudart(seed)
+    fake = (cls or FakeCudart)(seed)
     mod = types.ModuleType("cuda.bindings.runtime")
-    for name in dir(FakeCudart):
+    for name in dir(fake):
         if name.startswith("cuda"):
-            setattr(mod, name, getattr(fake, name))
+            attr = getattr(fake, name)
+            setattr(mod, name, _counted(fake, name, attr) if count and callable(attr) else attr)
     mod.cudaError_t = cudaError_t  # type: ignore[attr-defined]
     mod.cudaMemcpyKind = cudaMemcpyKind  # type: ignore[attr-defined]
     mod.cudaStreamCaptureMode = cudaStreamCaptureMode  # type: ignore[attr-defined]
@@ -446,7 +490,7 @@ class FakeCudaEngine(Engine):
     device = "cuda"
 
     def __init__(self, plan: Plan, model: Path, *, capturable: bool = True, break_capture: bool = False,
-                 consumed_events: bool = False) -> None:
+                 consumed_events: bool = False, null_kernel: bool = False) -> None:
         import onnxruntime as ort
 
         self.plan = plan
@@ -457,6 +501,7 @@ class FakeCudaEngine(Engine):
         self._capturable, self.break_capture, self.consumed_events = capturable, break_capture, consumed_events
         self.consumed = 0
         self.enqueues = 0
+        self.null_kernel = null_kernel  # enqueue does nothing (host-overhead measurements)
         self.closed = False
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
@@ -486,6 +531,9 @@ class FakeCudaEngine(Engine):
         assert FAKE is not None
         if self.closed:
             raise RuntimeError("closed")
+        if self.null_kernel:
+            self.enqueues += 1
+            return
         ptrs, shapes = dict(self.ptrs), dict(self.shapes)  # baked in, like a real engine/graph
         plan, sess = self.plan, self.sess
         if self.break_capture and FAKE.stream(stream).capturing is not None:
@@ -638,3 +686,22 @@ def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def mlp_model(path: Path, *, features: int = 64, hidden: int = 32, classes: int = 10, seed: int = 0) -> Path:
+    """A tiny MLP like models/tiny_mlp.onnx ([1, 64] -> [1, 10]): the runner's overhead dominates."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, s).astype(np.float32), n)
+             for n, s in (("w1", (features, hidden)), ("b1", (hidden,)), ("w2", (hidden, classes)), ("b2", (classes,)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, classes])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path

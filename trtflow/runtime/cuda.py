@@ -6,6 +6,9 @@ every failing call raises :class:`~trtflow.errors.CudaError` naming the call and
 
 A live-handle count per kind (:func:`live_handles`) lets tests prove that ``close()`` released
 everything it allocated.
+
+The calls a request makes (copies, event records and waits, stream synchronize, graph launch) are
+written out lean: one binding call, one compare with ``cudaSuccess``, the error path out of line.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import ctypes
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 
@@ -30,6 +33,7 @@ STREAM_PER_THREAD = 2
 _rt: Any = None
 _lock = threading.Lock()
 _live: Counter[str] = Counter()
+_kinds: tuple[Any, dict[str, Any]] | None = None  # (runtime module, copy kind name -> cudaMemcpyKind)
 
 
 def _runtime() -> Any:
@@ -47,8 +51,9 @@ def _runtime() -> Any:
 
 def _reset_for_tests() -> None:
     """Forget the imported module (tests swap in a fake ``cuda.bindings.runtime``)."""
-    global _rt
+    global _rt, _kinds
     _rt = None
+    _kinds = None
     _live.clear()
 
 
@@ -72,6 +77,10 @@ def _check(call: str, result: Any, *, hint: str | None = None) -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+def _fail(call: str, rt: Any, err: Any) -> NoReturn:
+    raise CudaError(f"{call} failed: {_error_name(rt, err)}")
 
 
 def _track(kind: str, delta: int) -> None:
@@ -221,16 +230,23 @@ def host_array(ptr: int, nbytes: int) -> np.ndarray:
 
 # -- copies ----------------------------------------------------------------------------------------
 def _kind(rt: Any, kind: CopyKind) -> Any:
-    k = rt.cudaMemcpyKind
-    return {"h2d": k.cudaMemcpyHostToDevice, "d2h": k.cudaMemcpyDeviceToHost,
-            "d2d": k.cudaMemcpyDeviceToDevice, "default": k.cudaMemcpyDefault}[kind]
+    global _kinds
+    cached = _kinds
+    if cached is None or cached[0] is not rt:
+        k = rt.cudaMemcpyKind
+        cached = _kinds = (rt, {"h2d": k.cudaMemcpyHostToDevice, "d2h": k.cudaMemcpyDeviceToHost,
+                                "d2d": k.cudaMemcpyDeviceToDevice, "default": k.cudaMemcpyDefault})
+    return cached[1][kind]
 
 
 def memcpy_async(dst: int, src: int, nbytes: int, kind: CopyKind, *, stream: int) -> None:
     if nbytes <= 0:
         return
-    rt = _runtime()
-    _check(f"cudaMemcpyAsync({kind})", rt.cudaMemcpyAsync(dst, src, nbytes, _kind(rt, kind), stream))
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaMemcpyAsync(dst, src, nbytes, _kind(rt, kind), stream)
+    err = res[0] if type(res) is tuple else res
+    if err != rt.cudaError_t.cudaSuccess:
+        _fail(f"cudaMemcpyAsync({kind})", rt, err)
 
 
 def memcpy(dst: int, src: int, nbytes: int, kind: CopyKind) -> None:
@@ -256,12 +272,16 @@ def stream_destroy(stream: int) -> None:
 
 
 def stream_synchronize(stream: int) -> None:
-    _check("cudaStreamSynchronize", _runtime().cudaStreamSynchronize(stream))
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaStreamSynchronize(stream)
+    err = res[0] if type(res) is tuple else res
+    if err != rt.cudaError_t.cudaSuccess:
+        _fail("cudaStreamSynchronize", rt, err)
 
 
 def stream_query(stream: int) -> bool:
     """True when all work on ``stream`` has completed."""
-    rt = _runtime()
+    rt = _rt if _rt is not None else _runtime()
     res = rt.cudaStreamQuery(stream)
     err = res[0] if isinstance(res, tuple) else res
     if err == rt.cudaError_t.cudaErrorNotReady:
@@ -271,7 +291,11 @@ def stream_query(stream: int) -> bool:
 
 
 def stream_wait_event(stream: int, event: int) -> None:
-    _check("cudaStreamWaitEvent", _runtime().cudaStreamWaitEvent(stream, event, 0))
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaStreamWaitEvent(stream, event, 0)
+    err = res[0] if type(res) is tuple else res
+    if err != rt.cudaError_t.cudaSuccess:
+        _fail("cudaStreamWaitEvent", rt, err)
 
 
 def event_create(*, timing: bool = False) -> int:
@@ -288,15 +312,23 @@ def event_destroy(event: int) -> None:
 
 
 def event_record(event: int, *, stream: int) -> None:
-    _check("cudaEventRecord", _runtime().cudaEventRecord(event, stream))
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaEventRecord(event, stream)
+    err = res[0] if type(res) is tuple else res
+    if err != rt.cudaError_t.cudaSuccess:
+        _fail("cudaEventRecord", rt, err)
 
 
 def event_synchronize(event: int) -> None:
-    _check("cudaEventSynchronize", _runtime().cudaEventSynchronize(event))
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaEventSynchronize(event)
+    err = res[0] if type(res) is tuple else res
+    if err != rt.cudaError_t.cudaSuccess:
+        _fail("cudaEventSynchronize", rt, err)
 
 
 def event_query(event: int) -> bool:
-    rt = _runtime()
+    rt = _rt if _rt is not None else _runtime()
     res = rt.cudaEventQuery(event)
     err = res[0] if isinstance(res, tuple) else res
     if err == rt.cudaError_t.cudaErrorNotReady:
@@ -351,7 +383,11 @@ def graph_instantiate(graph: int) -> int:
 
 
 def graph_launch(graph_exec: int, *, stream: int) -> None:
-    _check("cudaGraphLaunch", _runtime().cudaGraphLaunch(graph_exec, stream))
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaGraphLaunch(graph_exec, stream)
+    err = res[0] if type(res) is tuple else res
+    if err != rt.cudaError_t.cudaSuccess:
+        _fail("cudaGraphLaunch", rt, err)
 
 
 def graph_destroy(graph: int) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import math
 import os
 import threading
@@ -43,6 +44,7 @@ from trtflow.runtime import cuda
 
 ALIGNMENT = 256  # TensorRT requires >= 256-byte aligned I/O addresses
 PAGE = 4096
+_CACHE = 32  # views / byte counts cached per memory, by shape (dynamic shapes: cleared when full)
 
 HOST_STRATEGIES = ("pageable", "pinned", "write_combined", "registered", "mapped")
 STRATEGIES = HOST_STRATEGIES + ("device",)
@@ -67,8 +69,16 @@ def aligned_empty(n: int, align: int = PAGE) -> np.ndarray:
     return raw[off:off + n]
 
 
+_c_byte = ctypes.c_byte
+
+
 def data_ptr(array: np.ndarray) -> int:
-    return int(array.__array_interface__["data"][0])
+    """Address of ``array``'s first element (a writable C-contiguous array exports its buffer to
+    ctypes in a fraction of the time ``__array_interface__`` takes; anything else takes that)."""
+    try:
+        return ctypes.addressof(_c_byte.from_buffer(array))  # type: ignore[arg-type]
+    except (TypeError, ValueError, BufferError):  # read-only, non-contiguous or empty
+        return int(array.__array_interface__["data"][0])
 
 
 def _logical(flat: np.ndarray, shape: tuple[int, ...], dtype: np.dtype[Any], fmt: str) -> np.ndarray:
@@ -88,10 +98,11 @@ def _physical(flat: np.ndarray, shape: tuple[int, ...], dtype: np.dtype[Any], fm
 PARALLEL_MIN_BYTES = 4 << 20
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_WORKERS = max(1, min(8, (os.cpu_count() or 1)))  # os.cpu_count() can cost tens of us: asked once
 
 
 def _workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 1)))
+    return _WORKERS
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -108,8 +119,11 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     if dst.shape != src.shape or dst.dtype != src.dtype:
         raise ValueError(f"copy_into: {src.dtype}{list(src.shape)} into {dst.dtype}{list(dst.shape)}")
     n = dst.nbytes
+    if n < PARALLEL_MIN_BYTES:  # small: one direct copy on this thread (same dtype and shape: no cast)
+        dst[...] = src
+        return
     parts = min(_workers(), n // (PARALLEL_MIN_BYTES // 2))
-    if n < PARALLEL_MIN_BYTES or parts < 2 or not (dst.flags.c_contiguous and src.flags.c_contiguous):
+    if parts < 2 or not (dst.flags.c_contiguous and src.flags.c_contiguous):
         np.copyto(dst, src, casting="no")
         return
     d, s = dst.reshape(-1).view(np.uint8), src.reshape(-1).view(np.uint8)
@@ -127,6 +141,18 @@ def owned_copy(view: np.ndarray) -> np.ndarray:
     out = np.empty_like(view)
     copy_into(out, view)
     return out
+
+
+def _is_staging(array: Any, host: np.ndarray, ptr: int) -> bool:
+    """Whether ``array`` starts at ``ptr``, the start of the runner-owned host buffer ``host``.
+
+    A view of ``host`` has it as its ``base`` (numpy collapses view chains), so the caller's own
+    arrays are told apart without asking for their address; a view of ``host`` is checked exactly.
+    Missing a staging view only costs a copy onto itself.
+    """
+    if array is not host and getattr(array, "base", None) is not host:
+        return False
+    return data_ptr(array) == ptr
 
 
 # -- device arrays (interop with torch / cupy through __cuda_array_interface__) --------------------
@@ -280,6 +306,9 @@ class TensorMemory(ABC):
     #: the input copy stays eager (enqueued before a graph launch, never captured): for memory the
     #: caller owns, whose address changes or which may be unregistered while a graph still exists
     outside_graph: bool = False
+    #: :attr:`device_ptr` and :meth:`graph_key` never change between construction and close, so the
+    #: runner need not ask again on every request (False: asked on every request)
+    fixed_addresses: bool = False
 
     def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
         self.tensor = tensor
@@ -288,13 +317,29 @@ class TensorMemory(ABC):
         self.dtype = np_dtype(tensor.dtype)
         self.nbytes = nbytes(tensor.max_shape, tensor.dtype, self.fmt)
         self._closed = False
+        self._views: dict[tuple[int, ...], np.ndarray] = {}  # linear host views by shape (never handed out)
+        self._sizes: dict[tuple[int, ...], int] = {}
 
     @property
     def is_input(self) -> bool:
         return self.tensor.role == "input"
 
     def bytes_for(self, shape: tuple[int, ...]) -> int:
-        return nbytes(shape, self.tensor.dtype, self.fmt)
+        n = self._sizes.get(shape)
+        if n is None:
+            if len(self._sizes) >= _CACHE:
+                self._sizes.clear()
+            n = self._sizes[shape] = nbytes(shape, self.tensor.dtype, self.fmt)
+        return n
+
+    def _view(self, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Cached logical view of ``flat`` (linear format) at ``shape``; hand out ``.view()`` of it."""
+        v = self._views.get(shape)
+        if v is None:
+            if len(self._views) >= _CACHE:
+                self._views.clear()
+            v = self._views[shape] = _logical(flat, shape, self.dtype, "linear")
+        return v
 
     @property
     @abstractmethod
@@ -329,6 +374,7 @@ class TensorMemory(ABC):
         """Release what this memory owns; idempotent."""
         if not self._closed:
             self._closed = True
+            self._views.clear()
             self._release()
 
     def _release(self) -> None:
@@ -369,6 +415,7 @@ def _fill_device(ptr: int, n: int, stream: int) -> None:
 # -- pinned / write-combined: runner-owned page-locked staging ----------------------------------------
 class PinnedMemory(TensorMemory):
     strategy = "pinned"
+    fixed_addresses = True
     _alloc_kinds: tuple[cuda.HostAllocKind, ...] = ("default",)
 
     def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
@@ -386,13 +433,13 @@ class PinnedMemory(TensorMemory):
         return self._dev.ptr
 
     def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        return _logical(self._host, shape, self.dtype, self.fmt) if self.fmt == "linear" else None
+        return self._view(self._host, shape).view() if self.fmt == "linear" else None
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
         if self.fmt == "linear":
-            if data_ptr(array) == self._host_ptr:
+            if _is_staging(array, self._host, self._host_ptr):
                 return  # the caller wrote into the staging view: nothing to copy
-            copy_into(self.host_view(shape), array)  # type: ignore[arg-type]
+            copy_into(self._view(self._host, shape), array)
         else:
             _physical(self._host, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
 
@@ -403,8 +450,11 @@ class PinnedMemory(TensorMemory):
         cuda.memcpy_async(self._host_ptr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        view = _logical(self._host, shape, self.dtype, self.fmt)
-        return owned_copy(view) if copy else view
+        if self.fmt != "linear":
+            view = _logical(self._host, shape, self.dtype, self.fmt)
+            return owned_copy(view) if copy else view
+        view = self._view(self._host, shape)
+        return owned_copy(view) if copy else view.view()
 
     def graph_key(self) -> tuple[int, ...]:
         return (self._dev.ptr, self._host_ptr)
@@ -442,6 +492,7 @@ class PageableMemory(TensorMemory):
     """
 
     strategy = "pageable"
+    fixed_addresses = True
 
     def __init__(self, tensor: TensorPlan, *, fmt: str | None = None, staged: bool = False) -> None:
         super().__init__(tensor, fmt=fmt)
@@ -453,6 +504,7 @@ class PageableMemory(TensorMemory):
                 self._host = cuda.host_array(self._host_ptr, self.nbytes)
             else:  # outputs land here; inputs only use it to pack vectorized formats
                 self._host = aligned_empty(self.nbytes, ALIGNMENT)
+            self._host_addr = data_ptr(self._host)
             self._dev = _DeviceBuffer(self.nbytes)
         except BaseException:
             if staged:
@@ -466,34 +518,38 @@ class PageableMemory(TensorMemory):
     def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
         if self.is_input and not self.staged:
             return None  # the caller's own array is the input
-        return _logical(self._host, shape, self.dtype, self.fmt) if self.fmt == "linear" else None
+        return self._view(self._host, shape).view() if self.fmt == "linear" else None
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
         if self.fmt != "linear":
             _physical(self._host, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
             self._src = self._host
         elif self.staged:
-            if data_ptr(array) != self._host_ptr:
-                copy_into(_logical(self._host, shape, self.dtype, "linear"), array)
+            if not _is_staging(array, self._host, self._host_addr):
+                copy_into(self._view(self._host, shape), array)
             self._src = self._host
         else:
             self._src = array  # kept alive until the copy is enqueued (pageable copies stage it at once)
 
     def enqueue_in(self, shape: tuple[int, ...], *, stream: int) -> None:
         src = self._src if self._src is not None else self._host
-        cuda.memcpy_async(self._dev.ptr, data_ptr(src), self.bytes_for(shape), "h2d", stream=stream)
+        ptr = self._host_addr if src is self._host else data_ptr(src)
+        cuda.memcpy_async(self._dev.ptr, ptr, self.bytes_for(shape), "h2d", stream=stream)
         if not self.staged:
             self._src = None
 
     def enqueue_out(self, shape: tuple[int, ...], *, stream: int) -> None:
-        cuda.memcpy_async(data_ptr(self._host), self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
+        cuda.memcpy_async(self._host_addr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        view = _logical(self._host, shape, self.dtype, self.fmt)
-        return owned_copy(view) if copy else view
+        if self.fmt != "linear":
+            view = _logical(self._host, shape, self.dtype, self.fmt)
+            return owned_copy(view) if copy else view
+        view = self._view(self._host, shape)
+        return owned_copy(view) if copy else view.view()
 
     def graph_key(self) -> tuple[int, ...]:
-        return (self._dev.ptr, data_ptr(self._host))
+        return (self._dev.ptr, self._host_addr)
 
     def fill(self, value: float, *, stream: int) -> None:
         _fill_device(self._dev.ptr, self.nbytes, stream)
@@ -505,6 +561,7 @@ class PageableMemory(TensorMemory):
         if self.staged:
             cuda.free_host(self._host_ptr)
         self._host = np.empty(0, dtype=np.uint8)
+        self._host_addr = 0
         self._src = None
 
 
@@ -526,16 +583,21 @@ class RegisteredMemory(TensorMemory):
         # A graph node copying from a host range that was unregistered since capture crashes the
         # process at launch: the caller's input buffers are therefore never captured.
         self.outside_graph = self.is_input
+        # inputs: the device buffer is fixed and graphs never see the caller's buffer; outputs: a
+        # graph copies into the registered buffer, which register() may replace
+        self.fixed_addresses = self.is_input
         self._registry = registry
         self._key: tuple[int, int] | None = None
         self._buffer: np.ndarray | None = None  # the registered host buffer (flat uint8)
+        self._buffer_ptr = 0
+        self._used: Any = None  # the array last passed to use(): passing it again changes nothing
         self._own_key: tuple[int, int] | None = None
         self._dev = _DeviceBuffer(self.nbytes)
         try:
             if not self.is_input or self.fmt != "linear":
                 own = aligned_empty(self.nbytes)
                 self._own_key = registry.acquire(own)
-                self._buffer, self._key = own, None
+                self._buffer, self._key, self._buffer_ptr = own, None, data_ptr(own)
         except BaseException:
             self._dev.free()
             raise
@@ -550,19 +612,24 @@ class RegisteredMemory(TensorMemory):
 
     def use(self, array: np.ndarray) -> None:
         """Make ``array`` (C-contiguous, any shape/dtype, >= max bytes for outputs) this tensor's buffer."""
+        if array is self._used and self._buffer is not None:
+            return  # the very array of last time: same buffer, still registered (the registry holds it)
         flat = array.reshape(-1).view(np.uint8)
-        if self._buffer is not None and data_ptr(flat) == data_ptr(self._buffer) and flat.nbytes == self._buffer.nbytes:
+        ptr = data_ptr(flat)
+        if self._buffer is not None and ptr == self._buffer_ptr and flat.nbytes == self._buffer.nbytes:
+            self._used = array
             return
         key = self._registry.acquire(array)
         self._registry.release(self._key)
-        self._key, self._buffer = key, flat
+        self._key, self._buffer, self._buffer_ptr, self._used = key, flat, ptr, array
+        self._views.clear()
 
     def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
         if self._buffer is None or self.fmt != "linear":
             return None
         if self._buffer.nbytes < self.bytes_for(shape):
             return None
-        return _logical(self._buffer, shape, self.dtype, "linear")
+        return self._view(self._buffer, shape).view()
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
         if self.fmt != "linear":
@@ -573,21 +640,24 @@ class RegisteredMemory(TensorMemory):
 
     def enqueue_in(self, shape: tuple[int, ...], *, stream: int) -> None:
         assert self._buffer is not None
-        cuda.memcpy_async(self._dev.ptr, data_ptr(self._buffer), self.bytes_for(shape), "h2d", stream=stream)
+        cuda.memcpy_async(self._dev.ptr, self._buffer_ptr, self.bytes_for(shape), "h2d", stream=stream)
 
     def enqueue_out(self, shape: tuple[int, ...], *, stream: int) -> None:
         assert self._buffer is not None
-        cuda.memcpy_async(data_ptr(self._buffer), self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
+        cuda.memcpy_async(self._buffer_ptr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
         assert self._buffer is not None
-        view = _logical(self._buffer, shape, self.dtype, self.fmt)
-        return owned_copy(view) if copy else view
+        if self.fmt != "linear":
+            view = _logical(self._buffer, shape, self.dtype, self.fmt)
+            return owned_copy(view) if copy else view
+        view = self._view(self._buffer, shape)
+        return owned_copy(view) if copy else view.view()
 
     def graph_key(self) -> tuple[int, ...]:
         if self.outside_graph:
             return (self._dev.ptr,)
-        return (self._dev.ptr, data_ptr(self._buffer) if self._buffer is not None else 0)
+        return (self._dev.ptr, self._buffer_ptr if self._buffer is not None else 0)
 
     def fill(self, value: float, *, stream: int) -> None:
         _fill_device(self._dev.ptr, self.nbytes, stream)
@@ -599,7 +669,8 @@ class RegisteredMemory(TensorMemory):
         self._registry.release(self._key)
         self._registry.release(self._own_key)
         self._key = self._own_key = None
-        self._buffer = None
+        self._buffer = self._used = None
+        self._buffer_ptr = 0
 
 
 # -- mapped: zero-copy host memory the engine reads/writes over PCIe -------------------------------
@@ -608,6 +679,7 @@ class MappedMemory(TensorMemory):
     this tensor crosses PCIe (good for data read once, bad for data read many times)."""
 
     strategy = "mapped"
+    fixed_addresses = True
 
     def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
         super().__init__(tensor, fmt=fmt)
@@ -624,18 +696,21 @@ class MappedMemory(TensorMemory):
         return self._dev_ptr
 
     def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        return _logical(self._host, shape, self.dtype, self.fmt) if self.fmt == "linear" else None
+        return self._view(self._host, shape).view() if self.fmt == "linear" else None
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
         if self.fmt == "linear":
-            if data_ptr(array) != self._host_ptr:
-                copy_into(self.host_view(shape), array)  # type: ignore[arg-type]
+            if not _is_staging(array, self._host, self._host_ptr):
+                copy_into(self._view(self._host, shape), array)
         else:
             _physical(self._host, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        view = _logical(self._host, shape, self.dtype, self.fmt)
-        return owned_copy(view) if copy else view
+        if self.fmt != "linear":
+            view = _logical(self._host, shape, self.dtype, self.fmt)
+            return owned_copy(view) if copy else view
+        view = self._view(self._host, shape)
+        return owned_copy(view) if copy else view.view()
 
     def graph_key(self) -> tuple[int, ...]:
         return (self._dev_ptr,)
@@ -665,6 +740,7 @@ class DeviceMemory(TensorMemory):
         super().__init__(tensor, fmt=fmt)
         self.graph = graph
         self.outside_graph = graph
+        self.fixed_addresses = graph  # graphs: always the runner's buffer; else caller arrays are bound
         if self.fmt != "linear":
             raise InputError(f"tensor {tensor.name!r}: device memory with format {self.fmt} would hand the "
                              "caller a packed layout", hint="use format: linear for device tensors")
@@ -726,6 +802,7 @@ class HostMemory(TensorMemory):
     """The engine runs on the CPU: every strategy is plain numpy memory (logical layout)."""
 
     strategy = "host"
+    fixed_addresses = True
 
     def __init__(self, tensor: TensorPlan, *, declared: str) -> None:
         super().__init__(tensor, fmt="linear")
@@ -738,7 +815,7 @@ class HostMemory(TensorMemory):
         return 0
 
     def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        return _logical(self._host, shape, self.dtype, "linear")
+        return self._view(self._host, shape).view()
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
         self._feed = array
@@ -748,8 +825,8 @@ class HostMemory(TensorMemory):
         return self._feed
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        view = _logical(self._host, shape, self.dtype, "linear")
-        return owned_copy(view) if copy else view
+        view = self._view(self._host, shape)
+        return owned_copy(view) if copy else view.view()
 
     def fill(self, value: float, *, stream: int) -> None:
         if not self.is_input:

@@ -22,6 +22,15 @@ owned arrays. A result that was never read is copied out before its buffer set i
 
 Thread safety: one lock serializes every public method, so a runner may be shared by threads
 (requests then run one at a time; use one runner per thread for parallel engines).
+
+The request path is kept lean, as its host time is the floor of every small model's latency: the
+lock is taken once per call; per-tensor expectations (dtype, valid shapes), the feed key order and
+per-shape data (output shapes, byte counts, host views) are cached; engine bindings and the graph
+lookup are skipped when shapes and addresses equal the previous request's; no closure is made per
+call; and with one stream and ``timing=False`` no event is recorded at all (the stream orders the
+request and synchronizing it completes it, since a set holds one request at a time). Pipelined
+topologies record the three stage events their streams wait on; waits on a buffer set whose previous
+request the host already saw complete are skipped.
 """
 
 from __future__ import annotations
@@ -72,10 +81,19 @@ def _load_nvtx() -> Any:
 
 
 _nvtx: Any = _load_nvtx()
+_NO_RANGE = contextlib.nullcontext()
+_ranges: dict[str, Any] = {}
 
 
 def _range(name: str) -> contextlib.AbstractContextManager[Any]:
-    return _nvtx.annotate(name, domain="trtflow") if _nvtx is not None else contextlib.nullcontext()
+    """NVTX range ``name`` (domain trtflow), built once and reused; a shared no-op without nvtx.
+    The request path checks ``_nvtx is None`` itself and enters no context at all then."""
+    if _nvtx is None:
+        return _NO_RANGE
+    r = _ranges.get(name)
+    if r is None:
+        r = _ranges[name] = _nvtx.annotate(name, domain="trtflow")
+    return r  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,16 @@ class _BufferSet:
         self.consumed_ok = False
         self.has_mapped_input = False
         self.graphs: OrderedDict[tuple[Any, ...], CapturedGraph] = OrderedDict()
+        # -- request path state (see Runner._index_sets / _launch) --
+        self.idle = True        # the host saw every request launched on this set complete
+        self.done_event = 0     # what the last request recorded last (0: no events, its stream completes it)
+        self.graph_ran = False  # the last request ran as one graph on one stream (only ev_d2h follows it)
+        self.in_mems: tuple[TensorMemory, ...] = ()
+        self.out_mems: tuple[TensorMemory, ...] = ()
+        self.volatile: tuple[tuple[str, TensorMemory], ...] = ()  # addresses may change between requests
+        self.outside_in: tuple[int, ...] = ()  # inputs copied eagerly ahead of a whole-request graph
+        self.last_plan: _ShapePlan | None = None  # shapes of the last graph run on this set, and that graph
+        self.last_graph: CapturedGraph | None = None
 
     @property
     def events(self) -> list[int]:
@@ -164,6 +192,8 @@ class _BufferSet:
 
     def host_free_event(self) -> int:
         """After this event the host may rewrite this set's input staging."""
+        if self.graph_ran:  # copies, compute and D2H ran as one graph, followed by ev_d2h only
+            return self.ev_d2h
         if self.has_mapped_input:
             return self.ev_consumed if self.consumed_ok else self.ev_compute
         return self.ev_h2d
@@ -172,18 +202,66 @@ class _BufferSet:
         return self.ev_consumed if self.consumed_ok else self.ev_compute
 
 
+class _ShapePlan:
+    """What one combination of input shapes implies, computed once (the runner caches these)."""
+
+    __slots__ = ("gkey", "in_shapes", "key", "out_items", "out_shapes", "shapes")
+
+    def __init__(self, key: tuple[tuple[int, ...], ...], shapes: dict[str, tuple[int, ...]],
+                 out_shapes: dict[str, tuple[int, ...]]) -> None:
+        self.key = self.in_shapes = key                     # input shapes, in plan order
+        self.shapes = shapes                                # input name -> shape
+        self.out_shapes = out_shapes                        # output name -> shape (never mutated)
+        self.out_items = tuple(out_shapes.items())
+        self.gkey = tuple(shapes.items())                   # the shape part of a graph's key
+
+
+class _InputSpec:
+    """What a valid host array for one input looks like, for the one-compare-each fast check."""
+
+    __slots__ = ("device", "dtype", "shapes_ok", "t")
+
+    def __init__(self, t: TensorPlan, *, device: bool) -> None:
+        self.t = t
+        self.dtype = np_dtype(t.dtype)
+        self.device = device  # a CUDA array is expected: always the full check
+        self.shapes_ok: set[tuple[int, ...]] = set()  # shapes that passed the full check (profile bounds)
+
+
 class Pending(Generic[T]):
     """A request in flight (future-like). :meth:`result` waits for it; :meth:`done` polls."""
 
+    __slots__ = (
+        "_complete",
+        "_convert",
+        "_event",
+        "_graph",
+        "_host_in_ms",
+        "_out_shapes",
+        "_plan",
+        "_retrieved",
+        "_runner",
+        "_set",
+        "_snapshot",
+        "_stream",
+        "_t_submit",
+        "timing",
+    )
+
     def __init__(self, runner: Runner, bs: _BufferSet, out_shapes: dict[str, tuple[int, ...]],
                  convert: Callable[[dict[str, Any]], T], *, host_in_ms: float, t_submit: float,
-                 graph: bool, complete: bool = False) -> None:
+                 graph: bool, complete: bool = False, plan: _ShapePlan | None = None,
+                 event: int | None = None, stream: int = 0) -> None:
         self._runner, self._set, self._out_shapes, self._convert = runner, bs, out_shapes, convert
         self._host_in_ms, self._t_submit, self._graph = host_in_ms, t_submit, graph
         self._complete = complete
         self._retrieved = False
         self._snapshot: dict[str, Any] | None = None
         self.timing: StageTiming | None = None
+        self._plan = plan
+        # completion: this event, or (0) everything enqueued on ``stream`` so far (one stream, no events)
+        self._event = bs.ev_d2h if event is None else event
+        self._stream = stream
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -194,7 +272,9 @@ class Pending(Generic[T]):
             if self._complete or self._snapshot is not None:
                 return True
             self._runner._check_open()
-            self._complete = cuda.event_query(self._set.ev_d2h)
+            self._complete = cuda.event_query(self._event) if self._event else cuda.stream_query(self._stream)
+            if self._complete and self._set.pending is self:
+                self._set.idle = True
             return self._complete
 
     def result(self, *, copy: bool = False) -> T:
@@ -203,28 +283,49 @@ class Pending(Generic[T]):
 
     def result_dict(self, *, copy: bool = False) -> dict[str, Any]:
         with self._runner._lock:
-            if self._snapshot is not None:
-                return dict(self._snapshot)
-            self._runner._check_open()
-            self._wait()
-            self._retrieved = True
-            return {name: self._set.mems[name].result(shape, copy=copy) for name, shape in self._out_shapes.items()}
+            return self._result(copy)
 
     # -- runner side (lock held) ---------------------------------------------------------------------
+    def _result(self, copy: bool) -> dict[str, Any]:
+        if self._snapshot is not None:
+            return dict(self._snapshot)
+        if self._runner._closed:
+            self._runner._check_open()
+        self._wait()
+        self._retrieved = True
+        return self._outputs(copy)
+
+    def _outputs(self, copy: bool) -> dict[str, Any]:
+        if self._plan is None:
+            mems = self._set.mems
+            return {n: mems[n].result(s, copy=copy) for n, s in self._out_shapes.items()}
+        return {n: mem.result(s, copy=copy) for (n, s), mem in zip(self._plan.out_items, self._set.out_mems)}
+
     def _wait(self) -> None:
         if not self._complete:
-            with _range("trtflow.wait"):
-                cuda.event_synchronize(self._set.ev_d2h)
+            if _nvtx is None:
+                self._sync()
+            else:
+                with _range("trtflow.wait"):
+                    self._sync()
             self._complete = True
-        if self.timing is None:
+            if self._set.pending is self:
+                self._set.idle = True
+        if self.timing is None and self._runner.timing:
             self.timing = self._runner._timing_of(self, wall=None)
+
+    def _sync(self) -> None:
+        if self._event:
+            cuda.event_synchronize(self._event)
+        else:
+            cuda.stream_synchronize(self._stream)
 
     def _take_snapshot(self) -> None:
         """Copy unread outputs out before the buffer set is reused."""
         if self._retrieved or self._snapshot is not None:
             return
         self._wait()
-        self._snapshot = {n: self._set.mems[n].result(s, copy=True) for n, s in self._out_shapes.items()}
+        self._snapshot = self._outputs(True)
 
 
 class Runner:
@@ -266,6 +367,16 @@ class Runner:
         self.last_timing: StageTiming | None = None
         self.graph_stats = {"captures": 0, "replays": 0, "failures": 0}
         self._graph_notes: list[str] = []
+        # request path caches (filled by _index_sets and on first use)
+        self._in_names: tuple[str, ...] = ()
+        self._out_names: tuple[str, ...] = ()
+        self._specs: tuple[_InputSpec, ...] = ()
+        self._feed_orders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._plans: dict[tuple[tuple[int, ...], ...], _ShapePlan] = {}
+        self._bound: tuple[_BufferSet, _ShapePlan] | None = None  # what the engine is bound to now
+        self._s_in = self._s_c = self._s_out = 0
+        self._pipelined = False
+        self._in_name_set: frozenset[str] = frozenset()
 
         folder = artifact_dir if artifact_dir is not None else self.ARTIFACT_DIR
         if folder is None:
@@ -295,6 +406,7 @@ class Runner:
             self._allocate()
             self._check_allocation()
             self._setup_events()
+            self._index_sets()
         except BaseException:
             self.close()
             raise
@@ -403,6 +515,27 @@ class Runner:
                 bs.ev_consumed = cuda.event_create()
                 bs.consumed_ok = True
 
+    def _index_sets(self) -> None:
+        """Precompute what every request needs: names, input expectations, streams, and per buffer
+        set its memories in plan order, those whose addresses may change, eager-before-graph inputs."""
+        self._in_names = tuple(t.name for t in self.plan.inputs)
+        self._out_names = tuple(t.name for t in self.plan.outputs)
+        self._in_name_set = frozenset(self._in_names)
+        self._specs = tuple(_InputSpec(t, device=t.memory == "device" and self.device == "cuda")
+                            for t in self.plan.inputs)
+        self._pipelined = self.topology == "pipelined"
+        if self.device == "cuda":
+            if self._pipelined:
+                self._s_in, self._s_c, self._s_out = (self._streams["h2d"], self._streams["compute"],
+                                                      self._streams["d2h"])
+            else:
+                self._s_in = self._s_c = self._s_out = self._streams["main"]
+        for bs in self._sets:
+            bs.in_mems = tuple(bs.mems[n] for n in self._in_names)
+            bs.out_mems = tuple(bs.mems[n] for n in self._out_names)
+            bs.volatile = tuple((n, m) for n, m in bs.mems.items() if not m.fixed_addresses)
+            bs.outside_in = tuple(i for i, m in enumerate(bs.in_mems) if m.outside_graph)
+
     # == public API =====================================================================================
     @property
     def closed(self) -> bool:
@@ -464,7 +597,7 @@ class Runner:
             tensor = self._tensor(name, "input")
             bs = self._sets[self._seq % len(self._sets)]
             if bs.used and self.device == "cuda":
-                cuda.event_synchronize(bs.host_free_event())
+                self._wait_host_free(bs)
             view = bs.mems[name].host_view(tuple(shape or tensor.shape))
             if view is None:
                 raise InputError(f"input {name!r} ({tensor.memory}, format {tensor.format}) has no "
@@ -562,10 +695,12 @@ class Runner:
 
             for s in self._streams.values():
                 attempt(functools.partial(cuda.stream_synchronize, s))
+            self._bound = None
             for bs in self._sets:
                 for g in bs.graphs.values():
                     attempt(g.close)
                 bs.graphs.clear()
+                bs.last_plan = bs.last_graph = None
                 for mem in bs.mems.values():
                     attempt(mem.close)
                 for ev in bs.events:
@@ -614,14 +749,13 @@ class Runner:
     def _convert_outputs(self, outs: dict[str, Any]) -> Any:
         if self.Outputs is None:
             return outs
-        return self.Outputs(*(outs[t.name] for t in self.plan.outputs))
+        return self.Outputs(*[outs[n] for n in self._out_names])
 
     def _call(self, feeds: Mapping[str, Any], *, copy: bool, convert: Callable[[dict[str, Any]], Any] | None = None) -> Any:
-        with self._lock:
-            t0 = time.perf_counter()
-            pending = self._submit(feeds, convert=convert or self._convert_outputs)
-            outs = pending.result_dict(copy=copy)
-            pending._retrieved = True
+        with self._lock:  # the one acquisition of this request
+            t0 = time.perf_counter() if self.timing else 0.0
+            pending = self._submit_locked(feeds, convert or self._convert_outputs)
+            outs = pending._result(copy)
             if pending.timing is not None:
                 wall = (time.perf_counter() - t0) * 1e3
                 pending.timing = self.last_timing = _with_wall(pending.timing, wall)
@@ -629,28 +763,90 @@ class Runner:
 
     def _submit(self, feeds: Mapping[str, Any], *, convert: Callable[[dict[str, Any]], T] | None = None) -> Pending[T]:
         with self._lock:
+            return self._submit_locked(feeds, convert or self._convert_outputs)
+
+    def _submit_locked(self, feeds: Mapping[str, Any], conv: Callable[[dict[str, Any]], Any]) -> Pending[Any]:
+        if self._closed:
             self._check_open()
-            t_submit = time.perf_counter()
-            feeds = self._normalize(feeds)
-            shapes = self._validate(feeds)
-            bs = self._next_set()
-            out_shapes = self._output_shapes(shapes)
-            conv: Callable[[dict[str, Any]], Any] = convert or self._convert_outputs
-            if self.device == "cpu":
-                host_in = self._run_cpu(bs, feeds, shapes, out_shapes)
-                p: Pending[Any] = Pending(self, bs, out_shapes, conv, host_in_ms=host_in, t_submit=t_submit,
-                                          graph=False, complete=True)
-            else:
-                host_in, graph = self._launch(bs, feeds, shapes, out_shapes, t_submit)
-                p = Pending(self, bs, out_shapes, conv, host_in_ms=host_in, t_submit=t_submit, graph=graph)
-            bs.pending = p
-            bs.used = True
-            return p
+        t_submit = time.perf_counter()
+        values, key = self._inputs(feeds)
+        bs = self._next_set()
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._shape_plan(key)
+        p: Pending[Any]
+        if self.device == "cpu":
+            host_in = self._run_cpu(bs, values, plan)
+            p = Pending(self, bs, plan.out_shapes, conv, host_in_ms=host_in, t_submit=t_submit, graph=False,
+                        complete=True, plan=plan)
+        else:
+            host_in, graph = self._launch(bs, values, plan, t_submit)
+            p = Pending(self, bs, plan.out_shapes, conv, host_in_ms=host_in, t_submit=t_submit, graph=graph,
+                        plan=plan, event=bs.done_event, stream=self._s_out)
+        bs.pending = p
+        bs.used = True
+        return p
+
+    def _inputs(self, feeds: Mapping[str, Any]) -> tuple[list[Any], tuple[tuple[int, ...], ...]]:
+        """The inputs of ``feeds`` in plan order, checked, and their shapes.
+
+        Same checks and errors as :meth:`_normalize` + :meth:`_validate`, answered from caches: the
+        key order of a feeds mapping seen before, and per input one type, dtype, contiguity and shape
+        compare (shapes that passed the full check once). Anything else takes the full check.
+        """
+        try:
+            order = self._feed_orders.get(tuple(feeds))
+        except TypeError:
+            order = None
+        if order is None:
+            order = self._feed_order(feeds)
+        values = [feeds[k] for k in order]
+        shapes: list[tuple[int, ...]] = []
+        finite = self.check_finite
+        for spec, x in zip(self._specs, values):
+            if type(x) is np.ndarray and not spec.device:
+                dt = x.dtype
+                if ((dt is spec.dtype or dt == spec.dtype) and x.shape in spec.shapes_ok and x.flags.c_contiguous
+                        and not (finite and dt.kind == "f")):
+                    shapes.append(x.shape)
+                    continue
+            shape = self._check_input(spec.t, x)
+            ok = spec.shapes_ok
+            if len(ok) >= 64:
+                ok.clear()
+            ok.add(shape)
+            shapes.append(shape)
+        return values, tuple(shapes)
+
+    def _feed_order(self, feeds: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The keys of ``feeds`` in plan input order (full normalization; remembered per key tuple)."""
+        self._normalize(feeds)  # raises on unknown, missing or doubled inputs
+        by_name = {self._name_of_key(k): k for k in feeds}
+        order = tuple(by_name[n] for n in self._in_names)
+        try:
+            keys = tuple(feeds)
+            if len(self._feed_orders) >= 16:
+                self._feed_orders.clear()
+            self._feed_orders[keys] = order
+        except TypeError:
+            pass
+        return order
+
+    def _name_of_key(self, key: Any) -> Any:
+        return key if key in self._in_name_set else self._ident_to_name.get(key, key)
+
+    def _shape_plan(self, key: tuple[tuple[int, ...], ...]) -> _ShapePlan:
+        shapes = dict(zip(self._in_names, key))
+        plan = _ShapePlan(key, shapes, self._output_shapes(shapes))
+        if len(self._plans) >= 64:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _normalize(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in feeds.items():
-            name = key if any(t.name == key for t in self.plan.inputs) else self._ident_to_name.get(key, key)
+            name = self._name_of_key(key)
             if name in out:
                 raise InputError(f"input {name!r} given twice (by name and by identifier)")
             out[name] = value
@@ -714,7 +910,8 @@ class Runner:
         return out
 
     def _next_set(self) -> _BufferSet:
-        bs = self._sets[self._seq % len(self._sets)]
+        sets = self._sets
+        bs = sets[self._seq % len(sets)]
         self._seq += 1
         if bs.pending is not None:
             bs.pending._take_snapshot()  # an unread result must survive the reuse of its buffers
@@ -726,27 +923,36 @@ class Runner:
             for g in bs.graphs.values():
                 g.close()
             bs.graphs.clear()
+            bs.last_plan = bs.last_graph = None
 
     def _wait_idle(self) -> None:
         for s in self._streams.values():
             cuda.stream_synchronize(s)
 
+    def _wait_host_free(self, bs: _BufferSet) -> None:
+        """Until the host may rewrite ``bs``'s input staging (its previous request read it)."""
+        if bs.idle:
+            return  # the host saw that request complete
+        if bs.done_event:
+            cuda.event_synchronize(bs.host_free_event())
+        else:  # it recorded no events: one stream, which holds nothing but that request
+            cuda.stream_synchronize(self._s_in)
+
     # -- CPU -------------------------------------------------------------------------------------------
-    def _run_cpu(self, bs: _BufferSet, feeds: dict[str, Any], shapes: dict[str, tuple[int, ...]],
-                 out_shapes: dict[str, tuple[int, ...]]) -> float:
+    def _run_cpu(self, bs: _BufferSet, values: list[Any], plan: _ShapePlan) -> float:
         assert self._engine is not None
         t0 = time.perf_counter()
-        for t in self.plan.inputs:
-            bs.mems[t.name].prepare(feeds[t.name], shapes[t.name], stream=0)
+        for mem, x, shape in zip(bs.in_mems, values, plan.in_shapes):
+            mem.prepare(x, shape, stream=0)
         host_in = (time.perf_counter() - t0) * 1e3
         outs = {}
-        for o in self.plan.outputs:
-            view = bs.mems[o.name].host_view(out_shapes[o.name])
+        for (name, shape), mem in zip(plan.out_items, bs.out_mems):
+            view = mem.host_view(shape)
             assert view is not None
-            outs[o.name] = view
+            outs[name] = view
         t1 = time.perf_counter()
         with _range("trtflow.infer"):
-            self._engine.infer({t.name: feeds[t.name] for t in self.plan.inputs}, outs)
+            self._engine.infer(dict(zip(self._in_names, values)), outs)
         if self.timing:
             self.last_timing = StageTiming(None, (time.perf_counter() - t1) * 1e3, None, host_in, None)
         return host_in
@@ -777,92 +983,146 @@ class Runner:
             engine.set_input_consumed_event(bs.ev_consumed)
             self._engine_consumed = bs.ev_consumed
 
-    def _launch(self, bs: _BufferSet, feeds: dict[str, Any], shapes: dict[str, tuple[int, ...]],
-                out_shapes: dict[str, tuple[int, ...]], t_submit: float) -> tuple[float, bool]:
-        """Enqueue one request on the streams; returns (host staging ms, whether a graph ran)."""
+    def _bind_request(self, bs: _BufferSet, plan: _ShapePlan) -> None:
+        """:meth:`_bind`, skipped when the engine is bound to this set at these shapes already (only
+        the addresses that can move are compared then)."""
+        bound = self._bound
+        if bound is not None and bound[0] is bs and bound[1] is plan:
+            if bs.volatile:
+                engine = self._engine
+                assert engine is not None
+                addrs = self._engine_addrs
+                for name, mem in bs.volatile:
+                    ptr = mem.device_ptr
+                    if addrs.get(name) != ptr:
+                        engine.set_address(name, ptr)
+                        addrs[name] = ptr
+            return
+        self._bound = None  # a failure half way leaves the engine in an unknown state
+        self._bind(bs, plan.shapes, plan.out_shapes)
+        self._bound = (bs, plan)
+
+    def _launch(self, bs: _BufferSet, values: list[Any], plan: _ShapePlan, t_submit: float) -> tuple[float, bool]:
+        """Enqueue one request on the streams; returns (host staging ms, whether a graph ran).
+
+        Events: pipelined topologies record h2d/compute/d2h done (the streams wait on them); one
+        stream records them only with ``timing`` (plus the timing markers); without, it records none:
+        stream order sequences the stages, and :class:`Pending` synchronizes the stream.
+        """
         engine = self._engine
         assert engine is not None
-        pipelined = self.topology == "pipelined"
-        s_in = self._streams["h2d"] if pipelined else self._streams["main"]
-        s_c = self._streams["compute"] if pipelined else s_in
-        s_out = self._streams["d2h"] if pipelined else s_in
-        inputs = [t.name for t in self.plan.inputs]
-        outputs = [o.name for o in self.plan.outputs]
+        pipelined, timing = self._pipelined, self.timing
+        s_in, s_c, s_out = self._s_in, self._s_c, self._s_out
+        fresh = bs.idle or not bs.used  # nothing of this set is in flight: its events are all complete
+        if not fresh:  # host staging of this set may still be read by its previous request
+            self._wait_host_free(bs)
+        events = pipelined or timing
+        bs.idle = False
+        bs.graph_ran = False
+        bs.done_event = bs.ev_d2h if events else 0
+        in_mems = bs.in_mems
+        shapes = plan.in_shapes
+        if _nvtx is None:
+            for mem, x, shape in zip(in_mems, values, shapes):
+                mem.prepare(x, shape, stream=s_in)
+        else:
+            with _range("trtflow.stage_in"):
+                for mem, x, shape in zip(in_mems, values, shapes):
+                    mem.prepare(x, shape, stream=s_in)
+        host_in = (time.perf_counter() - t_submit) * 1e3 if timing else 0.0
+        self._bind_request(bs, plan)
 
-        if bs.used:  # host staging of this set may still be read by its previous request
-            cuda.event_synchronize(bs.host_free_event())
-        with _range("trtflow.stage_in"):
-            for name in inputs:
-                bs.mems[name].prepare(feeds[name], shapes[name], stream=s_in)
-        host_in = (time.perf_counter() - t_submit) * 1e3
-        self._bind(bs, shapes, out_shapes)
-
-        graph_now = self._graph_on and not pipelined
-
-        def copy_in() -> None:
-            for name in inputs:
-                if not (graph_now and bs.mems[name].outside_graph):
-                    bs.mems[name].enqueue_in(shapes[name], stream=s_in)
-
-        def copy_out() -> None:
-            for name in outputs:
-                bs.mems[name].enqueue_out(out_shapes[name], stream=s_out)
-
-        key: tuple[Any, ...] = (tuple(shapes.items()), tuple(mem.graph_key() for mem in bs.mems.values()))
-        if graph_now:
-            def body() -> None:
-                copy_in()
-                engine.enqueue(s_c)
-                copy_out()
-
-            if self.timing:
+        if self._graph_on and not pipelined:  # copy-in + enqueue + copy-out as one graph
+            if timing:
                 cuda.event_record(bs.t_compute, stream=s_c)
-            for name in inputs:  # copies from memory the caller owns stay eager, ahead of the graph
-                if bs.mems[name].outside_graph:
-                    bs.mems[name].enqueue_in(shapes[name], stream=s_in)
-            self._run_graph(bs, key, body, s_c)
-            for ev in (bs.ev_h2d, bs.ev_compute, bs.ev_d2h):
-                cuda.event_record(ev, stream=s_c)
-            return host_in, True  # stages run as one unit (graph or its eager warm-up): timed as one
+            for i in bs.outside_in:  # copies from memory the caller owns stay eager, ahead of the graph
+                in_mems[i].enqueue_in(shapes[i], stream=s_in)
+            graph = bs.last_graph if bs.last_plan is plan and not bs.volatile else None
+            if graph is not None:  # the graph of the previous request: same shapes, same addresses
+                graph.launch(s_c)
+                self.graph_stats["replays"] += 1
+            else:
+                key: tuple[Any, ...] = (plan.gkey, tuple(mem.graph_key() for mem in bs.mems.values()))
+                self._run_graph(bs, key, functools.partial(self._whole_request, bs, plan), s_c, plan)
+            if timing:  # stages ran as one unit (graph or its eager warm-up): timed as one
+                cuda.event_record(bs.ev_d2h, stream=s_c)
+                bs.graph_ran = True
+            return host_in, True
 
-        if bs.used and s_in != s_c:  # device inputs of this set are free once its last compute read them
+        if not fresh and s_in != s_c:  # device inputs of this set are free once its last compute read them
             cuda.stream_wait_event(s_in, bs.device_inputs_free_event())
-        if self.timing:
+        if timing:
             cuda.event_record(bs.t_h2d, stream=s_in)
-        with _range("trtflow.h2d"):
-            copy_in()
-        cuda.event_record(bs.ev_h2d, stream=s_in)
+        if _nvtx is None:
+            for mem, shape in zip(in_mems, shapes):
+                mem.enqueue_in(shape, stream=s_in)
+        else:
+            with _range("trtflow.h2d"):
+                for mem, shape in zip(in_mems, shapes):
+                    mem.enqueue_in(shape, stream=s_in)
+        if events:
+            cuda.event_record(bs.ev_h2d, stream=s_in)
         if s_in != s_c:
             cuda.stream_wait_event(s_c, bs.ev_h2d)
-        if bs.used and s_out != s_c:  # outputs of this set are free once their last D2H finished
+        if not fresh and s_out != s_c:  # outputs of this set are free once their last D2H finished
             cuda.stream_wait_event(s_c, bs.ev_d2h)
-        if self.timing:
+        if timing:
             cuda.event_record(bs.t_compute, stream=s_c)
         ran_graph = False
         with _range("trtflow.enqueue"):
-            if self._graph_on:  # only the enqueue is captured: its key is the device addresses
-                key = (tuple(shapes.items()), tuple(mem.device_ptr for mem in bs.mems.values()))
-                ran_graph = self._run_graph(bs, key, lambda: engine.enqueue(s_c), s_c)
+            if self._graph_on:  # pipelined: only the enqueue is captured; its key is the device addresses
+                graph = bs.last_graph if bs.last_plan is plan and not bs.volatile else None
+                if graph is not None:
+                    graph.launch(s_c)
+                    self.graph_stats["replays"] += 1
+                    ran_graph = True
+                else:
+                    key = (plan.gkey, tuple(mem.device_ptr for mem in bs.mems.values()))
+                    ran_graph = self._run_graph(bs, key, functools.partial(engine.enqueue, s_c), s_c, plan)
             else:
                 engine.enqueue(s_c)
-        cuda.event_record(bs.ev_compute, stream=s_c)
+        if events:
+            cuda.event_record(bs.ev_compute, stream=s_c)
         if s_out != s_c:
             cuda.stream_wait_event(s_out, bs.ev_compute)
-        if self.timing:
+        if timing:
             cuda.event_record(bs.t_d2h, stream=s_out)
-        with _range("trtflow.d2h"):
-            copy_out()
-        cuda.event_record(bs.ev_d2h, stream=s_out)
+        if _nvtx is None:
+            for mem, (_, out_shape) in zip(bs.out_mems, plan.out_items):
+                mem.enqueue_out(out_shape, stream=s_out)
+        else:
+            with _range("trtflow.d2h"):
+                for mem, (_, out_shape) in zip(bs.out_mems, plan.out_items):
+                    mem.enqueue_out(out_shape, stream=s_out)
+        if events:
+            cuda.event_record(bs.ev_d2h, stream=s_out)
         return host_in, ran_graph
 
-    def _run_graph(self, bs: _BufferSet, key: tuple[Any, ...], body: Callable[[], None], stream: int) -> bool:
-        """Replay the graph of ``key``; on a miss run ``body`` eagerly (warm-up) and capture it."""
+    def _whole_request(self, bs: _BufferSet, plan: _ShapePlan) -> None:
+        """Copy-in (but the eager-before-graph inputs) + enqueue + copy-out on the one stream: the
+        body of a whole-request graph, run eagerly once before it is captured."""
+        engine = self._engine
+        assert engine is not None
+        s = self._s_c
+        for mem, shape in zip(bs.in_mems, plan.in_shapes):
+            if not mem.outside_graph:
+                mem.enqueue_in(shape, stream=s)
+        engine.enqueue(s)
+        for mem, (_, shape) in zip(bs.out_mems, plan.out_items):
+            mem.enqueue_out(shape, stream=s)
+
+    def _run_graph(self, bs: _BufferSet, key: tuple[Any, ...], body: Callable[[], None], stream: int,
+                   plan: _ShapePlan | None = None) -> bool:
+        """Replay the graph of ``key``; on a miss run ``body`` eagerly (warm-up) and capture it.
+        Remembers the graph as the set's last (with ``plan``) for the next request's shortcut."""
         graph = bs.graphs.get(key)
         if graph is not None:
             bs.graphs.move_to_end(key)
             graph.launch(stream)
             self.graph_stats["replays"] += 1
+            bs.last_plan, bs.last_graph = plan, graph
             return True
+        bs.last_plan = bs.last_graph = None
         body()  # eager warm-up: initialisation must not be captured, and it computes this request
         cuda.stream_synchronize(stream)
         try:
@@ -882,6 +1142,7 @@ class Runner:
         while len(bs.graphs) > MAX_GRAPHS_PER_SET:
             cuda.stream_synchronize(stream)
             bs.graphs.popitem(last=False)[1].close()
+        bs.last_plan, bs.last_graph = plan, graph
         return False
 
     def _capture(self, stream: int, body: Callable[[], None]) -> CapturedGraph:
