@@ -4,8 +4,8 @@
 # Each `trtflow bench` compares its configurations side by side in one run and measures the link alongside.
 set -uo pipefail
 OUT=${OUT:-out}
-R="$OUT/bench"
-mkdir -p "$R"
+R="${BENCH_DIR:-/tmp/trtflow-bench}/bench"   # packed into $OUT/bench.tar.gz at the end
+rm -rf "$R"; mkdir -p "$R"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 T="python3 -m trtflow.cli"
@@ -27,4 +27,4 @@ step "batch sweep";         $T bench recipes/cls.yaml --sweep batch --warmup 5 -
 step "budget gate";         $T bench recipes/seg_hd.yaml --check --iterations 20 --json > "$R/seg_hd_check.json"; echo "check rc=$?"
 step soak;                  timeout "${SOAK_TIMEOUT:-300}" python3 scripts/soak.py build/tiny --inferences "${SOAK_N:-100000}" --cycles "${SOAK_CYCLES:-1000}" > "$R/soak.json"; echo "soak rc=$?"; tail -n 5 "$R/soak.json"
 python3 scripts/bench_summary.py "$R" | tee "$R/summary.md"
-tar -czf "$OUT/bench.tar.gz" -C "$OUT" bench
+mkdir -p "$OUT"; tar -czf "$OUT/bench.tar.gz" -C "$(dirname "$R")" bench
