@@ -85,3 +85,11 @@ def test_missing_backend_names_the_extra() -> None:
             print(e)
     """)
     assert "pip install 'trtflow[ort]'" in r.stdout, r.stderr
+
+
+def test_runtime_needs_neither_pydantic_nor_yaml() -> None:
+    """A generated runner in production reads plan.json: numpy and the engine's library suffice."""
+    r = subprocess.run([sys.executable, "-c", PRELUDE.replace("BLOCKED = ", "BLOCKED = ['pydantic', 'yaml'] + ")
+                        + "import trtflow.runtime.runner, trtflow.codegen\nprint('ok')"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_conv_model  # noqa: E402
 
 
-def _project(tmp: Path, body: str) -> Path:
+def _project(tmp: Path, body: str, hw: int = 16) -> Path:
     (tmp / "pyproject.toml").write_text("[project]\nname='x'\n")
-    make_conv_model(tmp / "m.onnx", batch="N")
+    make_conv_model(tmp / "m.onnx", batch="N", hw=hw)
     (tmp / "r.yaml").write_text("model: m.onnx\nbuild: {backend: torch}\n" + body)
     return tmp / "r.yaml"
 
@@ -33,15 +33,16 @@ def test_malloc_failure_is_a_clear_cuda_error() -> None:
 
 
 def test_runner_out_of_memory_at_allocation_leaks_nothing(tmp_path: Path) -> None:
-    """Buffers sized at a huge profile max (~600 GB) cannot be allocated: clear error, every handle released."""
+    """Buffers sized at a huge profile max (1M x 3 x 64 x 64 fp32 in, 1M x 5 x 64 x 64 out: ~134 GB per
+    buffer set) cannot be allocated: a clear error, and every handle released."""
     from trtflow.build import build
     from trtflow.errors import CudaError
     from trtflow.runtime import cuda
     from trtflow.runtime.runner import Runner
 
-    recipe = _project(tmp_path, "inputs: {image: {profile: {min: [1,3,16,16], opt: [1,3,16,16], "
-                                "max: [1000000,3,16,16]}}}\noutputs: {logits: {memory: device}}\n"
-                                "streams: {topology: pipelined, depth: 3}\n")
+    recipe = _project(tmp_path, "inputs: {image: {profile: {min: [1,3,64,64], opt: [1,3,64,64], "
+                                "max: [1048576,3,64,64]}}}\noutputs: {logits: {memory: device}}\n"
+                                "streams: {topology: pipelined, depth: 3}\n", hw=64)
     res = build(recipe, out_root=tmp_path / "build")
     before = dict(cuda.live_handles())
     free_before = cuda.mem_get_info()[0]
