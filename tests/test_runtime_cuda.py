@@ -338,3 +338,24 @@ def test_cuda_errors_name_the_call(fake: Any) -> None:
     assert cuda.device_properties().name == "Fake GPU"
     assert cuda.device_compute_capability() == (9, 0)
     assert cuda.stream_query(cuda.stream_create()) is True
+
+
+def test_allocation_failure_midway_releases_what_was_allocated(tmp_path: Path, fake: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """cudaMalloc fails for a later tensor of a buffer set (out of memory): the constructor raises a CudaError
+    and every buffer allocated before it is freed (fake CUDA runtime; the GPU suite tries a real OOM)."""
+    from trtflow.errors import CudaError
+
+    art, _ = _artifact(tmp_path, "pinned", {"topology": "pipelined", "depth": 3})
+    real, calls = cuda.malloc, {"n": 0}
+
+    def failing_malloc(nbytes: int) -> int:
+        calls["n"] += 1
+        if calls["n"] == 4:  # second set, second tensor
+            raise CudaError("cudaMalloc failed: cudaErrorMemoryAllocation")
+        return real(nbytes)
+
+    monkeypatch.setattr(cuda, "malloc", failing_malloc)
+    with pytest.raises(CudaError, match="cudaErrorMemoryAllocation"):
+        sup.load_runner(art).NetRunner()
+    assert fake.live() == {} and cuda.live_handles() == {}

@@ -355,6 +355,7 @@ class Runner:
         self._engine: Engine | None = None
         self._streams: dict[str, int] = {}
         self._sets: list[_BufferSet] = []
+        self._allocated: list[TensorMemory] = []
         self._registry = HostRegistry()
         self._user_keys: dict[str, tuple[int, int]] = {}
         self._seq = 0
@@ -456,8 +457,11 @@ class Runner:
         if strategy != tensor.memory:
             raise ArtifactError(f"runner.py allocates {name!r} as {strategy}, plan.json says {tensor.memory}",
                                 hint="runner.py is stale: regenerate it (trtflow build)")
-        return make_memory(tensor, strategy, device=self.device, registry=self._registry,
-                           graph=self.cuda_graph)
+        mem = make_memory(tensor, strategy, device=self.device, registry=self._registry, graph=self.cuda_graph)
+        # Tracked from birth: if a later allocation of the same set fails (out of memory), the set never
+        # reaches _add_buffer_set, and close() must still free this one.
+        self._allocated.append(mem)
+        return mem
 
     def _add_buffer_set(self, mems: Mapping[str, TensorMemory]) -> None:
         self._sets.append(_BufferSet(len(self._sets), dict(mems)))
@@ -706,6 +710,9 @@ class Runner:
                 for ev in bs.events:
                     attempt(functools.partial(cuda.event_destroy, ev))
                 bs.ev_h2d = bs.ev_compute = bs.ev_d2h = bs.ev_consumed = bs.t_h2d = bs.t_compute = bs.t_d2h = 0
+            for mem in self._allocated:  # memories of a set whose construction failed midway
+                attempt(mem.close)
+            self._allocated.clear()
             self._user_keys.clear()
             if self.device == "cuda":
                 attempt(self._registry.close)
