@@ -11,7 +11,7 @@ from conftest import ROOT, make_conv_model
 
 
 def trtflow(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trtflow.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "trtflow.cli", *args], cwd=cwd, capture_output=True, text=True, check=False,
                           timeout=300)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import MODELS, make_conv_model
+
 from trtflow.errors import RecipeError
 from trtflow.plan import Plan, make_plan
 from trtflow.plan.formats import FORMATS, inflation, nbytes, pack, unpack

@@ -28,8 +28,9 @@ class Stats:
             nan = float("nan")
             return cls(0, nan, nan, nan, nan, nan, nan, nan)
         mean = float(x.mean())
-        return cls(int(x.size), mean, float(x.min()), *(float(np.percentile(x, q)) for q in (50, 90, 99)),
-                   float(x.max()), float(x.std() / mean) if mean > 0 else 0.0)
+        p50, p90, p99 = (float(np.percentile(x, q)) for q in (50, 90, 99))
+        return cls(n=int(x.size), mean=mean, min=float(x.min()), p50=p50, p90=p90, p99=p99, max=float(x.max()),
+                   cv=float(x.std() / mean) if mean > 0 else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
