@@ -164,3 +164,20 @@ def test_build_and_validate_never_touch_the_network(recipe: Path, project: Path)
                        capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith("True")
+
+
+@pytest.mark.rtx
+def test_version_compatible_plan_needs_explicit_host_code_opt_in(recipe: Path, project: Path) -> None:
+    """A plan marked version-compatible embeds host code: opening it without allow_host_code is refused
+    before deserialization (the RTX runtime cannot deserialize without a GPU, so only the refusal runs here)."""
+    pytest.importorskip("tensorrt_rtx")
+    from dataclasses import replace
+
+    from trtflow.backends.tensorrt_rtx import TensorRTRTXBackend
+
+    recipe.write_text(RECIPE.replace("backend: onnxruntime", "backend: tensorrt_rtx"))
+    res = build(recipe, out_root=project / "build")
+    plan = replace(res.plan, build={**res.plan.build, "version_compatible": True})
+    with pytest.raises(ArtifactError, match="version-compatible.*host code") as exc:
+        TensorRTRTXBackend().open(res.artifact, plan, device="cuda")
+    assert "--allow-host-code" in str(exc.value)

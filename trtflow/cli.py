@@ -38,6 +38,9 @@ BackendOpt = Annotated[str | None, typer.Option(
     "--backend", "-b", help="Override the recipe's backend: tensorrt, tensorrt_rtx, onnxruntime, torch.")]
 AllowOutsideOpt = Annotated[bool, typer.Option(
     "--allow-outside", help="Allow model/data paths that resolve outside the project folder.")]
+AllowHostCodeOpt = Annotated[bool, typer.Option(
+    "--allow-host-code", help="Load plans that embed host code (TensorRT version-compatible plans). "
+    "Only for plans you trust.")]
 
 
 def _version(value: bool) -> None:
@@ -209,6 +212,7 @@ def validate(
     report: Annotated[Path | None, typer.Option(help="JSON report path (default OUT/<name>/validation.json).")] = None,
     build_first: Annotated[bool, typer.Option("--build/--no-build", help="Build (or hit the cache) first.")] = True,
     json_out: JsonOpt = False,
+    allow_host_code: AllowHostCodeOpt = False,
 ) -> None:
     """Run the artifact's generated runner and the fp32 onnxruntime reference; compare every output.
 
@@ -221,7 +225,8 @@ def validate(
     for path in _recipes(recipe):
         result = _build_one(path, out, False, None, False, json_out) if build_first else None
         artifact = result.artifact if result else out / _name_of(path)
-        rep = validate_artifact(artifact, backend=backend or "auto", device=device, samples=samples)
+        rep = validate_artifact(artifact, backend=backend or "auto", device=device, samples=samples,
+                                allow_host_code=allow_host_code)
         write_report(rep, report or artifact / "validation.json")
         reports.append(rep)
         if not json_out:

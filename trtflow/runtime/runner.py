@@ -339,6 +339,8 @@ class Runner:
     check_finite: reject inputs holding NaN or Inf (host arrays only; costs one pass over the data).
     timing: record CUDA events around H2D / compute / D2H of every request (see ``last_timing``).
     topology, depth, cuda_graph: override ``plan.streams`` (experiments, benchmarks).
+    allow_host_code: let the engine run host code embedded in the plan (TensorRT version-compatible
+        plans carry a lean runtime). Off by default: loading such a plan is refused with a hint.
     """
 
     ARTIFACT_DIR: ClassVar[Path | None] = None
@@ -349,7 +351,7 @@ class Runner:
 
     def __init__(self, artifact_dir: str | Path | None = None, *, backend: str = "auto", device: str = "auto",
                  check_finite: bool = False, timing: bool = False, topology: str | None = None,
-                 depth: int | None = None, cuda_graph: bool | None = None) -> None:
+                 depth: int | None = None, cuda_graph: bool | None = None, allow_host_code: bool = False) -> None:
         self._lock = threading.RLock()
         self._closed = False
         self._engine: Engine | None = None
@@ -403,7 +405,8 @@ class Runner:
         self.device = _pick_device(self._executor, device)
 
         try:
-            self._engine = self._executor().open(self.artifact_dir, self.plan, device=self.device)  # type: ignore[arg-type]
+            self._engine = self._executor().open(self.artifact_dir, self.plan, device=self.device,  # type: ignore[arg-type]
+                                                 allow_host_code=allow_host_code)
             self._allocate()
             self._check_allocation()
             self._setup_events()

@@ -144,7 +144,7 @@ def _as_dict(result: Any) -> dict[str, np.ndarray]:
 
 
 def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "auto",
-                      samples: int | None = None) -> ValidationReport:
+                      samples: int | None = None, allow_host_code: bool = False) -> ValidationReport:
     t0 = time.perf_counter()
     report = art.verify(artifact)
     plan = Plan.from_json((artifact / art.PLAN).read_text())
@@ -155,7 +155,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
     cand: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
     refs: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
     folder = Path(plan.recipe_path).parent
-    with runner_cls(backend=backend, device=device) as runner:
+    with runner_cls(backend=backend, device=device, allow_host_code=allow_host_code) as runner:
         used_backend = getattr(runner, "backend", backend)
         used_device = getattr(runner, "device", device)
         for i in range(n):
