@@ -395,6 +395,15 @@ def _fill_host(flat: np.ndarray | None, dtype: np.dtype[Any], value: float) -> N
         flat[...] = 0xFF
 
 
+def _host_result(mem: TensorMemory, host: np.ndarray, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
+    """The output of ``shape`` in host buffer ``host``: unpacked from a vectorized format, or a view."""
+    if mem.fmt != "linear":
+        view = _logical(host, shape, mem.dtype, mem.fmt)
+        return owned_copy(view) if copy else view
+    view = mem._view(host, shape)
+    return owned_copy(view) if copy else view.view()
+
+
 class _DeviceBuffer:
     def __init__(self, n: int) -> None:
         self.ptr = cuda.malloc(n)
@@ -450,11 +459,7 @@ class PinnedMemory(TensorMemory):
         cuda.memcpy_async(self._host_ptr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        if self.fmt != "linear":
-            view = _logical(self._host, shape, self.dtype, self.fmt)
-            return owned_copy(view) if copy else view
-        view = self._view(self._host, shape)
-        return owned_copy(view) if copy else view.view()
+        return _host_result(self, self._host, shape, copy=copy)
 
     def graph_key(self) -> tuple[int, ...]:
         return (self._dev.ptr, self._host_ptr)
@@ -542,11 +547,7 @@ class PageableMemory(TensorMemory):
         cuda.memcpy_async(self._host_addr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        if self.fmt != "linear":
-            view = _logical(self._host, shape, self.dtype, self.fmt)
-            return owned_copy(view) if copy else view
-        view = self._view(self._host, shape)
-        return owned_copy(view) if copy else view.view()
+        return _host_result(self, self._host, shape, copy=copy)
 
     def graph_key(self) -> tuple[int, ...]:
         return (self._dev.ptr, self._host_addr)
@@ -706,11 +707,7 @@ class MappedMemory(TensorMemory):
             _physical(self._host, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        if self.fmt != "linear":
-            view = _logical(self._host, shape, self.dtype, self.fmt)
-            return owned_copy(view) if copy else view
-        view = self._view(self._host, shape)
-        return owned_copy(view) if copy else view.view()
+        return _host_result(self, self._host, shape, copy=copy)
 
     def graph_key(self) -> tuple[int, ...]:
         return (self._dev_ptr,)
