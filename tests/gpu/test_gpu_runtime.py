@@ -384,3 +384,19 @@ def test_vectorized_format_through_the_torch_engine(tmp_path: Path, conv_model: 
         out = r(image=x).logits
         assert out.dtype == np.float16
         np.testing.assert_allclose(out.astype(np.float32), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_cupy_arrays_in_and_out_without_copies(tmp_path: Path, conv_model: Path) -> None:
+    """cupy speaks the same __cuda_array_interface__: its arrays go in zero-copy, outputs wrap zero-copy."""
+    cupy = pytest.importorskip("cupy")
+    art = _artifact(tmp_path, conv_model, "device", {"topology": "sync"})
+    x = _inputs(1, (1, 3, HW, HW), seed=5)[0]
+    ref = sup.reference(conv_model, {"image": x})["logits"]
+    src = cupy.asarray(x)
+    cupy.cuda.Device().synchronize()
+    with sup.load_runner(art).NetRunner(backend="torch") as r:
+        out = r(image=src)
+        assert r._sets[0].mems["image"].zero_copy_hits == 1
+        got = cupy.asarray(out.logits)  # no copy: same device pointer
+        assert got.data.ptr == out.logits.ptr
+        np.testing.assert_allclose(cupy.asnumpy(got), ref, rtol=1e-4, atol=1e-5)
