@@ -9,6 +9,7 @@ from typing import Any
 from trtflow import artifact as art
 from trtflow.bench.measure import BenchResult
 from trtflow.bench.run import (
+    IN_PLACE_SWEEP,
     MEMORY_TOPOLOGY_SWEEP,
     BenchReport,
     batch_sizes,
@@ -62,6 +63,9 @@ def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str 
         for label, memory, topology, graph in configs:
             results.append(bench_config(artifact, plan, label=label, memory=memory, topology=topology,
                                         cuda_graph=graph, **kw))
+        for label, memory, topology, graph in IN_PLACE_SWEEP if gpu else []:
+            results.append(bench_config(artifact, plan, label=label, memory=memory, topology=topology,
+                                        cuda_graph=graph, in_place=True, **kw))
     elif sweep == "batch":
         for b in batch_sizes(plan):
             r = bench_config(artifact, plan, label=f"batch {b}", memory=None, topology=None, cuda_graph=None,

@@ -31,6 +31,12 @@ MEMORY_TOPOLOGY_SWEEP = [
     ("pinned+graph", "pinned", "sync", True),
     ("device", "device", "sync", False),
 ]
+# The producer writes straight into the runner's pinned staging (`runner.input_view(name)`), as a decoder
+# can: no host staging copy. The producer's own writes are not timed.
+IN_PLACE_SWEEP = [
+    ("pinned+in-place", "pinned", "sync", False),
+    ("pinned+in-place+pipelined", "pinned", "pipelined", False),
+]
 
 
 @dataclass
@@ -84,7 +90,8 @@ def _runner(artifact: Path, *, topology: str, depth: int, cuda_graph: bool, back
 
 def bench_config(artifact: Path, plan: Plan, *, label: str, memory: str | None, topology: str | None,
                  cuda_graph: bool | None, backend: str, device: str, link: dict[str, float] | None,
-                 warmup: int, iterations: int, duration_s: float | None, batch: int | None = None) -> BenchResult:
+                 warmup: int, iterations: int, duration_s: float | None, batch: int | None = None,
+                 in_place: bool = False) -> BenchResult:
     mems = {t.memory for t in plan.tensors}
     folder = variant_artifact(artifact, memory) if memory and mems != {memory} else artifact
     topo = topology or plan.streams["topology"]
@@ -93,7 +100,7 @@ def bench_config(artifact: Path, plan: Plan, *, label: str, memory: str | None, 
     with _runner(folder, topology=topo, depth=depth, cuda_graph=graph, backend=backend, device=device) as r:
         return measure(r, Plan.from_json((folder / art.PLAN).read_text()), label=label,
                        memory=memory or "/".join(sorted(mems)), warmup=warmup, iterations=iterations,
-                       duration_s=duration_s, batch=batch, link=link)
+                       duration_s=duration_s, batch=batch, link=link, in_place=in_place)
 
 
 def finish(results: list[BenchResult]) -> str | None:
