@@ -41,7 +41,7 @@ def sweep_table(rep: dict[str, Any]) -> list[str]:
         lines.append(f"| {label} | {ms(r['h2d'])} | {ms(r['compute'])} | {ms(r['d2h'])} | {ms(r['wall'], 'p50')} | "
                      f"{ms(r['wall'], 'p99')} | {ms(r['host'], 'p50')} | {r['samples_per_s']:.1f} | "
                      f"{'-' if floor is None else f'{floor:.3f}'} | {eff} | "
-                     f"{'-' if r.get('io_ms') is None else f'{r['io_ms']:.3f}'} | "
+                     f"{'-' if r.get('io_ms') is None else format(r['io_ms'], '.3f')} | "
                      f"{r['ratios'].get('wall_speedup', 0):.2f}x |")
     notes = {d for r in rep["results"] for d in r.get("diagnostics", [])}
     lines += [""] + [f"- {r['label']}: {d}" for r in rep["results"] for d in r.get("diagnostics", [])][:12]
