@@ -85,7 +85,9 @@ def targets(folder: Path) -> list[str]:
                     f"{pp['batches_per_s']:.1f}/s vs {pp['pipeline_floor_per_s']:.1f}/s = {ratio:.2f}", ratio >= 0.95)
     base = by_label(naive, "baseline")
     best = by_label(seg, seg["best"]) if seg and seg.get("best") else None
-    if base and best and base.get("io_ms") is not None and best.get("io_ms") is not None:
+    # I/O of the shipped recipe is wall minus the device-resident wall; below ~0.1 ms it is inside the noise of
+    # two compute measurements and no ratio is claimed.
+    if base and best and base.get("io_ms") is not None and (best.get("io_ms") or 0) > 0.1:
         ratio = base["io_ms"] / best["io_ms"] if best["io_ms"] > 0 else float("inf")
         row("I/O time (wall - device-resident wall): hand-written baseline / shipped recipe >= 10x",
             f"{base['io_ms']:.3f} ms / {best['io_ms']:.3f} ms ({best['label']}) = {ratio:.1f}x", ratio >= 10)
