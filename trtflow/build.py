@@ -6,8 +6,10 @@ with the same key is a cache hit and rebuilds nothing. ``force=True`` rebuilds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,7 +60,7 @@ def _lowering_fingerprint() -> str:
     """Hash of the graph passes' source: a change to how models are lowered invalidates cached builds."""
     from trtflow import passes
 
-    h = art.hashlib.sha256()
+    h = hashlib.sha256()
     for path in sorted(Path(passes.__file__).parent.glob("*.py")):
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -163,7 +165,5 @@ def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), 
         art.commit_dir(tmp, final)
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return BuildResult(plan.name, final, plan, builder.name, False, time.perf_counter() - t0, report)
