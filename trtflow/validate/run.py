@@ -92,13 +92,16 @@ def _random(rng: np.random.Generator, t: TensorPlan, generator: str, batch: int 
     return x.astype(t.dtype)
 
 
-def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the original model in fp32 on onnxruntime CPU with the contract applied in numpy."""
+def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray], sess: Any = None) -> dict[str, np.ndarray]:
+    """Run the original model in fp32 on onnxruntime CPU with the contract applied in numpy.
+
+    ``sess``: a session from :func:`trtflow.backends.onnxruntime.reference_session`, reused across samples.
+    """
     from trtflow.backends.onnxruntime import reference_session
     from trtflow.passes.reference import reference_input
     from trtflow.passes.reference import reference_outputs as reduce_outputs
 
-    sess = reference_session(Path(plan.model_path))
+    sess = sess or reference_session(Path(plan.model_path))
     model_feeds = {t.source: reference_input(t, feeds[t.name]) for t in plan.inputs}
     sources = list(dict.fromkeys(t.source for t in plan.outputs))
     raw = sess.run(sources, model_feeds)
@@ -155,6 +158,9 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
     cand: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
     refs: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
     folder = Path(plan.recipe_path).parent
+    from trtflow.backends.onnxruntime import reference_session
+
+    ref_sess = reference_session(Path(plan.model_path))  # one session for every sample
     with runner_cls(backend=backend, device=device, allow_host_code=allow_host_code) as runner:
         used_backend = getattr(runner, "backend", backend)
         used_device = getattr(runner, "device", device)
@@ -162,7 +168,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
             feeds = generate_inputs(plan, i, folder)
             got = _as_dict(runner(**{plan.tensor(k).ident: x for k, x in feeds.items()}))
             got = {t.name: got[t.ident] if t.ident in got else got[t.name] for t in plan.outputs}
-            ref = reference_outputs(plan, feeds)
+            ref = reference_outputs(plan, feeds, ref_sess)
             for name, seen in cand.items():
                 seen.append(np.array(got[name], copy=True))
                 refs[name].append(ref[name])
