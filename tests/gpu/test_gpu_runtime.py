@@ -400,3 +400,16 @@ def test_cupy_arrays_in_and_out_without_copies(tmp_path: Path, conv_model: Path)
         got = cupy.asarray(out.logits)  # no copy: same device pointer
         assert got.data.ptr == out.logits.ptr
         np.testing.assert_allclose(cupy.asnumpy(got), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_device_outputs_export_through_dlpack(tmp_path: Path, conv_model: Path) -> None:
+    torch = _torch()
+    art = _artifact(tmp_path, conv_model, "device", {"topology": "sync"})
+    x = _inputs(1, (1, 3, HW, HW), seed=6)[0]
+    ref = sup.reference(conv_model, {"image": x})["logits"]
+    with sup.load_runner(art).NetRunner(backend="torch") as r:
+        out = r(image=torch.from_numpy(x).cuda()).logits
+        assert out.__dlpack_device__()[0] == 2
+        t = torch.from_dlpack(out)
+        assert t.data_ptr() == out.ptr  # the runner's own buffer, no copy
+        np.testing.assert_allclose(t.cpu().numpy(), ref, rtol=1e-4, atol=1e-5)

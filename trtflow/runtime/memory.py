@@ -203,8 +203,8 @@ def _torch_stream(obj: Any) -> int | None:
 class DeviceArray:
     """A device buffer region shaped as an array; exported through ``__cuda_array_interface__`` v3.
 
-    Returned for ``device`` outputs: ``torch.as_tensor(arr, device="cuda")`` or ``cupy.asarray(arr)``
-    wrap it without a copy. It borrows the runner's buffer (valid until the buffer set is reused)
+    Returned for ``device`` outputs: ``torch.as_tensor(arr, device="cuda")``, ``cupy.asarray(arr)`` or
+    ``torch.from_dlpack(arr)`` wrap it without a copy. It borrows the runner's buffer (valid until the buffer set is reused)
     unless made by :meth:`copy`, which owns a fresh allocation.
     """
 
@@ -223,6 +223,30 @@ class DeviceArray:
     def __cuda_array_interface__(self) -> dict[str, Any]:
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "strides": None,
                 "version": 3, "stream": None}  # the runner synchronized before handing it out
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, cuda.current_device())  # kDLCUDA
+
+    def __dlpack__(self, *, stream: Any = None, **kwargs: Any) -> Any:
+        """DLPack export (``torch.from_dlpack(arr)``, ``cupy.from_dlpack(arr)``, ...), zero-copy.
+
+        The capsule is made by torch or cupy from ``__cuda_array_interface__`` (the same memory; their
+        tensor keeps this array alive). The data is complete when the runner hands the array out, so no
+        stream ordering is needed.
+        """
+        try:
+            import torch
+
+            return torch.as_tensor(self, device="cuda").__dlpack__(**kwargs)
+        except ImportError:
+            pass
+        try:
+            import cupy
+
+            return cupy.asarray(self).__dlpack__(**kwargs)
+        except ImportError:
+            raise InputError("DLPack export of a DeviceArray needs torch or cupy",
+                             hint="or consume __cuda_array_interface__ directly") from None
 
     def copy(self) -> DeviceArray:
         """A device copy that owns its memory (freed when garbage-collected)."""
