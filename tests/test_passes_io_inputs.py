@@ -15,6 +15,7 @@ from onnx import TensorProto
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
 from passes_helpers import (
     caller_feeds,
+    contract_only,
     contract_pair,
     conv_net,
     elemwise_ok,
@@ -23,22 +24,12 @@ from passes_helpers import (
     ops,
 )
 
-from trtflow.passes import check_io, io_inputs, io_outputs, normalize
 from trtflow.passes.io_inputs import normalization_constants
 from trtflow.passes.reference import normalize as reference_normalize
 
 pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
 
 IMAGENET = "preprocess: {scale: 0.00392156862745098, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}"
-
-
-def contract_only(model: onnx.ModelProto, plan) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
-    """normalize + io_inputs + io_outputs + check_io on a copy (no precision change)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for p in (normalize, io_inputs, io_outputs, check_io):
-        out = p(out, plan)
-    return out
 
 
 def test_uint8_nhwc_imagenet_input_matches_reference(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
 from passes_helpers import (
     agreement,
     caller_feeds,
+    contract_only,
     contract_pair,
     conv_net,
     elemwise_ok,
@@ -22,19 +23,9 @@ from passes_helpers import (
     ops,
 )
 
-from trtflow.passes import check_io, io_inputs, io_outputs, normalize
-
 pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
 
 SEG_IN = "inputs:\n  image: {profile: {min: [1, 3, 16, 16], opt: [2, 3, 16, 16], max: [4, 3, 16, 16]}}\n"
-
-
-def contract_only(model: onnx.ModelProto, plan) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for p in (normalize, io_inputs, io_outputs, check_io):
-        out = p(out, plan)
-    return out
 
 
 def lowered_pairs(tmp_path: Path, model: onnx.ModelProto, body: str):  # type: ignore[no-untyped-def]

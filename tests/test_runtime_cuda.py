@@ -23,26 +23,12 @@ from trtflow.runtime.memory import DeviceArray
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
 
-STRATEGIES = ["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
-TOPOLOGIES = {
-    "sync": {"topology": "sync"},
-    "async": {"topology": "async"},
-    "pipelined3": {"topology": "pipelined", "depth": 3},
-    "graph": {"topology": "sync", "cuda_graph": True},
-    "graph_pipelined2": {"topology": "pipelined", "depth": 2, "cuda_graph": True},
-}
+STRATEGIES, TOPOLOGIES = sup.STRATEGIES, sup.TOPOLOGIES
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from trtflow.backends import base
-
-    f = sup.install(monkeypatch, seed=1)
-    monkeypatch.setattr(sup, "FAKE", f)
-    monkeypatch.setitem(base._REGISTRY, "fakecuda", "test_runtime_support:FakeBackend")
-    monkeypatch.setattr(sup.FakeBackend, "options", {})
-    monkeypatch.setattr(sup.FakeBackend, "opened", [])
-    yield f
+    return sup.install_with_backend(monkeypatch, seed=1)
 
 
 def _artifact(tmp_path: Path, memory: str, streams: dict[str, Any], *, out_memory: str | None = None,

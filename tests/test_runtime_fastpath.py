@@ -25,14 +25,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from trtflow.backends import base
-
-    f = sup.install(monkeypatch, seed=3)
-    monkeypatch.setattr(sup, "FAKE", f)
-    monkeypatch.setitem(base._REGISTRY, "fakecuda", "test_runtime_support:FakeBackend")
-    monkeypatch.setattr(sup.FakeBackend, "options", {})
-    monkeypatch.setattr(sup.FakeBackend, "opened", [])
-    yield f
+    return sup.install_with_backend(monkeypatch, seed=3)
 
 
 def _mlp(tmp_path: Path, streams: dict[str, Any], memory: str = "pinned", out_memory: str | None = None,

@@ -705,3 +705,26 @@ def mlp_model(path: Path, *, features: int = 64, hidden: int = 32, classes: int 
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return path
+
+
+# The strategy x topology matrix both the fake-runtime tests and the GPU suite run.
+STRATEGIES = ["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
+TOPOLOGIES: dict[str, dict[str, Any]] = {
+    "sync": {"topology": "sync"},
+    "async": {"topology": "async"},
+    "pipelined3": {"topology": "pipelined", "depth": 3},
+    "graph": {"topology": "sync", "cuda_graph": True},
+    "graph_pipelined2": {"topology": "pipelined", "depth": 2, "cuda_graph": True},
+}
+
+
+def install_with_backend(monkeypatch: Any, seed: int) -> FakeCudart:
+    """The fake CUDA runtime plus the ``fakecuda`` backend registered for runners (body of the tests' fixture)."""
+    from trtflow.backends import base
+
+    f = install(monkeypatch, seed=seed)
+    monkeypatch.setattr(sys.modules[__name__], "FAKE", f)
+    monkeypatch.setitem(base._REGISTRY, "fakecuda", "test_runtime_support:FakeBackend")
+    monkeypatch.setattr(FakeBackend, "options", {})
+    monkeypatch.setattr(FakeBackend, "opened", [])
+    return f

@@ -39,14 +39,7 @@ def _why_not() -> str | None:
 REASON = _why_not()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"GPU tests: {REASON}")]
 
-STRATEGIES = ["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
-TOPOLOGIES = {
-    "sync": {"topology": "sync"},
-    "async": {"topology": "async"},
-    "pipelined3": {"topology": "pipelined", "depth": 3},
-    "graph": {"topology": "sync", "cuda_graph": True},
-    "graph_pipelined2": {"topology": "pipelined", "depth": 2, "cuda_graph": True},
-}
+STRATEGIES, TOPOLOGIES = sup.STRATEGIES, sup.TOPOLOGIES
 HW = 64
 
 
