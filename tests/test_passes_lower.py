@@ -54,7 +54,7 @@ def test_records_name_every_pass_in_order_and_the_input_is_untouched(tmp_path: P
     assert all(r["seconds"] >= 0 and isinstance(r["notes"], list) for r in records)
 
 
-@pytest.mark.parametrize("prec,min_agreement", [("fp32", 1.0), ("fp16", 0.98)])
+@pytest.mark.parametrize("prec,min_agreement", [("fp32", 0.9999), ("fp16", 0.98)])
 def test_full_contract_on_a_conv_net(tmp_path: Path, prec: str, min_agreement: float) -> None:
     model = conv_net()
     plan = make_project(tmp_path, model, f"precision: {prec}\n" + SEG)
@@ -134,7 +134,7 @@ def test_check_io_runs_the_full_checker(checked) -> None:  # type: ignore[no-unt
 
 # -- the real example models ---------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("prec,min_agreement", [("fp32", 1.0), ("fp16", 0.98)])
+@pytest.mark.parametrize("prec,min_agreement", [("fp32", 0.9999), ("fp16", 0.98)])
 def test_lraspp_520_uint8_nhwc_to_uint8_class_map(tmp_path: Path, prec: str, min_agreement: float) -> None:
     """The headline contract: 520x520x3 uint8 in (0.8 MB instead of 3.2), 520x520 uint8 out (0.27 MB
     instead of 22.7)."""
@@ -151,7 +151,8 @@ outputs:
     assert io_desc(lowered.graph.output) == [("out", TensorProto.UINT8, [1, 520, 520])]
     assert ops(lowered).count("Cast") == 2  # boundary casts only: no fp32 islands (Resize runs in fp16 too)
     ref, got = contract_pair(plan, model, lowered, caller_feeds(plan, seed=1))["out"]
-    assert agreement(ref, got) >= min_agreement  # measured: fp32 1.0, fp16 0.992
+    # measured: fp32 1.0 (onnxruntime 1.2x), 0.999996 (1.32: one near-tie pixel flips), fp16 0.992
+    assert agreement(ref, got) >= min_agreement
 
 
 @pytest.mark.slow
@@ -199,4 +200,6 @@ outputs:
     model = onnx.load(str(path))
     lowered, _ = lower(model, plan)
     ref, got = contract_pair(plan, model, lowered, caller_feeds(plan, seed=1))["logits"]
-    assert elemwise_ok(ref, got, 1e-5)
+    # 1e-4: onnxruntime 1.32 evaluates the appended fp32 Softmax differently from the reference
+    # graph's (measured max abs 2.5e-5 where rel. error is 6.6e-4); 1.2x was within 1e-5.
+    assert elemwise_ok(ref, got, 1e-4)
