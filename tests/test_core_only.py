@@ -67,7 +67,7 @@ def test_every_help_and_plan_work_with_core_only() -> None:
             assert res.exit_code == 0, (c, res.output)
         res = runner.invoke(app, ["plan", "recipes/seg.yaml"])
         assert res.exit_code == 0, res.output
-        res = runner.invoke(app, ["schema", "--print"])
+        res = runner.invoke(app, ["schema"])
         assert res.exit_code == 0 and '"title": "trtflow recipe"' in res.output
         print("ok", len(commands))
     """)

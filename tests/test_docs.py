@@ -61,7 +61,7 @@ def test_cli_docs_check_and_write(tmp_path: Path) -> None:
     assert res.exit_code == 0 and out.read_text() == recipe_reference()
     res = runner.invoke(app, ["docs", "--check", "--out", str(out)])
     assert res.exit_code == 0
-    res = runner.invoke(app, ["docs", "--print"])
+    res = runner.invoke(app, ["docs"])
     assert res.exit_code == 0 and res.output.startswith("# Recipe reference")
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from trtflow.cli import app
-from trtflow.errors import ArtifactError, BuildError
+from trtflow.errors import ArtifactError, OutputError, UsageError
 from trtflow.export.triton import Enum, batching, config_text, export_artifact, quote, to_pbtxt, triton_config
 from trtflow.plan import Plan, make_plan
 from trtflow.recipe import parse_recipe
@@ -184,10 +184,10 @@ def test_tensorrt_artifact_exports_the_plan(conv_project: Path, monkeypatch: pyt
         c = parse(text)
         assert (c.name, c.platform, c.max_batch_size) == ("served", "tensorrt_plan", 8)
         assert list(c.input[0].dims) == [3, 16, 16] and list(c.dynamic_batching.preferred_batch_size) == [4]
-    with pytest.raises(ArtifactError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         export_artifact(built.artifact, conv_project / "repo", name="served")
     export_artifact(built.artifact, conv_project / "repo", name="served", force=True)
-    with pytest.raises(BuildError, match="GPU only"):
+    with pytest.raises(UsageError, match="GPU only"):
         export_artifact(built.artifact, conv_project / "repo", name="cpu", kind="cpu")
     exp = export_artifact(built.artifact, conv_project / "repo", name="cpu", kind="cpu", prefer_onnx=True)
     assert exp.platform == "onnxruntime"
@@ -198,7 +198,7 @@ def test_onnxruntime_artifact_and_corruption(conv_project: Path, monkeypatch: py
     built = build_artifact(conv_project / "recipes" / "conv.yaml", conv_project / "build", "onnxruntime", monkeypatch)
     exp = export_artifact(built.artifact, conv_project / "repo")
     assert exp.platform == "onnxruntime" and any("no engine.plan" in n for n in exp.notes)
-    with pytest.raises(ArtifactError, match="not usable as a Triton model name"):
+    with pytest.raises(UsageError, match="not usable as a Triton model name"):
         export_artifact(built.artifact, conv_project / "repo", name="../evil")
     (built.artifact / "model.onnx").write_bytes(b"truncated")
     with pytest.raises(ArtifactError, match="does not match"):

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from trtflow.cli import app
-from trtflow.errors import RecipeError
+from trtflow.errors import OutputError, UsageError
 from trtflow.init import init_recipe, recipe_text, safe_name, y
 from trtflow.plan import make_plan
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo
@@ -94,14 +94,14 @@ def test_refuses_to_overwrite_without_force(project: Path) -> None:
     model = add_model(project, "tiny_mlp.onnx")
     out = project / "r.yaml"
     out.write_text("model: keep-me\n")
-    with pytest.raises(RecipeError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         init_recipe(model, out)
     assert out.read_text() == "model: keep-me\n"
     init_recipe(model, out, force=True)
     assert "tiny_mlp.onnx" in out.read_text()
     runner = CliRunner()
     res = runner.invoke(app, ["init", str(model), "--out", str(out)])
-    assert isinstance(res.exception, RecipeError) and res.exception.exit_code == 2
+    assert isinstance(res.exception, OutputError) and res.exception.exit_code == 10
     res = runner.invoke(app, ["init", str(model), "--out", str(out), "--force"])
     assert res.exit_code == 0, res.output
 
@@ -222,4 +222,4 @@ def test_cli_init_plans(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     res = runner.invoke(app, ["plan", "recipes/t.yaml", "--json"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["init", "models/tiny_mlp.onnx", "-o", "recipes/u.yaml", "--name", "bad name"])
-    assert isinstance(res.exception, RecipeError)
+    assert isinstance(res.exception, UsageError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,7 @@ err_console = Console(stderr=True, width=None if Console(stderr=True).is_termina
 class _State:
     debug = False
     quiet = False
+    json_emitted = False  # the command printed its JSON document; an error after it adds no second one
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="A recipe YAML file, or a folder of them.", show_default=False)]
@@ -107,8 +109,8 @@ def plan(
                                   loaded.text_sha256, loaded.marks)
         plans.append(make_plan(loaded, allow_outside=allow_outside))
     if json_out:
-        print(json.dumps([p.to_dict() | {"totals": _totals(p)} for p in plans] if len(plans) > 1
-                         else plans[0].to_dict() | {"totals": _totals(plans[0])}, indent=2))
+        _print_json([p.to_dict() | {"totals": _totals(p)} for p in plans] if len(plans) > 1
+                    else plans[0].to_dict() | {"totals": _totals(plans[0])})
         return
     for p in plans:
         _print_plan(p)
@@ -168,7 +170,7 @@ def build(
     """
     results = [_build_one(path, out, force, backend, allow_outside, json_out) for path in _recipes(recipe)]
     if json_out:
-        print(json.dumps([_result_json(r) for r in results], indent=2, default=str))
+        _print_json([_result_json(r) for r in results])
 
 
 def _result_json(r: Any) -> dict[str, Any]:
@@ -233,14 +235,15 @@ def validate(
             _print_validation(rep)
         if not rep.passed:
             failed.append(rep.name)
-    if json_out:
-        print(json.dumps([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict(), indent=2,
-                         default=float))
-    if failed:
-        from trtflow.errors import AccuracyFailure
+    from trtflow.errors import AccuracyFailure
 
-        raise AccuracyFailure(f"validation failed for {', '.join(failed)}",
-                              hint="see the table above; loosen tolerances in the recipe only if the error is expected")
+    error = AccuracyFailure(f"validation failed for {', '.join(failed)}",
+                            hint="see the table above; loosen tolerances in the recipe only if the error is "
+                            "expected") if failed else None
+    if json_out:
+        _print_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict(), error=error)
+    if error:
+        raise error
 
 
 def _name_of(path: Path) -> str:
@@ -294,20 +297,22 @@ def bench(
     rep = run_bench(recipe, out=out, backend=backend or "auto", device=device, sweep=sweep, warmup=warmup,
                     iterations=iterations, duration_s=duration, measure_link_=link, write_best_to=write_best,
                     build_progress=lambda p: _build_one(p, out, False, None, False, json_out))
-    if json_out:
-        print(json.dumps(rep.to_dict(), indent=2, default=float))
-    else:
-        _print_bench(rep)
     if plot:
         from trtflow.bench.plot import plot_report
 
         plot_report(rep, plot)
         err_console.print(f"wrote {plot}")
-    if check and rep.budget_failures:
-        from trtflow.errors import BudgetExceeded
+    from trtflow.errors import BudgetExceeded
 
-        raise BudgetExceeded("performance budget not met:\n  " + "\n  ".join(rep.budget_failures),
-                             hint="see the table; budgets live in the recipe's `budgets:` section")
+    error = BudgetExceeded("performance budget not met:\n  " + "\n  ".join(rep.budget_failures),
+                           hint="see the table; budgets live in the recipe's `budgets:` section") if (
+        check and rep.budget_failures) else None
+    if json_out:
+        _print_json(rep.to_dict(), error=error)
+    else:
+        _print_bench(rep)
+    if error:
+        raise error
 
 
 def _ms(st: Any, attr: str = "mean") -> str:
@@ -342,32 +347,55 @@ def _print_bench(rep: Any) -> None:
         console.print(f"  [red]budget:[/] {f}")
 
 
-# ------------------------------------------------------------------------------------- schema
-@app.command()
-def schema(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON Schema.")] = Path(
-        "schemas/recipe.schema.json"),
-    check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file on disk is stale (for CI).")] = False,
-    print_: Annotated[bool, typer.Option("--print", help="Print the schema instead of writing it.")] = False,
-) -> None:
-    """Write the recipe JSON Schema (for editors: `# yaml-language-server: $schema=...`)."""
-    from trtflow.recipe.jsonschema import recipe_json_schema
+# ------------------------------------------------------------------------------- schema, docs
+def _generated(text: str, out: Path | None, check: bool, default: Path, command: str) -> None:
+    """Maintainer commands: print ``text``; ``--out`` writes it; ``--check`` compares it with the file."""
+    from rich.markup import escape
 
-    text = recipe_json_schema()
-    if print_:
-        print(text, end="")
-        return
     if check:
-        current = out.read_text() if out.is_file() else ""
-        if current != text:
-            err_console.print(f"[red]{out} is stale[/]: run `trtflow schema` and commit the result")
-            raise typer.Exit(1)
-        err_console.print(f"{out} is up to date")
+        path = out or default
+        if (path.read_text(encoding="utf-8") if path.is_file() else "") != text:
+            from trtflow.errors import CheckFailed
+
+            raise CheckFailed(f"{path} is stale", hint=f"run `trtflow {command} --out {path}` and commit the result",
+                              file=path)
+        err_console.print(f"{escape(str(path))} is up to date", highlight=False)
+        return
+    if out is None:
+        print(text, end="")
         return
     from trtflow.artifact import atomic_write
 
     atomic_write(out, text)
-    err_console.print(f"wrote {out}")
+    err_console.print(f"wrote {escape(str(out))}", highlight=False)
+
+
+GenOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file (default: print to stdout).",
+                                                show_default=False)]
+CheckOpt = Annotated[bool, typer.Option("--check", help="Exit 1 if the file (--out, default: the repository's) "
+                                                        "differs from what would be written (for CI).")]
+
+
+@app.command()
+def schema(out: GenOutOpt = None, check: CheckOpt = False) -> None:
+    """Print the recipe JSON Schema (for editors: `# yaml-language-server: $schema=...`). Maintainers: --out.
+
+    The repository keeps it at schemas/recipe.schema.json (`make schema` checks it is fresh).
+    """
+    from trtflow.recipe.jsonschema import recipe_json_schema
+
+    _generated(recipe_json_schema(), out, check, Path("schemas/recipe.schema.json"), "schema")
+
+
+@app.command("docs")
+def docs(out: GenOutOpt = None, check: CheckOpt = False) -> None:
+    """Print the recipe reference (every field, type, default, allowed values) as Markdown. Maintainers: --out.
+
+    The repository keeps it at docs/recipe-reference.md (a test checks it is fresh).
+    """
+    from trtflow.docs_gen import recipe_reference
+
+    _generated(recipe_reference(), out, check, Path("docs/recipe-reference.md"), "docs")
 
 
 # ------------------------------------------------------------------------------------- doctor
@@ -378,7 +406,7 @@ def doctor(json_out: JsonOpt = False) -> None:
 
     info = collect()
     if json_out:
-        print(json.dumps(info, indent=2, default=str))
+        _print_json(info)
         return
     console.print(f"trtflow {info['trtflow']} on Python {info['python']} ({info['platform']})")
     gpu = info["gpu"]
@@ -408,6 +436,7 @@ def init_(
         "--out", "-o", help="Recipe file to write (default recipes/<model stem>.yaml).")] = None,
     name: Annotated[str | None, typer.Option(help="Recipe name (default: the recipe file's stem).")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing recipe file.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write a starter recipe from the model's inputs and outputs, with a comment on every choice.
 
@@ -419,6 +448,10 @@ def init_(
     from trtflow.init import init_recipe
 
     res = init_recipe(model, out, force=force, name=name)
+    if json_out:
+        _print_json({"recipe": str(res.path), "schema_written": res.schema_written and str(res.schema_written),
+                     "notes": list(res.notes), "plan_error": res.plan_error})
+        return
     err_console.print(f"wrote {escape(str(res.path))}", highlight=False)
     if res.schema_written:
         err_console.print(f"wrote {escape(str(res.schema_written))} (for the editor's `yaml-language-server` line)",
@@ -450,13 +483,14 @@ def inspect_(
     from trtflow.inspect import inspect_artifact, render, resolve_artifact
 
     info = inspect_artifact(resolve_artifact(artifact, out), open_engine=open_engine)
+    error = None if info["integrity"]["ok"] else ArtifactError(
+        str(info["integrity"]["error"]), hint=info["integrity"].get("hint") or "rebuild with `trtflow build --force`")
     if json_out:
-        print(json.dumps(info, indent=2, default=str))
+        _print_json(info, error=error)
     else:
         render(info, console, all_layers=layers)
-    if not info["integrity"]["ok"]:
-        raise ArtifactError(str(info["integrity"]["error"]),
-                            hint=info["integrity"].get("hint") or "rebuild with `trtflow build --force`")
+    if error:
+        raise error
 
 
 export_app = typer.Typer(name="export", help="Export a built artifact to a serving system.", no_args_is_help=True)
@@ -478,6 +512,7 @@ def export_triton(
     build_out: Annotated[Path, typer.Option("--build-out", help="Where recipes are built.")] = Path("build"),
     backend: BackendOpt = None,
     allow_outside: AllowOutsideOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write REPO/<name>/config.pbtxt and REPO/<name>/1/model.plan (or model.onnx) for Triton Inference Server.
 
@@ -506,6 +541,10 @@ def export_triton(
                                                             f"built in {built.seconds:.1f} s")
                               + f" with {built.backend}", highlight=False)
             results.append(exp)
+    if json_out:
+        _print_json([{"model_dir": str(e.model_dir), "config": str(e.config_path), "model_file": str(e.model_file),
+                      "platform": e.platform, "notes": list(e.notes)} for e in results])
+        return
     for exp in results:
         err_console.print(f"[green]{escape(exp.model_dir.name)}[/]: wrote {escape(str(exp.config_path))} and "
                           f"{escape(str(exp.model_file))} ({exp.platform})", highlight=False)
@@ -513,59 +552,99 @@ def export_triton(
             err_console.print(f"  note: {escape(note)}", highlight=False)
 
 
-@app.command("docs")
-def docs(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the recipe reference.")] = Path(
-        "docs/recipe-reference.md"),
-    check: Annotated[bool, typer.Option("--check", help="Exit 1 if the file on disk is stale (for CI).")] = False,
-    print_: Annotated[bool, typer.Option("--print", help="Print the reference instead of writing it.")] = False,
-) -> None:
-    """Write docs/recipe-reference.md from the recipe schema (every field, type, default, allowed values)."""
-    from rich.markup import escape
+def _print_json(obj: Any, *, error: TrtflowError | None = None) -> None:
+    """Print the command's one JSON document; a failed check (``error``) carries the error object in it."""
+    from trtflow.errors import error_object
 
-    from trtflow.docs_gen import recipe_reference
-
-    text = recipe_reference()
-    if print_:
-        print(text, end="")
-        return
-    if check:
-        if (out.read_text() if out.is_file() else "") != text:
-            err_console.print(f"[red]{escape(str(out))} is stale[/]: run `trtflow docs` and commit the result")
-            raise typer.Exit(1)
-        err_console.print(f"{escape(str(out))} is up to date")
-        return
-    from trtflow.artifact import atomic_write
-
-    atomic_write(out, text)
-    err_console.print(f"wrote {escape(str(out))}")
+    if error is not None and isinstance(obj, dict):
+        obj = obj | error_object(error)
+    print(json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False))
+    _State.json_emitted = True
 
 
-def main() -> None:
-    """Entry point: run the app, map trtflow errors to exit codes, traceback only with --debug."""
+def _json_default(v: Any) -> Any:
+    if hasattr(v, "item"):  # numpy scalars
+        return _finite(v.item())
+    return str(v)
+
+
+def _finite(v: Any) -> Any:
+    """JSON has no NaN/Infinity: they become null, so every document parses with any JSON reader."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _usage_error(exc: BaseException) -> bool:
+    """typer's click usage errors (bad option, missing argument), duck-typed: typer may vendor click."""
+    return callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def _fail(exc: BaseException, *, want_json: bool) -> int:
+    """The one error handler: message + hint (+ traceback with --debug) on stderr, JSON on stdout; the code."""
+    import traceback
+
+    from trtflow.errors import INTERNAL, INTERRUPTED, USAGE, error_object, from_os_error
+
+    if isinstance(exc, OSError) and not isinstance(exc, TrtflowError):
+        exc = from_os_error(exc) or exc
+    if isinstance(exc, TrtflowError):
+        code = exc.exit_code
+        text = f"error: {exc}"
+    elif isinstance(exc, (KeyboardInterrupt,)) or type(exc).__name__ == "Abort":
+        code, text = INTERRUPTED, "interrupted"
+    elif _usage_error(exc):
+        code = USAGE
+        if not want_json or _State.debug:
+            exc.show()  # type: ignore[attr-defined]  # usage line + "Error: ..." as click prints it
+        text = ""
+    else:
+        code = INTERNAL
+        text = (f"internal error: {type(exc).__name__}: {exc}\n  hint: this is a trtflow bug; "
+                + ("the traceback is above" if _State.debug else "run with --debug for a traceback") + " and report it")
+    if _State.debug:
+        traceback.print_exception(exc)
+    if text:
+        print(text, file=sys.stderr)
+    if want_json and not _State.json_emitted:
+        obj = error_object(exc, code=code)
+        if _usage_error(exc):
+            fmt = getattr(exc, "format_message", None)
+            obj["error"].update({"class": "UsageError", "message": fmt() if callable(fmt) else str(exc),
+                                 "hint": "see `trtflow COMMAND --help`"})
+        elif code == INTERRUPTED:
+            obj["error"].update({"class": "Interrupted", "hint": None})
+        print(json.dumps(obj, indent=2, default=str))
+        if _usage_error(exc):
+            print(getattr(exc, "format_message", lambda: str(exc))(), file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (``trtflow``, ``python -m trtflow``): run the app; every error leaves through :func:`_fail`."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    want_json = "--json" in args
+    _State.debug = "--debug" in args  # set again by the callback; known here for errors before it runs
+    _State.json_emitted = False
     try:
-        rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
-    except TrtflowError as exc:
-        if _State.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        rc = app(args=args, prog_name="trtflow", standalone_mode=False)
+    except SystemExit:
+        raise
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # usage errors of typer's (vendored) click: duck-typed, no click import
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(code, int):
-            show()
-            sys.exit(code)
-        if _State.debug:
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", file=sys.stderr)
-        sys.exit(70)
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        sys.exit(_fail(exc, want_json=want_json))
+    # standalone_mode=False: click returns typer.Exit's code (and help's 0) instead of raising it; typer
+    # turns Ctrl-C into such a return of 130.
+    from trtflow.errors import INTERRUPTED
+
+    if rc == INTERRUPTED:
+        sys.exit(_fail(KeyboardInterrupt(), want_json=want_json))
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

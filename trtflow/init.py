@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from trtflow.errors import RecipeError
+from trtflow.errors import OutputError, UsageError
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo, read_model_info
 
 SCHEMA_REL = Path("schemas") / "recipe.schema.json"
@@ -167,7 +167,7 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
         f"# yaml-language-server: $schema={schema_rel}",
         f"# Starter recipe written by `trtflow init` for {c(info.path.name)} (opset {info.opset}).",
         "# Every field is optional except `model`; `trtflow plan` shows what each choice costs in bytes and ms.",
-        "# Reference of every field: docs/recipe-reference.md (or `trtflow schema --print`).",
+        "# Reference of every field: docs/recipe-reference.md (or `trtflow schema`).",
         "schema_version: 1",
         f"name: {y(name)}   # artifact folder build/<name>/ and the runner class",
         f"model: {y(model_rel)}   # relative to this file",
@@ -241,12 +241,13 @@ def init_recipe(model: Path, out: Path | None = None, *, force: bool = False, na
 
     out = out or default_recipe_path(model)
     if out.exists() and not force:
-        raise RecipeError(f"{out} already exists; not overwriting it", hint="pass --force to replace it, or --out")
+        raise OutputError(f"{out} already exists; not overwriting it", hint="pass --force to replace it, or --out",
+                          file=out)
     if out.exists() and not out.is_file():
-        raise RecipeError(f"{out} exists and is not a file")
+        raise OutputError(f"{out} exists and is not a file", hint="pass another --out", file=out)
     name = name or safe_name(out.stem)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise RecipeError(f"name {name!r} is not a valid recipe name",
+        raise UsageError(f"name {name!r} is not a valid recipe name",
                           hint="1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
     info = read_model_info(model.resolve())
     root = project_root(out.resolve().parent)

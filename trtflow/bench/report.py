@@ -19,7 +19,7 @@ from trtflow.bench.run import (
     knee,
     write_best,
 )
-from trtflow.errors import TrtflowError
+from trtflow.errors import BackendMissing, UsageError
 from trtflow.plan.model import Plan
 
 
@@ -40,7 +40,8 @@ def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str 
 
     card, gpu = _card()
     if device == "cuda" and not gpu:
-        raise TrtflowError("--device cuda: no CUDA GPU here", hint="run on a GPU host, or use --device cpu")
+        raise BackendMissing("device='cuda' but no CUDA GPU is usable (cuda-bindings missing or no device)",
+                             hint="run on a GPU host, or use --device cpu")
     link: dict[str, float] = {}
     if gpu and measure_link_:
         from trtflow.bench.link import measure_link
@@ -89,7 +90,7 @@ def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str 
             results.append(bench_config(res.artifact, vplan, label=prec, memory=None, topology=None,
                                         cuda_graph=None, **kw))
     else:
-        raise TrtflowError(f"unknown sweep {sweep!r}", hint="--sweep memory | batch | precision")
+        raise UsageError(f"unknown sweep {sweep!r}", hint="--sweep memory | batch | precision")
     if sweep != "batch":
         rep.best = finish(results)
     if gpu and (plan.streams["topology"] == "pipelined" or sweep == "memory"):

@@ -15,7 +15,7 @@ from typing import Any
 
 from trtflow import artifact as art
 from trtflow.bench.measure import BenchResult, measure
-from trtflow.errors import TrtflowError
+from trtflow.errors import RecipeError
 from trtflow.plan.model import Plan
 
 BASELINE = ("baseline", "pageable", "sync", False)
@@ -141,7 +141,7 @@ def batch_sizes(plan: Plan) -> list[int]:
     t = plan.inputs[0]
     lo, hi = t.min_shape[0], t.max_shape[0]
     if lo == hi:
-        raise TrtflowError(f"{plan.name}: input {t.name!r} has a fixed batch of {lo}; a batch sweep needs a profile",
+        raise RecipeError(f"{plan.name}: input {t.name!r} has a fixed batch of {lo}; a batch sweep needs a profile",
                            hint="declare inputs.<name>.profile with min/opt/max batch")
     sizes, b = [], 1
     while b <= hi:

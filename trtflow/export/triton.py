@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from trtflow import __version__
 from trtflow import artifact as art
-from trtflow.errors import ArtifactError, BuildError
+from trtflow.errors import ArtifactError, OutputError, UsageError
 from trtflow.plan.model import Plan, TensorPlan
 
 TRITON_DTYPES: dict[str, str] = {
@@ -234,13 +234,13 @@ def export_artifact(artifact: Path, repo: Path, *, name: str | None = None, forc
         raise ArtifactError(f"{artifact / art.PLAN}: unreadable ({exc})", hint="rebuild with `trtflow build --force`") from None
     name = name or plan.name
     if not _MODEL_NAME.fullmatch(name):
-        raise ArtifactError(f"{name!r} is not usable as a Triton model name (a folder name)",
+        raise UsageError(f"{name!r} is not usable as a Triton model name (a folder name)",
                             hint="pass --name with letters, digits, '_', '.', '-'")
     if version < 1:
-        raise ArtifactError(f"model version must be >= 1, got {version}")
+        raise UsageError(f"model version must be >= 1, got {version}")
     platform, why = _choose(report, prefer_onnx)
     if platform == "tensorrt_plan" and kind == "cpu":
-        raise BuildError("a TensorRT plan runs on a GPU only; --kind cpu needs --onnx")
+        raise UsageError("a TensorRT plan runs on a GPU only; --kind cpu needs --onnx")
     notes = [why] if why else []
     cfg, cfg_notes = triton_config(plan, name=name, platform=platform, kind=kind)
     notes += cfg_notes
@@ -258,7 +258,7 @@ def export_artifact(artifact: Path, repo: Path, *, name: str | None = None, forc
                      "see the support matrix of the Triton release you deploy")
     dest = repo / name
     if dest.exists() and not force:
-        raise ArtifactError(f"{dest} already exists", hint="pass --force to replace that model folder")
+        raise OutputError(f"{dest} already exists", hint="pass --force to replace that model folder", file=dest)
     tmp = art.staging_dir(dest)
     try:
         (tmp / str(version)).mkdir()

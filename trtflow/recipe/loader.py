@@ -40,7 +40,9 @@ class LoadedRecipe:
 
     def error(self, loc: Loc, message: str, hint: str | None = None) -> RecipeError:
         field = ".".join(str(p) for p in loc) or "(recipe)"
-        return RecipeError(f"{self.where(loc)} {field}: {message}", hint=hint)
+        line, col = _closest_mark(self.marks, loc)
+        return RecipeError(f"{self.where(loc)} {field}: {message}", hint=hint, file=_display(self.path), line=line,
+                           column=col, field=field)
 
     def resolve(self, rel: str, loc: Loc, *, allow_outside: bool = False) -> Path:
         """Resolve a path written in the recipe against the recipe's folder, refusing escapes."""
@@ -143,7 +145,7 @@ def parse_recipe(text: str, path: Path) -> LoadedRecipe:
             field = ".".join(str(p) for p in loc) or "(recipe)"
             lines.append(f"{_display(path)}:{line}:{col} {field}: {_describe(err)}")
         raise RecipeError("\n".join(dict.fromkeys(lines)),
-                          hint="see schemas/recipe.schema.json or `trtflow schema --print`") from None
+                          hint="see schemas/recipe.schema.json or `trtflow schema`") from None
     return LoadedRecipe(recipe=recipe, path=path, text_sha256=hashlib.sha256(text.encode()).hexdigest(),
                         marks=marks)
 
