@@ -37,6 +37,11 @@ class TensorPlan:
     layout: str | None = None      # caller layout of an image input (NCHW/NHWC), None otherwise
     preprocess: dict[str, Any] | None = None
     reduce: dict[str, Any] | None = None
+    # One string per caller-facing dim: an integer literal, an integer expression of the caller-facing
+    # input dims written ``<input ident>[<axis>]`` (e.g. "images[2] // 8"), or "?" for a data-dependent
+    # dim bounded by ``max_shape``. Grammar and evaluator: trtflow/plan/shape_expr.py (stdlib only).
+    # Inputs carry the identity (``x[0]`` per dynamic dim). None only in plans written before it existed.
+    shape_expr: tuple[str, ...] | None = None
 
     @property
     def dynamic(self) -> bool:
@@ -112,6 +117,8 @@ class Plan:
             kw = {f.name: t[f.name] for f in fields(TensorPlan) if f.name in t}
             for k in ("shape", "min_shape", "max_shape", "model_shape"):
                 kw[k] = tuple(kw[k])
+            if kw.get("shape_expr") is not None:
+                kw["shape_expr"] = tuple(kw["shape_expr"])
             return TensorPlan(**kw)
 
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
