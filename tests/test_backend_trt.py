@@ -205,7 +205,7 @@ def test_tensorrt_builds_conv_bn_relu_for_real(tmp_path: Path) -> None:
     assert {t["name"]: t["dtype"] for t in info.details["io"]} == {"x": "float32", "y": "float32"}
     if TensorRTBackend.can_execute_here():
         engine = TensorRTBackend().open(out, plan, device="cuda")
-        assert engine.device_memory_size >= 0 and '"Layers"' in engine.inspect()
+        assert engine.scratch_size >= 0 and '"Layers"' in engine.inspect()
         engine.close()
 
 
@@ -246,12 +246,12 @@ def test_trt_engine_wrapper_rules_with_fake_engine(tmp_path: Path) -> None:
     plan = plan_for(tmp_path, "m.onnx", "inputs: {x: {profile: {min: [1,3,16,16], opt: [2,3,16,16], "
                                         "max: [8,3,16,16]}}}\n")
     e = common.TrtEngine(trt, FLAVOR, object(), engine, common.LogSink(), object(), plan)  # type: ignore[arg-type]
-    assert e.device == "cuda" and e.capturable and e.user_managed_memory and e.device_memory_size == 4096
-    with pytest.raises(TrtflowError, match="enqueue before set_device_memory"):
+    assert e.device == "cuda" and e.capturable and e.user_managed_memory and e.scratch_size == 4096
+    with pytest.raises(TrtflowError, match="enqueue before set_scratch"):
         e.enqueue(7)
-    with pytest.raises(InputError, match="too small"):
-        e.set_device_memory(1024, 100)
-    e.set_device_memory(1024, 4096)
+    with pytest.raises(InputError, match="not 256-byte aligned"):
+        e.set_scratch(1000)
+    e.set_scratch(1024)
     with pytest.raises(InputError, match=r"outside the engine's profile \[\(1, 3, 16, 16\) .. \(8, 3, 16, 16\)\]"):
         e.set_input_shape("x", (9, 3, 16, 16))
     with pytest.raises(InputError, match="not 256-byte aligned"):
@@ -265,6 +265,14 @@ def test_trt_engine_wrapper_rules_with_fake_engine(tmp_path: Path) -> None:
     e.close()
     with pytest.raises(RunnerClosed):
         e.enqueue(7)
+    # scratch size 0 is legal: nothing to hand over, and enqueue runs without it (issue 11 item 1)
+    ctx.ok = True
+    calls.clear()
+    engine.device_memory_size_v2 = 0
+    e = common.TrtEngine(trt, FLAVOR, object(), engine, common.LogSink(), object(), plan)  # type: ignore[arg-type]
+    assert e.scratch_size == 0
+    e.enqueue(7)
+    assert calls == [("run", 7)]
 
 
 if __name__ == "__main__":

@@ -345,3 +345,19 @@ def test_allocation_failure_midway_releases_what_was_allocated(tmp_path: Path, f
     with pytest.raises(CudaError, match="cudaErrorMemoryAllocation"):
         sup.load_runner(art).NetRunner()
     assert fake.live() == {} and cuda.live_handles() == {}
+
+
+@pytest.mark.parametrize("scratch", [0, 4096])
+def test_contract_scratch_is_handed_over_only_when_the_engine_asks(tmp_path: Path, fake: Any, scratch: int) -> None:
+    """Issue 11 item 1, runner side, against the fake CUDA engine: a scratch size of 0 is legal and
+    needs no hand-over; a size > 0 is allocated once (device memory, 256-byte aligned), handed over
+    before the first enqueue and freed on close."""
+    sup.FakeBackend.options = {"scratch": scratch}
+    art, model = _artifact(tmp_path, "pinned", {"topology": "sync", "cuda_graph": True})
+    x = _inputs(1)[0]
+    with sup.load_runner(art).NetRunner() as r:
+        engine = sup.FakeBackend.opened[0]
+        for _ in range(3):
+            np.testing.assert_allclose(r(image=x).logits, sup.reference(model, {"image": x})["logits"], rtol=1e-6)
+        assert len(engine.scratch_ptrs) == (1 if scratch else 0)
+    assert fake.live() == {} and cuda.live_handles() == {}

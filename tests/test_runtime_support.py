@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from trtflow.backends.base import Backend, Engine
+from trtflow.backends.base import Backend, CudaEngine
 from trtflow.codegen import write_runner
 from trtflow.plan.formats import pack, physical_shape, unpack
 from trtflow.plan.model import BuildInfo, Plan
@@ -483,14 +483,15 @@ def install(monkeypatch: Any, seed: int = 0, *, cls: type[FakeCudart] | None = N
 FAKE: FakeCudart | None = None
 
 
-class FakeCudaEngine(Engine):
+class FakeCudaEngine(CudaEngine):
     """Binds addresses like TensorRT; enqueue adds one kernel op that reads/writes those addresses
-    (baked in at enqueue time, so a captured graph replays the old addresses)."""
+    (baked in at enqueue time, so a captured graph replays the old addresses).
 
-    device = "cuda"
+    ``scratch``: the :attr:`scratch_size` it asks for (enqueue refuses to run before :meth:`set_scratch`
+    when it is > 0, like TensorRT's user-managed memory)."""
 
     def __init__(self, plan: Plan, model: Path, *, capturable: bool = True, break_capture: bool = False,
-                 consumed_events: bool = False, null_kernel: bool = False) -> None:
+                 consumed_events: bool = False, null_kernel: bool = False, scratch: int = 0) -> None:
         import onnxruntime as ort
 
         self.plan = plan
@@ -503,6 +504,16 @@ class FakeCudaEngine(Engine):
         self.enqueues = 0
         self.null_kernel = null_kernel  # enqueue does nothing (host-overhead measurements)
         self.closed = False
+        self.scratch = scratch
+        self.scratch_ptrs: list[int] = []
+
+    @property
+    def scratch_size(self) -> int:
+        return self.scratch
+
+    def set_scratch(self, ptr: int) -> None:
+        assert FAKE is not None and ptr % 256 == 0 and FAKE.is_device(ptr), f"bad scratch {ptr:#x}"
+        self.scratch_ptrs.append(ptr)
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
         self.shapes[name] = tuple(shape)
@@ -531,6 +542,8 @@ class FakeCudaEngine(Engine):
         assert FAKE is not None
         if self.closed:
             raise RuntimeError("closed")
+        if self.scratch and not self.scratch_ptrs:
+            raise RuntimeError("enqueue before set_scratch")
         if self.null_kernel:
             self.enqueues += 1
             return
@@ -582,7 +595,7 @@ class FakeBackend(Backend):
         return BuildInfo("fakecuda", None, "0", 0.0)
 
     def open(self, artifact_dir: Path, plan: Plan, *, device: Literal["cpu", "cuda"],
-             allow_host_code: bool = False) -> Engine:
+             allow_host_code: bool = False) -> CudaEngine:
         assert device == "cuda"
         eng = FakeCudaEngine(plan, Path(artifact_dir) / "model.onnx", **self.options)
         FakeBackend.opened.append(eng)

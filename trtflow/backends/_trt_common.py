@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trtflow.backends.base import Engine, Progress
+from trtflow.backends.base import CudaEngine, Progress
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, CudaError, InputError, TrtflowError
 from trtflow.plan.model import BuildInfo, Plan
 
@@ -696,15 +696,13 @@ def _validity_diagnostics(trt: Any, runtime: Any, data: bytes) -> tuple[str, lis
     return str(getattr(validity, "name", validity)), reasons
 
 
-class TrtEngine(Engine):
+class TrtEngine(CudaEngine):
     """A deserialized plan with one execution context; the runtime owns buffers, streams and scratch.
 
     Device scratch memory is user-managed where the library offers it: the runtime allocates
-    :attr:`device_memory_size` bytes (256-byte aligned) and hands them over with :meth:`set_device_memory`
-    before the first :meth:`enqueue`.
+    :attr:`scratch_size` bytes (256-byte aligned) and hands them over with :meth:`set_scratch` before
+    the first :meth:`enqueue`; a size of 0 needs no hand-over.
     """
-
-    device = "cuda"
 
     def __init__(self, trt: TrtModule, flavor: Flavor, runtime: tensorrt.Runtime, engine: tensorrt.ICudaEngine,
                  sink: LogSink, logger: Any, plan: Plan) -> None:
@@ -730,19 +728,21 @@ class TrtEngine(Engine):
         return self._engine, self._ctx
 
     @property
-    def device_memory_size(self) -> int:
-        """Scratch bytes the context needs at the largest shapes of every profile."""
-        return _device_memory_size(self._live()[0])
+    def scratch_size(self) -> int:
+        """Scratch bytes the context needs at the largest shapes of every profile (0 without user-managed memory)."""
+        return _device_memory_size(self._live()[0]) if self.user_managed_memory else 0
 
-    def set_device_memory(self, ptr: int, size: int) -> None:
+    def set_scratch(self, ptr: int) -> None:
         engine, ctx = self._live()
-        need = _device_memory_size(engine)
-        if size < need:
-            raise InputError(f"scratch memory of {size} bytes is too small: the engine needs {need}")
+        size = _device_memory_size(engine)
         if ptr % 256:
             raise InputError(f"scratch memory at {ptr:#x} is not 256-byte aligned")
         ctx.set_device_memory(ptr, size)
         self._memory = (ptr, size)
+
+    def output_shape(self, name: str) -> tuple[int, ...] | None:
+        shape = tuple(dims(self._live()[1].get_tensor_shape(name)))
+        return None if any(d < 0 for d in shape) else shape
 
     def io(self) -> list[dict[str, Any]]:
         return engine_io(self._trt, self._live()[0])
@@ -774,10 +774,9 @@ class TrtEngine(Engine):
 
     def enqueue(self, stream: int) -> None:
         _, ctx = self._live()
-        if self.user_managed_memory and self._memory is None:
-            raise TrtflowError("enqueue before set_device_memory: this engine's scratch memory is user-managed",
-                               hint=f"allocate device_memory_size ({self.device_memory_size}) bytes and call "
-                               "set_device_memory(ptr, size) once")
+        if self._memory is None and self.scratch_size:
+            raise TrtflowError("enqueue before set_scratch: this engine's scratch memory is user-managed",
+                               hint=f"allocate scratch_size ({self.scratch_size}) bytes and call set_scratch(ptr) once")
         self._sink.clear()
         if not ctx.execute_async_v3(int(stream)):
             raise CudaError(f"{self.flavor.title} execute_async_v3 failed: " +

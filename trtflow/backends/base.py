@@ -1,9 +1,10 @@
 """The small protocol every backend implements, and the registry ``backend: auto`` picks from.
 
 A backend does two things: ``build`` an artifact from the lowered ONNX model, and ``open`` an
-:class:`Engine` on it. The runtime owns buffers, streams and events; an engine only binds addresses
-and enqueues (CUDA engines) or runs on host arrays (CPU engines). Each backend module is the only
-place its library is imported, lazily, inside functions.
+engine on it: a :class:`CudaEngine` (the runtime binds device addresses and enqueues on its own
+stream) or a :class:`CpuEngine` (runs on host arrays). These two classes are the whole contract
+between a runner and an engine. Each backend module is the only place its library is imported,
+lazily, inside functions.
 """
 
 from __future__ import annotations
@@ -13,48 +14,135 @@ import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
-from trtflow.errors import BackendMissing
+from trtflow.errors import ArtifactError, BackendMissing
 from trtflow.plan.model import BuildInfo, Plan
 
+Device = Literal["cpu", "cuda"]
 # progress(phase, step, total): a backend reports build phases; total 0 means unknown.
 Progress = Callable[[str, int, int], None]
 
 
+class CapturedGraph(Protocol):
+    """A CUDA graph ready to replay (the runtime's own, or one an engine captured itself)."""
+
+    def launch(self, stream: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Engine(ABC):
-    """An opened artifact that can execute. ``device`` says where its I/O lives."""
+    """An opened artifact that can execute: a :class:`CudaEngine` or a :class:`CpuEngine`.
 
-    device: Literal["cpu", "cuda"]
+    The runtime owns buffers, streams, events and scratch memory; an engine only computes. The two
+    kinds share nothing but :meth:`close`: a runner asks a CUDA engine for what the methods of
+    :class:`CudaEngine` declare and a CPU engine for :meth:`CpuEngine.infer`, nothing else.
+    """
 
-    # -- CUDA engines: the runtime binds device addresses and enqueues on its own stream ----------
+    device: ClassVar[Device]
+
+    def close(self) -> None:
+        """Release library objects; idempotent."""
+
+
+class CudaEngine(Engine):
+    """An engine that computes over device addresses the runtime binds, on the runtime's stream.
+
+    Per request the runtime calls :meth:`set_input_shape` (only when a shape changed), asks
+    :meth:`output_shape` (once per combination of input shapes), :meth:`set_address` (only when an
+    address changed) and :meth:`enqueue`. Output buffers are sized at the profile's max shape.
+    """
+
+    device: ClassVar[Device] = "cuda"
+    #: True where a captured graph owns everything it replays (torch: its own memory pool), so graphs
+    #: captured at other input shapes stay valid; False (TensorRT): a graph bakes the execution
+    #: context's state at capture, so the runtime drops every graph when the input shapes change.
+    graphs_outlive_shape_changes: ClassVar[bool] = False
+
+    @abstractmethod
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        raise NotImplementedError
+        """The shape of input ``name`` for the next :meth:`enqueue` (inside the profile)."""
 
+    @abstractmethod
     def set_address(self, name: str, ptr: int) -> None:
-        raise NotImplementedError
+        """The device address of tensor ``name`` (256-byte aligned, sized for the max shape)."""
+
+    @abstractmethod
+    def enqueue(self, stream: int) -> None:
+        """Enqueue one inference on ``stream`` (a cudaStream_t as int); never blocks on completion,
+        except where the library must (data-dependent output shapes)."""
 
     def set_input_consumed_event(self, event: int) -> bool:
         """Register an event fired once inputs may be overwritten; False if the engine cannot."""
         return False
 
-    def enqueue(self, stream: int) -> None:
-        """Enqueue one inference on ``stream`` (a cudaStream_t as int); never blocks on completion."""
-        raise NotImplementedError
+    def output_shape(self, name: str) -> tuple[int, ...] | None:
+        """The exact shape of output ``name`` for the input shapes last set (TensorRT:
+        ``context.get_tensor_shape`` after ``set_input_shape``); None when the engine cannot tell
+        before running, or when a dim is data-dependent. The runtime then uses the plan's shape
+        expression (data-dependent dims: :meth:`reported_shape`)."""
+        return None
+
+    def reported_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape the engine reported for a data-dependent output of the request just enqueued
+        (TensorRT: ``IOutputAllocator.notify_shape``, called before ``execute_async_v3`` returns),
+        known once :meth:`enqueue` returns; None when the engine has none for ``name``."""
+        return None
+
+    @property
+    def scratch_size(self) -> int:
+        """Bytes of device scratch the runtime must allocate and hand over with :meth:`set_scratch`
+        before the first :meth:`enqueue`. 0 (legal): nothing to hand over, and :meth:`enqueue` must
+        run without it."""
+        return 0
+
+    def set_scratch(self, ptr: int) -> None:
+        """Device scratch of :attr:`scratch_size` bytes at ``ptr`` (256-byte aligned), owned by the
+        runtime until after :meth:`close`. Called once, only when :attr:`scratch_size` > 0."""
+        raise TypeError(f"{type(self).__name__} takes no scratch memory (scratch_size is 0)")
 
     @property
     def capturable(self) -> bool:
         """Whether :meth:`enqueue` can be captured into a CUDA graph."""
         return False
 
-    # -- CPU engines: run on host arrays, writing into the runner's preallocated outputs -----------
-    def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError
+    def capture_graph(self, stream: int, body: Callable[[], None]) -> CapturedGraph | None:
+        """Capture ``body`` (copies + :meth:`enqueue`) on ``stream`` with the library's own graph
+        machinery (torch: its allocator must know); None: the runtime captures with the CUDA runtime."""
+        return None
 
-    def close(self) -> None:
-        """Release library objects; idempotent."""
+
+class CpuEngine(Engine):
+    """An engine that computes on host arrays, writing into the runtime's preallocated outputs."""
+
+    device: ClassVar[Device] = "cpu"
+
+    @abstractmethod
+    def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        """Run one inference on ``feeds``; write each result into ``outputs[name]`` and return the
+        shape of every output as computed.
+
+        ``outputs[name]`` has the output's exact shape where the runtime knows it; for an output with
+        a data-dependent dim it is an upper-bound array (the profile's max shape), and the engine
+        writes the result into its first elements in C order (``dst.reshape(-1)[:n] = result.reshape(-1)``).
+        """
+
+
+def write_result(name: str, dst: np.ndarray, src: np.ndarray, *, exact: bool) -> tuple[int, ...]:
+    """What a :class:`CpuEngine` does with one result: write ``src`` into the runtime's buffer ``dst``
+    (same shape; or, ``exact`` False, an upper-bound buffer of a data-dependent output: into its first
+    elements in C order). Returns ``src``'s shape. A result that does not fit is an ArtifactError."""
+    if src.shape == dst.shape:
+        np.copyto(dst, src.astype(dst.dtype, copy=False))
+    elif exact or src.size > dst.size:
+        raise ArtifactError(f"output {name!r}: the model produced shape {list(src.shape)}, the runner's buffer is "
+                         f"{list(dst.shape)}", hint="the plan's output shapes disagree with the model: rebuild")
+    else:
+        dst.reshape(-1)[:src.size] = src.reshape(-1).astype(dst.dtype, copy=False)
+    return tuple(src.shape)
 
 
 class Backend(ABC):
@@ -63,6 +151,7 @@ class Backend(ABC):
     module: ClassVar[str]             # import name of the library, for availability checks
     builds_engine: ClassVar[bool]     # True: writes an engine plan; False: runs the lowered ONNX
     rank: ClassVar[int]               # auto picks the highest rank that is available
+    devices: ClassVar[tuple[Device, ...]] = ("cpu",)  # where its engines run, preferred first
 
     @classmethod
     def available(cls) -> bool:
@@ -100,8 +189,8 @@ class Backend(ABC):
 
     @abstractmethod
     def open(self, artifact_dir: Path, plan: Plan, *, device: Literal["cpu", "cuda"],
-             allow_host_code: bool = False) -> Engine:
-        """Open an engine on a built artifact."""
+             allow_host_code: bool = False) -> CudaEngine | CpuEngine:
+        """Open an engine on a built artifact (a :class:`CudaEngine` for ``device="cuda"``)."""
 
 
 _REGISTRY: dict[str, str] = {

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trtflow.backends.base import Backend, Engine, Progress
+from trtflow.backends.base import Backend, CpuEngine, CudaEngine, Progress, write_result
 from trtflow.errors import BackendMissing, BuildError, InputError, ModelError
 from trtflow.plan.model import BuildInfo, Plan
 
@@ -82,10 +82,8 @@ def _check_io(io: list[dict[str, Any]], plan: Plan, where: str, error: type[Exce
         raise error(f"{where}: the model's I/O {got} is not the plan's {want}")
 
 
-class OrtCpuEngine(Engine):
+class OrtCpuEngine(CpuEngine):
     """Runs the lowered model on onnxruntime's CPU provider, writing into the caller's output arrays."""
-
-    device = "cpu"
 
     def __init__(self, sess: Any, plan: Plan) -> None:
         import onnxruntime as ort
@@ -94,8 +92,9 @@ class OrtCpuEngine(Engine):
         self._sess: Any = sess
         self.plan = plan
         self._inputs = [t.name for t in plan.inputs]
+        self._out_names = [o.name for o in sess.get_outputs()]
 
-    def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
         if self._sess is None:
             from trtflow.errors import RunnerClosed
 
@@ -109,9 +108,10 @@ class OrtCpuEngine(Engine):
         for t in self.plan.outputs:
             arr = outputs[t.name]
             try:
-                # The OrtValue wraps ``arr``'s memory: onnxruntime writes the result there.
-                if not arr.flags.c_contiguous:
-                    raise ValueError("not contiguous")
+                # The OrtValue wraps ``arr``'s memory: onnxruntime writes the result there. Outputs of
+                # data-dependent shape (``arr`` is an upper bound) are allocated by onnxruntime instead.
+                if t.data_dependent or not arr.flags.c_contiguous:
+                    raise ValueError("not a buffer of the result's shape")
                 binding.bind_ortvalue_output(t.name, self._ort.OrtValue.ortvalue_from_numpy(arr))
             except Exception:  # noqa: BLE001 - dtypes OrtValue cannot wrap (ml_dtypes bfloat16): copy below
                 binding.bind_output(t.name, "cpu")
@@ -124,20 +124,19 @@ class OrtCpuEngine(Engine):
                 raise InputError(f"onnxruntime: {text}",
                                  hint="input and output arrays must have the shapes of this inference") from None
             raise
+        shapes = {name: tuple(outputs[name].shape) for name in outputs}
         if copies:
-            results = dict(zip([o.name for o in self._sess.get_outputs()], binding.copy_outputs_to_cpu()))
+            results = dict(zip(self._out_names, binding.copy_outputs_to_cpu()))
             for name in copies:
                 src = np.asarray(results[name])
-                dst = outputs[name]
-                if src.shape != dst.shape:
-                    raise InputError(f"output {name!r}: result shape {src.shape}, buffer shape {dst.shape}")
-                np.copyto(dst, src.astype(dst.dtype, copy=False))
+                shapes[name] = write_result(name, outputs[name], src, exact=not self.plan.tensor(name).data_dependent)
+        return shapes
 
     def close(self) -> None:
         self._sess = None
 
 
-class OrtCudaEngine(Engine):
+class OrtCudaEngine(CudaEngine):
     """Runs the lowered model on onnxruntime's CUDA provider with device addresses bound by the runtime.
 
     onnxruntime runs on the stream it was created with, so the session is created at the first
@@ -145,8 +144,6 @@ class OrtCudaEngine(Engine):
     ``run_with_iobinding`` returns when the work is done: this engine blocks and cannot be captured.
     Outputs must have static shapes (the engine is not told output shapes); dynamic plans run on the CPU.
     """
-
-    device = "cuda"
 
     def __init__(self, ort: Any, path: Path, plan: Plan) -> None:
         self._ort, self._path, self.plan = ort, path, plan
@@ -207,7 +204,7 @@ class OnnxRuntimeBackend(Backend):
                          seconds=time.perf_counter() - t0, details=details)
 
     def open(self, artifact_dir: Path, plan: Plan, *, device: Literal["cpu", "cuda"],
-             allow_host_code: bool = False) -> Engine:
+             allow_host_code: bool = False) -> CudaEngine | CpuEngine:
         ort = _ort()
         path = artifact_dir / MODEL_FILE
         if not path.is_file():

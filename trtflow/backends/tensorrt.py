@@ -28,6 +28,7 @@ class TensorRTBackend(Backend):
     extra = "trt"
     module = "tensorrt"
     builds_engine = True
+    devices = ("cuda",)
     rank = 100
 
     @classmethod

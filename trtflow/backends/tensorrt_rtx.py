@@ -33,6 +33,7 @@ class TensorRTRTXBackend(Backend):
     extra = "rtx"
     module = "tensorrt_rtx"
     builds_engine = True
+    devices = ("cuda",)
     rank = 90
 
     @classmethod

@@ -25,12 +25,13 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from trtflow.backends.base import Backend, Engine, Progress
+from trtflow.backends.base import Backend, CpuEngine, CudaEngine, Progress, write_result
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, InputError, RunnerClosed
 from trtflow.plan.formats import FORMATS, ITEMSIZE, channel_dim, physical_shape
 from trtflow.plan.model import BuildInfo, Plan, TensorPlan
@@ -180,10 +181,16 @@ class _TorchGraph:
             self._graph = None
 
 
-class TorchCudaEngine(Engine):
-    """The converted module on the GPU, computing over the runner's buffers on the runner's stream."""
+class TorchCudaEngine(CudaEngine):
+    """The converted module on the GPU, computing over the runner's buffers on the runner's stream.
 
-    device = "cuda"
+    Output shapes are known only after running (:meth:`reported_shape`, for every output): each result
+    is written at its own shape into the front of the runner's max-shape buffer. A graph captured
+    through :meth:`capture_graph` owns its memory pool and every tensor it replays, so graphs of other
+    input shapes stay valid (``graphs_outlive_shape_changes``).
+    """
+
+    graphs_outlive_shape_changes = True
 
     def __init__(self, torch: Any, module: Any, plan: Plan, order: tuple[list[str], list[str]]) -> None:
         self._torch = torch
@@ -196,7 +203,9 @@ class TorchCudaEngine(Engine):
                                 f"{[t.name for t in plan.tensors]}", hint="rebuild the artifact")
         self._ptrs: dict[str, int] = {}
         self._tensor_plans: dict[str, TensorPlan] = {t.name: t for t in plan.tensors}
-        self._shapes: dict[str, tuple[int, ...]] = {t.name: tuple(t.shape) for t in plan.tensors}
+        self._shapes: dict[str, tuple[int, ...]] = {t.name: tuple(t.shape) for t in plan.inputs}
+        self._max_bytes: dict[str, int] = {t.name: int(t.max_bytes) for t in plan.outputs}
+        self._reported: dict[str, tuple[int, ...]] = {}  # output shapes of the last enqueue
         self._views: dict[tuple[str, int, tuple[int, ...]], Any] = {}
         self._streams: dict[int, Any] = {}
         self._capturable = True
@@ -211,10 +220,6 @@ class TorchCudaEngine(Engine):
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
         self._shapes[name] = tuple(int(d) for d in shape)
 
-    def set_output_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        """The shape the runner expects (checked against what the module returns)."""
-        self._shapes[name] = tuple(int(d) for d in shape)
-
     def set_address(self, name: str, ptr: int) -> None:
         self._ptrs[name] = int(ptr)
 
@@ -222,17 +227,20 @@ class TorchCudaEngine(Engine):
     def capturable(self) -> bool:
         return self._capturable
 
+    def reported_shape(self, name: str) -> tuple[int, ...] | None:
+        return self._reported.get(name)
+
     def _stream(self, handle: int) -> Any:
         s = self._streams.get(handle)
         if s is None:
             s = self._streams[handle] = self._torch.cuda.ExternalStream(handle)
         return s
 
-    def _view(self, t: TensorPlan) -> Any:
-        """The bound buffer of ``t`` as a torch tensor in its engine (physical) layout, zero-copy."""
+    def _view(self, t: TensorPlan, shape: tuple[int, ...]) -> Any:
+        """The bound buffer of ``t`` at ``shape`` as a torch tensor in its engine (physical) layout, zero-copy."""
         if t.name not in self._ptrs:
             raise InputError(f"no device address set for {t.role} {t.name!r}")
-        ptr, phys = self._ptrs[t.name], physical_shape(self._shapes[t.name], t.format)
+        ptr, phys = self._ptrs[t.name], physical_shape(shape, t.format)
         key = (t.name, ptr, phys)
         v = self._views.get(key)
         if v is None:
@@ -252,18 +260,21 @@ class TorchCudaEngine(Engine):
             args = []
             for name in self._in_order:
                 t = tensors[name]
-                args.append(_unpack(torch, self._view(t), self._shapes[name], t.format))
+                shape = self._shapes[name]
+                args.append(_unpack(torch, self._view(t, shape), shape, t.format))
             result = module(*args)
             outs = result if isinstance(result, (tuple, list)) else (result,)
             for name, res in zip(self._out_order, outs):
                 t = tensors[name]
-                want = self._shapes[name]
-                if tuple(res.shape) != want:
-                    raise InputError(f"output {name!r}: the model produced shape {list(res.shape)}, "
-                                     f"the runner expected {list(want)}")
-                self._view(t).copy_(_pack(torch, res, t.format))  # D2D into the runner's buffer
+                shape = tuple(int(d) for d in res.shape)
+                if math.prod(physical_shape(shape, t.format)) * ITEMSIZE[t.dtype] > self._max_bytes[name]:
+                    raise ArtifactError(f"output {name!r}: the model produced shape {list(shape)}, larger than "
+                                        f"the runner's buffer ({list(t.max_shape)})",
+                                        hint="the plan's output shapes disagree with the model: rebuild")
+                self._reported[name] = shape
+                self._view(t, shape).copy_(_pack(torch, res, t.format))  # D2D into the runner's buffer
 
-    def capture_graph(self, stream: int, body: Any) -> _TorchGraph:
+    def capture_graph(self, stream: int, body: Callable[[], None]) -> _TorchGraph:
         """Capture ``body`` (copies + :meth:`enqueue`) on ``stream`` with torch's graph machinery."""
         from trtflow.runtime.runner import GraphCaptureFailed
 
@@ -298,28 +309,30 @@ class TorchCudaEngine(Engine):
         self._torch.cuda.empty_cache()
 
 
-class TorchCpuEngine(Engine):
+class TorchCpuEngine(CpuEngine):
     """The converted module on the CPU, over host arrays (tests and CPU-only machines)."""
-
-    device = "cpu"
 
     def __init__(self, torch: Any, module: Any, plan: Plan, order: tuple[list[str], list[str]]) -> None:
         self._torch, self._module, self.plan = torch, module, plan
         self._in_order, self._out_order = order
         self.static_modules: dict[str, int] = {}  # onnx2torch modules made sync-free at open, by op
 
-    def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    def infer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
         if self._module is None:
             raise RunnerClosed("torch engine used after close()")
         torch = self._torch
         with torch.inference_mode():
             result = self._module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self._in_order))
         outs = result if isinstance(result, (tuple, list)) else (result,)
+        shapes: dict[str, tuple[int, ...]] = {}
         for name, res in zip(self._out_order, outs):
             dst = outputs[name]
-            if tuple(res.shape) != dst.shape:
-                raise InputError(f"output {name!r}: the model produced shape {list(res.shape)}, buffer is {list(dst.shape)}")
-            torch.from_numpy(dst).copy_(res)
+            if tuple(res.shape) == dst.shape:
+                torch.from_numpy(dst).copy_(res)
+                shapes[name] = dst.shape
+            else:
+                shapes[name] = write_result(name, dst, res.numpy(), exact=not self.plan.tensor(name).data_dependent)
+        return shapes
 
     def close(self) -> None:
         self._module = None
@@ -370,7 +383,7 @@ class TorchBackend(Backend):
                          seconds=time.perf_counter() - t0, details={"onnx2torch": version})
 
     def open(self, artifact_dir: Path, plan: Plan, *, device: Literal["cpu", "cuda"],
-             allow_host_code: bool = False) -> Engine:
+             allow_host_code: bool = False) -> CudaEngine | CpuEngine:
         torch = _torch()
         path = Path(artifact_dir) / MODEL_FILE
         if not path.is_file():

@@ -47,6 +47,11 @@ class TensorPlan:
     def dynamic(self) -> bool:
         return self.min_shape != self.max_shape
 
+    @property
+    def data_dependent(self) -> bool:
+        """An output with a dim known only after running (NonZero, NMS): its buffer is an upper bound."""
+        return self.shape_expr is not None and "?" in self.shape_expr
+
 
 @dataclass(frozen=True)
 class Plan:

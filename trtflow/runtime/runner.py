@@ -47,12 +47,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from typing_extensions import Self
 
-from trtflow.backends.base import Backend, Engine, get_backend, pick_executor
+from trtflow.backends.base import (
+    Backend,
+    CapturedGraph,
+    CpuEngine,
+    CudaEngine,
+    Device,
+    get_backend,
+    pick_executor,
+)
 from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed, TrtflowError
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.runtime import cuda
@@ -111,12 +119,6 @@ class StageTiming:
     @property
     def stage_sum_ms(self) -> float:
         return sum(x for x in (self.h2d_ms, self.compute_ms, self.d2h_ms) if x is not None)
-
-
-class CapturedGraph(Protocol):
-    def launch(self, stream: int) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class GraphCaptureFailed(TrtflowError):
@@ -354,7 +356,9 @@ class Runner:
                  depth: int | None = None, cuda_graph: bool | None = None, allow_host_code: bool = False) -> None:
         self._lock = threading.RLock()
         self._closed = False
-        self._engine: Engine | None = None
+        self._engine: CudaEngine | CpuEngine | None = None
+        self._cuda: CudaEngine | None = None  # the engine as what it is (exactly one of the two is set)
+        self._cpu: CpuEngine | None = None
         self._streams: dict[str, int] = {}
         self._sets: list[_BufferSet] = []
         self._allocated: list[TensorMemory] = []
@@ -405,8 +409,9 @@ class Runner:
         self.device = _pick_device(self._executor, device)
 
         try:
-            self._engine = self._executor().open(self.artifact_dir, self.plan, device=self.device,  # type: ignore[arg-type]
+            self._engine = self._executor().open(self.artifact_dir, self.plan, device=self.device,
                                                  allow_host_code=allow_host_code)
+            self._cuda, self._cpu = _engine_kind(self._engine, self.device, self.backend)
             self._allocate()
             self._check_allocation()
             self._setup_events()
@@ -414,8 +419,8 @@ class Runner:
         except BaseException:
             self.close()
             raise
-        self._graph_on = self.cuda_graph and self.device == "cuda"
-        if self._graph_on and not self._engine.capturable:
+        self._graph_on = self.cuda_graph and self._cuda is not None
+        if self._cuda is not None and self._graph_on and not self._cuda.capturable:
             self._graph_on = False
             self._graph_notes.append(f"engine of backend {self.backend!r} cannot be captured")
             self.graph_stats["failures"] += 1
@@ -437,15 +442,15 @@ class Runner:
             self._streams[role] = cuda.stream_create(non_blocking=True)
 
     def _engine_scratch(self) -> None:
-        """Device scratch memory the engine asks for (TensorRT user-managed memory), once."""
-        engine = self._engine
-        if self.device != "cuda" or engine is None or not getattr(engine, "user_managed_memory", False):
+        """Device scratch memory the engine asks for (TensorRT user-managed memory), once; an engine
+        whose ``scratch_size`` is 0 gets nothing and needs nothing."""
+        engine = self._cuda
+        if engine is None:
             return
-        setter = getattr(engine, "set_device_memory", None)
-        size = int(getattr(engine, "device_memory_size", 0) or 0)
-        if callable(setter) and size:
-            self._scratch = cuda.malloc(size)
-            setter(self._scratch, size)
+        size = int(engine.scratch_size)
+        if size > 0:
+            self._scratch = cuda.malloc(size)  # cudaMalloc returns 256-byte aligned memory
+            engine.set_scratch(self._scratch)
 
     def _view_or_none(self, name: str) -> np.ndarray | None:
         """:meth:`input_view` at the plan shape, or None where the strategy has no host staging."""
@@ -503,9 +508,9 @@ class Runner:
                                          "before each replay (a graph bakes in addresses)")
 
     def _setup_events(self) -> None:
-        if self.device != "cuda":
+        engine = self._cuda
+        if engine is None:
             return
-        assert self._engine is not None
         for bs in self._sets:
             bs.ev_h2d = cuda.event_create(timing=self.timing)
             bs.ev_compute = cuda.event_create(timing=self.timing)
@@ -515,7 +520,7 @@ class Runner:
             bs.has_mapped_input = any(m.strategy == "mapped" and m.is_input for m in bs.mems.values())
         # Inputs-consumed events let the next H2D into a buffer set start before its compute ends.
         probe = cuda.event_create()
-        supported = bool(self._engine.set_input_consumed_event(probe))
+        supported = bool(engine.set_input_consumed_event(probe))
         cuda.event_destroy(probe)
         if supported:
             for bs in self._sets:
@@ -906,15 +911,17 @@ class Runner:
     def _output_shapes(self, in_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         if all(in_shapes[t.name] == t.shape for t in self.plan.inputs):
             return {o.name: o.shape for o in self.plan.outputs}
-        getter = getattr(self._engine, "output_shape", None)
+        engine = self._cuda
+        if engine is not None:
+            for name, shape in in_shapes.items():
+                self._set_engine_shape(name, shape)
         out: dict[str, tuple[int, ...]] = {}
         for o in self.plan.outputs:
+            told = engine.output_shape(o.name) if engine is not None and o.dynamic else None
             if not o.dynamic:
                 out[o.name] = o.shape
-            elif callable(getter):
-                for name, shape in in_shapes.items():
-                    self._set_engine_shape(name, shape)
-                out[o.name] = tuple(int(d) for d in getter(o.name))
+            elif told is not None:
+                out[o.name] = tuple(int(d) for d in told)
             else:
                 out[o.name] = _derive_shape(o, self.plan.inputs, in_shapes)
         return out
@@ -950,7 +957,8 @@ class Runner:
 
     # -- CPU -------------------------------------------------------------------------------------------
     def _run_cpu(self, bs: _BufferSet, values: list[Any], plan: _ShapePlan) -> float:
-        assert self._engine is not None
+        engine = self._cpu
+        assert engine is not None
         t0 = time.perf_counter()
         for mem, x, shape in zip(bs.in_mems, values, plan.in_shapes):
             mem.prepare(x, shape, stream=0)
@@ -962,7 +970,7 @@ class Runner:
             outs[name] = view
         t1 = time.perf_counter()
         with _range("trtflow.infer"):
-            self._engine.infer(dict(zip(self._in_names, values)), outs)
+            engine.infer(dict(zip(self._in_names, values)), outs)
         if self.timing:
             self.last_timing = StageTiming(None, (time.perf_counter() - t1) * 1e3, None, host_in, None)
         return host_in
@@ -970,20 +978,15 @@ class Runner:
     # -- CUDA ------------------------------------------------------------------------------------------
     def _set_engine_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if self._engine_shapes.get(name) != shape:
-            assert self._engine is not None
-            self._engine.set_input_shape(name, shape)
+            assert self._cuda is not None
+            self._cuda.set_input_shape(name, shape)
             self._engine_shapes[name] = shape
 
     def _bind(self, bs: _BufferSet, shapes: dict[str, tuple[int, ...]], out_shapes: dict[str, tuple[int, ...]]) -> None:
-        engine = self._engine
+        engine = self._cuda
         assert engine is not None
         for name, shape in shapes.items():
             self._set_engine_shape(name, shape)
-        set_out = getattr(engine, "set_output_shape", None)
-        for name, shape in out_shapes.items():
-            if callable(set_out) and self._engine_shapes.get(name) != shape:
-                set_out(name, shape)
-                self._engine_shapes[name] = shape
         for name, mem in bs.mems.items():
             ptr = mem.device_ptr
             if self._engine_addrs.get(name) != ptr:
@@ -999,7 +1002,7 @@ class Runner:
         bound = self._bound
         if bound is not None and bound[0] is bs and bound[1] is plan:
             if bs.volatile:
-                engine = self._engine
+                engine = self._cuda
                 assert engine is not None
                 addrs = self._engine_addrs
                 for name, mem in bs.volatile:
@@ -1019,7 +1022,7 @@ class Runner:
         stream records them only with ``timing`` (plus the timing markers); without, it records none:
         stream order sequences the stages, and :class:`Pending` synchronizes the stream.
         """
-        engine = self._engine
+        engine = self._cuda
         assert engine is not None
         pipelined, timing = self._pipelined, self.timing
         s_in, s_c, s_out = self._s_in, self._s_c, self._s_out
@@ -1111,7 +1114,7 @@ class Runner:
     def _whole_request(self, bs: _BufferSet, plan: _ShapePlan) -> None:
         """Copy-in (but the eager-before-graph inputs) + enqueue + copy-out on the one stream: the
         body of a whole-request graph, run eagerly once before it is captured."""
-        engine = self._engine
+        engine = self._cuda
         assert engine is not None
         s = self._s_c
         for mem, shape in zip(bs.in_mems, plan.in_shapes):
@@ -1156,10 +1159,9 @@ class Runner:
         return False
 
     def _capture(self, stream: int, body: Callable[[], None]) -> CapturedGraph:
-        capture = getattr(self._engine, "capture_graph", None)
-        if callable(capture):  # engines with their own allocator (torch) capture through it
-            return capture(stream, body)  # type: ignore[no-any-return]
-        return capture_raw(stream, body)
+        assert self._cuda is not None
+        graph = self._cuda.capture_graph(stream, body)  # engines with their own allocator (torch)
+        return graph if graph is not None else capture_raw(stream, body)
 
     def _timing_of(self, p: Pending[Any], *, wall: float | None) -> StageTiming | None:
         if not self.timing or self.device != "cuda":
@@ -1238,8 +1240,8 @@ def _derive_shape(o: TensorPlan, inputs: tuple[TensorPlan, ...], shapes: dict[st
     return tuple(dims)
 
 
-def _pick_device(executor: type[Backend], requested: str) -> str:
-    devices = tuple(getattr(executor, "devices", ()) or (("cuda",) if executor.builds_engine else ("cpu",)))
+def _pick_device(executor: type[Backend], requested: str) -> Device:
+    devices = executor.devices
     if requested == "auto":
         if "cuda" in devices and cuda.cuda_available():
             return "cuda"
@@ -1247,7 +1249,7 @@ def _pick_device(executor: type[Backend], requested: str) -> str:
             return "cpu"
         raise BackendMissing(f"backend {executor.name!r} needs a CUDA GPU and none is usable here",
                              hint="run on a GPU machine, or backend='onnxruntime' for the CPU")
-    if requested not in ("cuda", "cpu"):
+    if requested != "cuda" and requested != "cpu":
         raise BackendMissing(f"unknown device {requested!r}", hint="auto, cuda or cpu")
     if requested not in devices:
         raise BackendMissing(f"backend {executor.name!r} does not run on {requested}",
@@ -1256,6 +1258,16 @@ def _pick_device(executor: type[Backend], requested: str) -> str:
         raise BackendMissing("device='cuda' but no CUDA GPU is usable (cuda-bindings missing or no device)",
                              hint="pip install 'trtflow[cuda]' on a machine with an NVIDIA GPU")
     return requested
+
+
+def _engine_kind(engine: CudaEngine | CpuEngine, device: str, backend: str) -> tuple[CudaEngine | None, CpuEngine | None]:
+    """The engine as a CUDA or a CPU engine, checked against the device it was opened for."""
+    if isinstance(engine, CudaEngine) and device == "cuda":
+        return engine, None
+    if isinstance(engine, CpuEngine) and device == "cpu":
+        return None, engine
+    raise BackendMissing(f"backend {backend!r} opened a {type(engine).__name__} for device {device!r}",
+                         hint="the backend's open() must return a CudaEngine for cuda and a CpuEngine for cpu")
 
 
 def _load_plan(folder: Path) -> Plan:
