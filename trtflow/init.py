@@ -1,7 +1,7 @@
 """``trtflow init model.onnx``: write a starter recipe from the model's inputs and outputs.
 
 The recipe is built line by line so that every choice carries a comment, but every key and value that
-comes from the model (tensor names, paths, symbolic dims) goes through ``yaml.safe_dump`` and every
+comes from the model (tensor names, paths, symbolic dims) goes through the recipe dumper (``yaml.SafeDumper``) and every
 name inside a comment through ``json.dumps``: a tensor called ``"a: b # c\\n"`` stays one key, and a
 comment can never be ended early by a line break hidden in a name. The text is parsed back and checked
 against the model before anything is written.
@@ -46,12 +46,15 @@ class InitResult:
 
 def y(value: Any) -> str:
     """One YAML scalar, sequence or mapping in flow style on a single line, safely quoted."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=False, sort_keys=False)
+    from trtflow.recipe.loader import RecipeDumper  # the recipe loader's resolvers: `1e5` stays a string
+
+    text = yaml.dump(value, Dumper=RecipeDumper, default_flow_style=True, width=1 << 30, allow_unicode=False,
+                     sort_keys=False)
     if "\n" in text.rstrip("\n").removesuffix("\n...").rstrip("\n"):
         # Multi-line plain/single-quoted output (names holding line breaks): force double quotes, which
         # escape every break as \n.
-        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=False,
-                              sort_keys=False, default_style='"')
+        text = yaml.dump(value, Dumper=RecipeDumper, default_flow_style=True, width=1 << 30, allow_unicode=False,
+                         sort_keys=False, default_style='"')
     text = text.rstrip("\n").removesuffix("\n...").rstrip("\n")
     if "\n" in text:  # pragma: no cover - safe_dump with double quotes never breaks lines at this width
         raise ValueError(f"cannot write {value!r} on one YAML line")

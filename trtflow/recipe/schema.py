@@ -30,7 +30,18 @@ BackendName = Literal["auto", "tensorrt", "tensorrt_rtx", "onnxruntime", "torch"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # strict: YAML `true` or "1" is not the integer 1; every value has the type the field says.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
+
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an artifact folder (None: it can). One rule for `name:` and file stems."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        return "a name must be 1-64 of letters, digits, '_', '.', '-' and start with a letter or digit"
+    return None
 
 
 def _canonical_dtype(v: object) -> object:
@@ -243,13 +254,21 @@ class Recipe(_Strict):
     budgets: Budgets = Field(default_factory=Budgets)
     link: Link = Field(default_factory=Link)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True,
+                              strict=True)
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _version(cls, v: object) -> object:
+        if isinstance(v, bool):  # True == 1 would pass Literal[1]
+            raise ValueError(f"schema_version must be the integer 1, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
+        return v
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
-            raise ValueError("name must be 1-64 of letters, digits, '_', '.', '-' and start with a letter or digit")
+        if v is not None and (why := name_problem(v)):
+            raise ValueError(why)
         return v
 
     @property
