@@ -23,6 +23,7 @@ import ctypes
 import enum
 import random
 import sys
+import threading
 import types
 from collections import deque
 from collections.abc import Callable
@@ -106,6 +107,13 @@ class FakeCudart:
         self.clock = 0.0
         self.kernel_launches = 0
         self.calls: list[str] = []
+        # devices (serving tests): how many, the current one per thread, the device of each stream and
+        # allocation, and every stream operation issued while another device was current
+        self.device_total = 1
+        self._current = threading.local()
+        self.stream_device: dict[int, int] = {}
+        self.alloc_device: dict[int, int] = {}
+        self.wrong_device: list[str] = []
 
     # -- helpers ------------------------------------------------------------------------------------------
     def handle(self) -> int:
@@ -146,7 +154,13 @@ class FakeCudart:
             return self.streams.setdefault(s, _Stream())
         return self.streams[s]
 
+    def current(self) -> int:
+        return int(getattr(self._current, "device", 0))
+
     def enqueue(self, s: int, op: _Op) -> cudaError_t:
+        if self.stream_device.get(s, self.current()) != self.current():
+            self.wrong_device.append(f"stream {s:#x} of device {self.stream_device[s]} used with device "
+                                     f"{self.current()} current")
         st = self.stream(s)
         if st.capturing is not None:
             st.capturing.append(op)
@@ -193,10 +207,19 @@ class FakeCudart:
         return (err,)
 
     def cudaGetDeviceCount(self) -> tuple[Any, int]:
-        return OK, 1
+        return OK, self.device_total
 
     def cudaGetDevice(self) -> tuple[Any, int]:
-        return OK, 0
+        return OK, self.current()
+
+    def cudaSetDevice(self, i: int) -> tuple[Any]:
+        if not 0 <= int(i) < self.device_total:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        self._current.device = int(i)
+        return (OK,)
+
+    def cudaDeviceGetPCIBusId(self, n: int, i: int) -> tuple[Any, bytes]:
+        return OK, f"0000:{0x1b + int(i):02X}:00.0".encode().ljust(int(n), b"\0")
 
     def cudaGetDeviceProperties(self, i: int) -> tuple[Any, Any]:
         return OK, types.SimpleNamespace(name=b"Fake GPU\0\0", major=9, minor=0, totalGlobalMem=80 << 30)
@@ -212,6 +235,7 @@ class FakeCudart:
     def cudaMalloc(self, n: int) -> tuple[Any, int]:
         buf, ptr = self.alloc(n)
         self.blocks[ptr] = buf
+        self.alloc_device[ptr] = self.current()
         return OK, ptr
 
     def cudaFree(self, ptr: int) -> tuple[Any]:
@@ -235,6 +259,7 @@ class FakeCudart:
     def cudaHostAlloc(self, n: int, flags: int) -> tuple[Any, int]:
         buf, ptr = self.alloc(n)
         self.host[ptr] = (buf, int(flags))
+        self.alloc_device[ptr] = self.current()
         self.pin_ids[ptr] = self.handle()
         return OK, ptr
 
@@ -298,6 +323,7 @@ class FakeCudart:
     def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, int]:
         h = self.handle()
         self.streams[h] = _Stream()
+        self.stream_device[h] = self.current()
         return OK, h
 
     def cudaStreamDestroy(self, s: int) -> tuple[Any]:

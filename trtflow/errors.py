@@ -126,6 +126,12 @@ class RunnerClosed(TrtflowError, RuntimeError):
     exit_code = 7
 
 
+class Overloaded(TrtflowError, RuntimeError):
+    """A dispatcher's bounded queue is full (serving): retry later, e.g. answer HTTP 503."""
+
+    exit_code = 7
+
+
 class AccuracyFailure(TrtflowError):
     """Validation compared outputs and at least one failed its tolerance."""
 

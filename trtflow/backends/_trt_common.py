@@ -787,6 +787,14 @@ class TrtEngine(CudaEngine):
     def capturable(self) -> bool:
         return True
 
+    # -- serving (runtime/pool.py): several instances of one engine ---------------------------------
+    def new_instance(self) -> TrtEngine:
+        """A second execution context of the same deserialized engine (weights shared; its own
+        shapes, addresses and scratch memory), for another runner on this device."""
+        engine, _ = self._live()
+        assert self._runtime is not None
+        return TrtEngine(self._trt, self.flavor, self._runtime, engine, self._sink, self._logger, self.plan)
+
     def close(self) -> None:
         self._ctx = None
         self._engine = None

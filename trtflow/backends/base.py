@@ -44,6 +44,12 @@ class Engine(ABC):
 
     device: ClassVar[Device]
 
+    def new_instance(self) -> Engine | None:
+        """Another engine over the same loaded model with its own execution state, for a second
+        runner on the same device (serving: TensorRT makes a new execution context of this engine,
+        sharing its weights). None where the engine cannot: that runner then opens its own."""
+        return None
+
     def close(self) -> None:
         """Release library objects; idempotent."""
 

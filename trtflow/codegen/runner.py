@@ -272,6 +272,13 @@ def generate_runner(plan: Plan) -> str:
     add(_wrap("        feeds = {", feeds, "}"))
     add("        return self._submit(feeds, convert=self._convert_outputs)")
     add("")
+    add(_wrap("    async def infer(", ["self", "*", *params, "copy: bool = False"], f") -> {out_cls}:"))
+    add('        """asyncio: run one inference and await it without blocking the event loop. Up to `depth`')
+    add('        requests run at once, the rest queue in order; outputs are views valid until your next')
+    add('        await (copy=True: owned arrays). Inputs must stay unchanged until the await returns."""')
+    add(_wrap("        feeds = {", feeds, "}"))
+    add("        return await self._infer(feeds, copy=copy)  # type: ignore[no-any-return]")
+    add("")
     add(_wrap("    def stream(", ["self", "requests: Iterable[Mapping[str, Any]]", "*", "copy: bool = False"],
               f") -> Iterator[{out_cls}]:"))
     add('        """Run every request (dicts keyed by tensor name or identifier), up to `depth` in flight,')

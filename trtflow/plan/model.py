@@ -74,6 +74,7 @@ class Plan:
     budgets: dict[str, Any]
     link: dict[str, Any]
     warnings: tuple[str, ...] = ()
+    serving: dict[str, Any] = field(default_factory=dict)  # instances, devices, max_queue (runtime/pool.py)
     trtflow_version: str = ""
     plan_version: int = 1
 

@@ -295,7 +295,7 @@ class _Planner:
             name=name, class_name=class_name_for(name), recipe_path=str(self.loaded.path),
             recipe_sha256=self.loaded.text_sha256, model_path=str(self.info.path), model_sha256=self.info.sha256,
             opset=self.info.opset, precision=r.precision, tf32=r.precision == "tf32",
-            inputs=tuple(inputs), outputs=tuple(outputs), streams=r.streams.model_dump(),
+            inputs=tuple(inputs), outputs=tuple(outputs), streams=r.streams.model_dump(), serving=r.serving.model_dump(),
             build=r.build.model_dump(), validate=validate, budgets=r.budgets.model_dump(), link=self.link,
             warnings=tuple(self.warnings), trtflow_version=__version__)
 

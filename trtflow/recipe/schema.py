@@ -175,6 +175,28 @@ class Streams(_Strict):
     cuda_graph: bool = Field(default=False, description="Capture copy-in + enqueue + copy-out in a CUDA graph.")
 
 
+class Serving(_Strict):
+    """How `RunnerPool` (trtflow.runtime.pool) serves this artifact; a single runner ignores it."""
+
+    instances: int = Field(default=1, ge=1, le=64, description="Engine instances per device, each with its own "
+                           "buffer sets and streams (TensorRT: execution contexts of one engine).")
+    devices: Literal["all"] | list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
+        default=None, description="GPUs to run on: `all` or indices like [0, 1] (one engine each); "
+        "default: the current device. Ignored on the CPU.")
+    max_queue: int = Field(default=1024, ge=0, le=1 << 20, description="Requests that may wait for a busy pool; "
+                           "one more fails at once with Overloaded (HTTP 503), never unbounded memory.")
+
+    @field_validator("devices")
+    @classmethod
+    def _distinct(cls, v: object) -> object:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("name at least one GPU, or write `all`")
+            if len(set(v)) != len(v):
+                raise ValueError("a GPU is named twice (use `instances` for several engines on one GPU)")
+        return v
+
+
 class Build(_Strict):
     backend: BackendName = Field(default="auto", description="auto picks the best builder present and says which.")
     workspace_mib: int = Field(default=4096, ge=16, description="TensorRT workspace memory pool limit.")
@@ -249,6 +271,7 @@ class Recipe(_Strict):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)
     streams: Streams = Field(default_factory=Streams)
+    serving: Serving = Field(default_factory=Serving)
     build: Build = Field(default_factory=Build)
     validate_: Validate = Field(default_factory=Validate, alias="validate")
     budgets: Budgets = Field(default_factory=Budgets)

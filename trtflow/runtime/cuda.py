@@ -118,7 +118,28 @@ def device_count() -> int:
 
 
 def current_device() -> int:
-    return int(_check("cudaGetDevice", _runtime().cudaGetDevice()))
+    """The calling thread's current device (lean: runners on a chosen device ask on every call)."""
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaGetDevice()
+    if res[0] != rt.cudaError_t.cudaSuccess:
+        _fail("cudaGetDevice", rt, res[0])
+    return int(res[1])
+
+
+def set_device(index: int) -> None:
+    """Make device ``index`` (its primary context) current for the calling thread."""
+    rt = _rt if _rt is not None else _runtime()
+    res = rt.cudaSetDevice(index)
+    err = res[0] if type(res) is tuple else res
+    if err != rt.cudaError_t.cudaSuccess:
+        _fail(f"cudaSetDevice({index})", rt, err)
+
+
+def pci_bus_id(index: int) -> str:
+    """PCI address of device ``index`` as sysfs spells it, e.g. ``0000:1b:00.0`` (lower case)."""
+    raw = _check("cudaDeviceGetPCIBusId", _runtime().cudaDeviceGetPCIBusId(32, index))
+    text = bytes(raw).split(b"\0", 1)[0].decode() if isinstance(raw, (bytes, bytearray)) else str(raw)
+    return text.strip().lower()
 
 
 def device_properties(index: int | None = None) -> DeviceInfo:

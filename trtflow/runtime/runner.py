@@ -63,7 +63,8 @@ from trtflow.backends.base import (
 )
 from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed, TrtflowError
 from trtflow.plan.model import Plan, TensorPlan
-from trtflow.runtime import cuda
+from trtflow.runtime import cuda, devices
+from trtflow.runtime.devices import DeviceLock
 from trtflow.runtime.memory import (
     HostRegistry,
     RegisteredMemory,
@@ -316,6 +317,25 @@ class Pending(Generic[T]):
         if self.timing is None and self._runner.timing:
             self.timing = self._runner._timing_of(self, wall=None)
 
+    def wait(self) -> None:
+        """Block until the request completed, WITHOUT holding the runner's lock, so other threads keep
+        submitting meanwhile (a completion thread waits here; :meth:`result` then returns at once).
+        The GIL is released while CUDA waits."""
+        runner = self._runner
+        with runner._lock:
+            if self._complete or self._snapshot is not None:
+                return
+            runner._check_open()
+            event, stream = self._event, self._stream
+        if event:  # outside the lock; close() synchronizes every stream before it destroys events
+            cuda.event_synchronize(event)
+        else:
+            cuda.stream_synchronize(stream)
+        with runner._lock:
+            self._complete = True
+            if self._set.pending is self:
+                self._set.idle = True
+
     def _sync(self) -> None:
         if self._event:
             cuda.event_synchronize(self._event)
@@ -343,6 +363,12 @@ class Runner:
     topology, depth, cuda_graph: override ``plan.streams`` (experiments, benchmarks).
     allow_host_code: let the engine run host code embedded in the plan (TensorRT version-compatible
         plans carry a lean runtime). Off by default: loading such a plan is refused with a hint.
+    device_index: run on this GPU (default: the caller's current device). The runner then makes it
+        current around every call and allocates its pinned staging NUMA-local to it
+        (:mod:`trtflow.runtime.devices`); a pool of runners on several GPUs uses this.
+    share_engine: another open runner of the same artifact and device whose engine this one shares
+        (TensorRT: a second execution context of the same deserialized engine); engines that cannot
+        share open their own. Each runner keeps its own buffer sets, streams and lock.
     """
 
     ARTIFACT_DIR: ClassVar[Path | None] = None
@@ -353,8 +379,12 @@ class Runner:
 
     def __init__(self, artifact_dir: str | Path | None = None, *, backend: str = "auto", device: str = "auto",
                  check_finite: bool = False, timing: bool = False, topology: str | None = None,
-                 depth: int | None = None, cuda_graph: bool | None = None, allow_host_code: bool = False) -> None:
-        self._lock = threading.RLock()
+                 depth: int | None = None, cuda_graph: bool | None = None, allow_host_code: bool = False,
+                 device_index: int | None = None, share_engine: Runner | None = None) -> None:
+        self.device_index = device_index
+        self._lock: Any = threading.RLock() if device_index is None else DeviceLock(device_index)
+        self._before_close: list[Callable[[], None]] = []  # run first by close(), outside the lock
+        self.placement: devices.DevicePlacement | None = None  # NUMA placement of a chosen device
         self._closed = False
         self._engine: CudaEngine | CpuEngine | None = None
         self._cuda: CudaEngine | None = None  # the engine as what it is (exactly one of the two is set)
@@ -407,15 +437,20 @@ class Runner:
         self._executor = pick_executor(builder, prefer=backend)
         self.backend = self._executor.name
         self.device = _pick_device(self._executor, device)
+        if device_index is not None and self.device != "cuda":
+            raise BackendMissing(f"device_index={device_index}: the {self.backend} engine runs on the {self.device}",
+                                 hint="device_index chooses a GPU; leave it out on the CPU")
 
         try:
-            self._engine = self._executor().open(self.artifact_dir, self.plan, device=self.device,
-                                                 allow_host_code=allow_host_code)
-            self._cuda, self._cpu = _engine_kind(self._engine, self.device, self.backend)
-            self._allocate()
-            self._check_allocation()
-            self._setup_events()
-            self._index_sets()
+            with self._lock:  # a chosen device is current while the engine opens and buffers are allocated
+                self._engine = self._open_engine(allow_host_code, share_engine)
+                self._cuda, self._cpu = _engine_kind(self._engine, self.device, self.backend)
+                self.placement = devices.placement(device_index) if device_index is not None else None
+                with devices.local_allocation(self.placement) if self.placement else contextlib.nullcontext():
+                    self._allocate()
+                self._check_allocation()
+                self._setup_events()
+                self._index_sets()
         except BaseException:
             self.close()
             raise
@@ -424,6 +459,21 @@ class Runner:
             self._graph_on = False
             self._graph_notes.append(f"engine of backend {self.backend!r} cannot be captured")
             self.graph_stats["failures"] += 1
+
+    def _open_engine(self, allow_host_code: bool, share: Runner | None) -> CudaEngine | CpuEngine:
+        """A new engine, or a new instance of ``share``'s engine where the engine can make one."""
+        if share is not None:
+            if (share.artifact_dir, share.backend, share.device, share.device_index) != (
+                    self.artifact_dir, self.backend, self.device, self.device_index):
+                raise ArtifactError("share_engine: the other runner runs another artifact, backend or device",
+                                    hint="share engines only between runners of one artifact on one device")
+            share._check_open()
+            assert share._engine is not None
+            instance = share._engine.new_instance()
+            if isinstance(instance, (CudaEngine, CpuEngine)):
+                return instance
+        return self._executor().open(self.artifact_dir, self.plan, device=self.device,
+                                     allow_host_code=allow_host_code)
 
     # == what a generated runner declares ==============================================================
     def _allocate(self) -> None:
@@ -692,7 +742,13 @@ class Runner:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """Release every buffer, registration, event, graph, stream and the engine; idempotent."""
+        """Release every buffer, registration, event, graph, stream and the engine; idempotent.
+
+        Requests awaited through :meth:`infer_feeds` that are in flight complete first; queued ones
+        fail with :class:`~trtflow.errors.RunnerClosed`."""
+        hooks, self._before_close = getattr(self, "_before_close", []), []
+        for hook in hooks:
+            hook()
         with self._lock:
             if self._closed:
                 return
@@ -734,6 +790,18 @@ class Runner:
             self._streams.clear()
             if errors:
                 raise errors[0]
+
+    async def infer_feeds(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
+        """asyncio: run one request and await it without blocking the event loop (see
+        :mod:`trtflow.runtime.aio`). Up to ``depth`` requests run, the rest queue in order; outputs
+        are views valid until your next ``await`` (``copy=True``: owned arrays)."""
+        return await self._infer(feeds, copy=copy, convert=_identity)  # type: ignore[no-any-return]
+
+    async def _infer(self, feeds: Mapping[str, Any], *, copy: bool,
+                     convert: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+        from trtflow.runtime import aio
+
+        return await aio.infer(self, feeds, copy=copy, convert=convert or self._convert_outputs)
 
     def __enter__(self) -> Self:
         return self

@@ -1,0 +1,264 @@
+"""asyncio for runners and pools: ``await runner.infer(...)`` without blocking the event loop.
+
+How a completion reaches the loop (decided by reading and measuring, see docs/serving.md):
+
+- CUDA engines: the loop thread submits (the same checks, staging and enqueue as ``submit``, which
+  return without waiting), then the runner's completion thread waits for the request's last event
+  (``cudaEventSynchronize``, GIL released) and resolves the asyncio future with
+  ``loop.call_soon_threadsafe``. Triton's TensorRT backend completes requests the same way. A CUDA
+  host function (``cudaLaunchHostFunc``) was not taken: it runs the Python callback on the driver's
+  thread while the stream waits for it, so the stream would stall on the GIL whenever the loop holds it.
+- CPU engines (onnxruntime, torch on the CPU): inference blocks, so the runner's worker thread runs
+  the request (onnxruntime releases the GIL while it computes) and resolves the future the same way.
+
+A :class:`Dispatcher` belongs to one event loop and feeds one or more runners (lanes): requests wait
+in one FIFO queue (bounded: :class:`~trtflow.errors.Overloaded` when full, never unbounded memory) and
+go to the lane with a free buffer set and the fewest requests in flight. A lane keeps at most its
+buffer sets' worth of requests in flight (``depth``; 1 on the CPU) and completes them in submission
+order, so every buffer set is reused only after its previous request completed: a cancelled request
+keeps its slot until the GPU is done with its buffers, and never corrupts the next one's.
+
+Buffer lifetime, as for ``submit``: the awaited outputs are views into the runner's buffers, valid
+until that buffer set is reused; in asyncio other tasks run at every ``await``, so a view is safe to
+read until the caller's next ``await`` (``copy=True`` for owned arrays). Inputs must stay unchanged
+until the await returns (the request may start later than the call, when a buffer set frees up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from trtflow.errors import Overloaded, RunnerClosed, TrtflowError
+
+if TYPE_CHECKING:
+    from trtflow.runtime.runner import Pending, Runner
+
+DEFAULT_MAX_QUEUE = 1024
+
+
+@dataclass
+class LaneStats:
+    """Per-runner counters of a dispatcher (the pool adds its synchronous calls)."""
+
+    requests: int = 0   # completed, with a result or an error
+    errors: int = 0
+    in_flight: int = 0
+
+
+class _Lane:
+    """One runner as seen from one event loop: up to ``capacity`` requests in flight, completed in order
+    by the runner's own thread. Touched on the loop thread only, except :meth:`_work`."""
+
+    def __init__(self, runner: Runner, loop: asyncio.AbstractEventLoop, on_free: Callable[[], None],
+                 stats: LaneStats) -> None:
+        self._runner = weakref.ref(runner)  # the thread must not keep an unclosed runner alive
+        self.loop = loop
+        self.cpu = runner.device != "cuda"
+        self.capacity = 1 if self.cpu else max(1, runner.buffer_sets)
+        self.stats = stats
+        self._on_free = on_free
+        self._jobs: queue.SimpleQueue[tuple[Any, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, daemon=True,
+                                        name=f"trtflow-{'worker' if self.cpu else 'completion'}-{id(runner):x}")
+        self._thread.start()
+
+    @property
+    def free(self) -> bool:
+        return self.stats.in_flight < self.capacity
+
+    def start(self, feeds: Mapping[str, Any], fut: asyncio.Future[Any]) -> None:
+        """Start one request (loop thread; :attr:`free` is true)."""
+        self.stats.in_flight += 1
+        if self.cpu:
+            self._jobs.put((feeds, fut))
+            return
+        runner = self._runner()
+        try:
+            if runner is None:
+                raise RunnerClosed("the runner was garbage-collected")
+            pending = runner.submit_feeds(feeds)  # enqueues and returns; a set is free (see the module doc)
+        except BaseException as exc:  # noqa: BLE001 - a bad request fails alone, the lane keeps serving
+            self._finish(fut, None, exc)
+            return
+        self._jobs.put((pending, fut))
+
+    def _work(self) -> None:
+        """The lane's thread: waits for (CUDA) or runs (CPU) each request in order."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            item, fut = job
+            pending: Pending[Any] | None = None
+            error: BaseException | None = None
+            try:
+                if self.cpu:
+                    runner = self._runner()
+                    if runner is None:
+                        raise RunnerClosed("the runner was garbage-collected")
+                    pending = runner.submit_feeds(item)
+                    del runner
+                else:
+                    pending = item
+                    item.wait()
+            except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting task
+                error = exc
+            del item, job
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits any more
+                self.loop.call_soon_threadsafe(self._finish, fut, pending, error)
+            del pending, error, fut
+
+    def _finish(self, fut: asyncio.Future[Any], pending: Pending[Any] | None, error: BaseException | None) -> None:
+        """Loop thread: free the slot, resolve the future (unless cancelled), start the next request."""
+        self.stats.in_flight -= 1
+        self.stats.requests += 1
+        if error is not None:
+            self.stats.errors += 1
+        if not fut.done():
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(pending)
+        self._on_free()
+
+    def stop(self) -> None:
+        """Let the thread finish the requests it has, then end it (any thread)."""
+        self._jobs.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+
+class Dispatcher:
+    """Requests of one event loop to one or more runners: one FIFO queue, a free lane with the fewest
+    requests in flight first, at most ``max_queue`` waiting. No lock: everything runs on the loop."""
+
+    def __init__(self, runners: Sequence[Runner], loop: asyncio.AbstractEventLoop, *,
+                 max_queue: int = DEFAULT_MAX_QUEUE, stats: Sequence[LaneStats] | None = None,
+                 name: str = "runner") -> None:
+        if max_queue < 0:
+            raise TrtflowError(f"max_queue must be >= 0, got {max_queue}")
+        self.loop = loop
+        self.max_queue = max_queue
+        self.name = name
+        self.closed = False
+        self._queue: deque[tuple[Mapping[str, Any], asyncio.Future[Any]]] = deque()
+        counters = list(stats) if stats is not None else [LaneStats() for _ in runners]
+        self.lanes = [_Lane(r, loop, self._pump, s) for r, s in zip(runners, counters)]
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(lane.stats.in_flight for lane in self.lanes)
+
+    def _free_lane(self) -> _Lane | None:
+        best: _Lane | None = None
+        for lane in self.lanes:
+            if lane.free and (best is None or lane.stats.in_flight < best.stats.in_flight):
+                best = lane
+        return best
+
+    async def run(self, feeds: Mapping[str, Any]) -> tuple[Runner | None, Pending[Any]]:
+        """Await one request; returns the completed :class:`Pending` (read it before the next ``await``)."""
+        if self.closed:
+            raise RunnerClosed(f"{self.name} is closed", hint="create a new one")
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        lane = self._free_lane() if not self._queue else None
+        entry = (feeds, fut)
+        if lane is not None:
+            lane.start(feeds, fut)
+        else:
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded(f"{self.name}: {len(self._queue)} requests are queued (max_queue {self.max_queue}) "
+                                 f"and {self.in_flight} are in flight",
+                                 hint="retry later (HTTP 503), add instances, or raise max_queue")
+            self._queue.append(entry)
+        try:
+            pending = await fut
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):  # still queued: it never starts (in flight: its lane finishes it)
+                self._queue.remove(entry)
+            raise
+        return pending._runner, pending
+
+    def _pump(self) -> None:
+        """Loop thread: start queued requests while a lane is free."""
+        q = self._queue
+        while q:
+            lane = self._free_lane()
+            if lane is None:
+                return
+            feeds, fut = q.popleft()
+            if not fut.done():  # a cancelled request is dropped here at the latest
+                lane.start(feeds, fut)
+
+    def close(self) -> None:
+        """Refuse new requests, fail the queued ones with RunnerClosed, let the in-flight ones finish
+        their GPU work and end the lanes' threads (any thread; idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+
+        def fail_queued() -> None:
+            while self._queue:
+                _, fut = self._queue.popleft()
+                if not fut.done():
+                    fut.set_exception(RunnerClosed(f"{self.name} was closed while this request was queued"))
+
+        if _running_loop() is self.loop:
+            fail_queued()
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed already
+                self.loop.call_soon_threadsafe(fail_queued)
+        for lane in self.lanes:
+            lane.stop()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def dispatcher_of(owner: Any, runners: Callable[[], Sequence[Runner]], *, max_queue: int = DEFAULT_MAX_QUEUE,
+                  stats: Sequence[LaneStats] | None = None, name: str = "runner") -> Dispatcher:
+    """The dispatcher ``owner`` (a runner or a pool) keeps for the running loop; a new one when the
+    loop changed (e.g. successive ``asyncio.run`` calls) and the old one has nothing in flight."""
+    loop = asyncio.get_running_loop()
+    current: Dispatcher | None = getattr(owner, "_aio", None)
+    if current is not None and current.loop is loop and not current.closed:
+        return current
+    if current is not None and not current.closed:
+        if not current.loop.is_closed() and (current.in_flight or current.queued):
+            raise TrtflowError(f"{name} has requests in flight on another event loop",
+                               hint="use one event loop per runner (or one runner per loop)")
+        current.close()
+    d = Dispatcher(runners(), loop, max_queue=max_queue, stats=stats, name=name)
+    owner._aio = d
+    return d
+
+
+async def infer(runner: Runner, feeds: Mapping[str, Any], *, copy: bool,
+                convert: Callable[[dict[str, Any]], Any]) -> Any:
+    """``await runner.infer_feeds(feeds)``: through the runner's own one-lane dispatcher."""
+    runner._check_open()
+    d = getattr(runner, "_aio", None)
+    if d is None or d.loop is not _running_loop() or d.closed:
+        d = dispatcher_of(runner, lambda: [runner], name=type(runner).__name__)
+        runner._before_close.append(d.close)
+    _, pending = await d.run(feeds)
+    return convert(pending.result_dict(copy=copy))
+
+
+__all__ = ["DEFAULT_MAX_QUEUE", "Dispatcher", "LaneStats", "dispatcher_of", "infer"]
