@@ -158,6 +158,7 @@ def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), 
             "platform": {"system": platform.platform(), "machine": platform.machine(), "python": sys.version.split()[0]},
             "timings_s": {**timings, "total": time.perf_counter() - t0},
             "warnings": list(plan.warnings),
+            "overrides": sorted(set(loaded.overrides.values())),  # command-line flags that changed the recipe
             "files": {name: art.sha256_path(tmp / name) for name in files},
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

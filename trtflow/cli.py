@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import logging
 import math
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trtflow import __version__
@@ -30,6 +36,7 @@ err_console = Console(stderr=True, width=None if Console(stderr=True).is_termina
 class _State:
     debug = False
     quiet = False
+    verbose = 0
     json_emitted = False  # the command printed its JSON document; an error after it adds no second one
 
 
@@ -39,10 +46,112 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder that holds one
 BackendOpt = Annotated[str | None, typer.Option(
     "--backend", "-b", help="Override the recipe's backend: tensorrt, tensorrt_rtx, onnxruntime, torch.")]
 AllowOutsideOpt = Annotated[bool, typer.Option(
-    "--allow-outside", help="Allow model/data paths that resolve outside the project folder.")]
+    "--allow-outside", help="Allow model and validate.data paths that resolve outside the project folder "
+    "(see docs/getting-started.md, 'The project root').")]
 AllowHostCodeOpt = Annotated[bool, typer.Option(
     "--allow-host-code", help="Load plans that embed host code (TensorRT version-compatible plans). "
     "Only for plans you trust.")]
+
+
+# --------------------------------------------------------------- options of every recipe command
+_OVERRIDES = "Recipe overrides"
+_SHAPE_HELP = ("(trtexec syntax name:1x3x640x800[,other:AxB]; the model's layout, like the recipe's shape:)")
+_RECIPE_PARAMS: list[tuple[str, Any, Any]] = [
+    ("allow_outside", AllowOutsideOpt, False),
+    ("precision", Annotated[str | None, typer.Option(
+        "--precision", help="Override the recipe's precision: fp32, tf32, fp16 or bf16.",
+        rich_help_panel=_OVERRIDES, show_default=False)], None),
+    ("fp16", Annotated[bool, typer.Option("--fp16", help="Same as --precision fp16 (trtexec's flag).",
+                                          rich_help_panel=_OVERRIDES)], False),
+    ("shapes", Annotated[list[str] | None, typer.Option(
+        "--shapes", help="Shapes to run at " + _SHAPE_HELP + ": an input without a profile gets this fixed "
+        "shape; with a profile it must lie inside it. Repeatable.", rich_help_panel=_OVERRIDES,
+        show_default=False)], None),
+    ("min_shapes", Annotated[list[str] | None, typer.Option(
+        "--min-shapes", "--minShapes", help="Profile minimum " + _SHAPE_HELP + ".", rich_help_panel=_OVERRIDES,
+        show_default=False)], None),
+    ("opt_shapes", Annotated[list[str] | None, typer.Option(
+        "--opt-shapes", "--optShapes", help="Profile optimum (the engine is tuned for it).",
+        rich_help_panel=_OVERRIDES, show_default=False)], None),
+    ("max_shapes", Annotated[list[str] | None, typer.Option(
+        "--max-shapes", "--maxShapes", help="Profile maximum.", rich_help_panel=_OVERRIDES,
+        show_default=False)], None),
+    ("set_", Annotated[list[str] | None, typer.Option(
+        "--set", help="Set any recipe field: key.path=value (value in YAML, e.g. streams.depth=3, "
+        "inputs.image.memory=device). Repeatable; checked like the recipe file.", rich_help_panel=_OVERRIDES,
+        show_default=False)], None),
+]
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """The options every command that reads a recipe takes (added by :func:`recipe_command`)."""
+
+    allow_outside: bool = False
+    overrides: Any = None          # trtflow.recipe.overrides.Overrides
+    run_shapes: tuple[dict[str, tuple[int, ...]], ...] = ()   # each --shapes, parsed
+
+    def load(self, path: Path) -> Any:
+        """The recipe at ``path`` with the command line's overrides applied (a LoadedRecipe)."""
+        from trtflow.recipe import load_recipe
+        from trtflow.recipe.overrides import apply_overrides
+
+        loaded = load_recipe(path)
+        return apply_overrides(loaded, self.overrides) if self.overrides else loaded
+
+
+def _recipe_options(allow_outside: bool = False, precision: str | None = None, fp16: bool = False,
+                    shapes: list[str] | None = None, min_shapes: list[str] | None = None,
+                    opt_shapes: list[str] | None = None, max_shapes: list[str] | None = None,
+                    set_: list[str] | None = None, extra_sets: tuple[tuple[str, Any], ...] = ()) -> RecipeOptions:
+    from trtflow.errors import UsageError
+    from trtflow.recipe.overrides import Overrides, parse_set, parse_shapes
+
+    if fp16 and precision not in (None, "fp16"):
+        raise UsageError(f"--fp16 and --precision {precision} contradict each other")
+
+    def merged(flag: str, texts: list[str] | None) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {}
+        for text in texts or []:
+            for name, dims in parse_shapes(text, flag=flag).items():
+                if name in out:
+                    raise UsageError(f"{flag}: input {name!r} is given twice")
+                out[name] = dims
+        return out
+
+    runs = tuple(parse_shapes(t) for t in shapes or [])
+    ov = Overrides(precision="fp16" if fp16 else precision, shapes=runs,
+                   min_shapes=merged("--min-shapes", min_shapes), opt_shapes=merged("--opt-shapes", opt_shapes),
+                   max_shapes=merged("--max-shapes", max_shapes),
+                   sets=extra_sets + tuple(parse_set(t) for t in set_ or []))
+    return RecipeOptions(allow_outside=allow_outside, overrides=ov, run_shapes=runs)
+
+
+def recipe_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the recipe options (declared once, above) and hand them over as ``ropts``."""
+    sig = inspect.signature(func, eval_str=True)
+    names = [n for n, _, _ in _RECIPE_PARAMS]
+
+    @functools.wraps(func)
+    def command(**kw: Any) -> None:
+        ropts = _recipe_options(**{n: kw.pop(n) for n in names})
+        func(**kw, ropts=ropts)
+
+    params = [p for p in sig.parameters.values() if p.name != "ropts"]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+               for n, a, d in _RECIPE_PARAMS]
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
+
+def _say(message: str) -> None:
+    """A status line on stderr (built, wrote, next step); --quiet drops it. Message is Rich markup."""
+    if not _State.quiet:
+        err_console.print(message, highlight=False)
+
+
+def _warn(message: str) -> None:
+    _say(f"  [yellow]warning:[/] {escape(message)}")
 
 
 def _version(value: bool) -> None:
@@ -54,11 +163,24 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors: no progress, "
+                                        "status lines, warnings or notes.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Stream the builder's log: -v info, "
+                                         "-vv everything (TensorRT's VERBOSE).")] = 0,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    _State.debug, _State.quiet = debug, quiet
+    from trtflow.errors import UsageError
+
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose contradict each other")
+    _State.debug, _State.quiet, _State.verbose = debug, quiet, verbose
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
+        root = logging.getLogger("trtflow")
+        root.addHandler(handler)
+        root.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -84,30 +206,28 @@ def _recipes(target: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------- plan
 @app.command()
+@recipe_command
 def plan(
     recipe: RecipeArg,
     json_out: JsonOpt = False,
-    h2d_gbps: Annotated[float | None, typer.Option(help="Override the link's pinned H2D GB/s.")] = None,
+    h2d_gbps: Annotated[float | None, typer.Option(help="Override the link's pinned H2D GB/s "
+                                                         "(= --set link.h2d_gbps=N).")] = None,
     d2h_gbps: Annotated[float | None, typer.Option(help="Override the link's pinned D2H GB/s.")] = None,
-    allow_outside: AllowOutsideOpt = False,
+    *, ropts: RecipeOptions,
 ) -> None:
     """Resolve a recipe against its model and show every I/O tensor, its bytes and predicted transfer time.
 
     Builds nothing. Bytes include the padding of vectorized formats; "naive" is the fp32, linear,
     unreduced contract a hand-written deployment moves, predicted at pageable bandwidth.
     """
-    from trtflow.plan import make_plan
-    from trtflow.recipe import load_recipe
+    from dataclasses import replace
 
-    plans = []
-    for path in _recipes(recipe):
-        loaded = load_recipe(path)
-        if h2d_gbps or d2h_gbps:
-            link = loaded.recipe.link.model_copy(update={k: v for k, v in
-                                                          (("h2d_gbps", h2d_gbps), ("d2h_gbps", d2h_gbps)) if v})
-            loaded = type(loaded)(loaded.recipe.model_copy(update={"link": link}), loaded.path,
-                                  loaded.text_sha256, loaded.marks)
-        plans.append(make_plan(loaded, allow_outside=allow_outside))
+    from trtflow.plan import make_plan
+
+    link = tuple((f"link.{k}", v) for k, v in (("h2d_gbps", h2d_gbps), ("d2h_gbps", d2h_gbps)) if v is not None)
+    if link:
+        ropts = replace(ropts, overrides=replace(ropts.overrides, sets=link + ropts.overrides.sets))
+    plans = [make_plan(ropts.load(path), allow_outside=ropts.allow_outside) for path in _recipes(recipe)]
     if json_out:
         _print_json([p.to_dict() | {"totals": _totals(p)} for p in plans] if len(plans) > 1
                     else plans[0].to_dict() | {"totals": _totals(plans[0])})
@@ -150,25 +270,27 @@ def _print_plan(p: Any) -> None:
                   + (f" depth {p.streams['depth']}" if p.streams["topology"] == "pipelined" else "")
                   + (", CUDA graph" if p.streams["cuda_graph"] else ""))
     for w in p.warnings:
-        console.print(f"  [yellow]warning:[/] {w}")
+        console.print(f"  [yellow]warning:[/] {escape(w)}")
 
 
 # -------------------------------------------------------------------------------------- build
 @app.command()
+@recipe_command
 def build(
     recipe: RecipeArg,
     out: OutOpt = Path("build"),
     force: Annotated[bool, typer.Option("--force", "-f", help="Rebuild even when the cache is fresh.")] = False,
     backend: BackendOpt = None,
     json_out: JsonOpt = False,
-    allow_outside: AllowOutsideOpt = False,
+    *, ropts: RecipeOptions,
 ) -> None:
     """Build one recipe (or a folder of them) into OUT/<name>/: lowered ONNX, engine, plan.json, runner.py, report.
 
     A second build with nothing changed is a cache hit (keyed on model, recipe, builder version and
     target GPU); --force rebuilds. An interrupted build leaves the previous artifact intact.
     """
-    results = [_build_one(path, out, force, backend, allow_outside, json_out) for path in _recipes(recipe)]
+    results = [_build_one(ropts.load(path), out, ropts, force=force, backend=backend, json_out=json_out)
+               for path in _recipes(recipe)]
     if json_out:
         _print_json([_result_json(r) for r in results])
 
@@ -178,55 +300,67 @@ def _result_json(r: Any) -> dict[str, Any]:
             "seconds": round(r.seconds, 3), "engine_file": r.report.get("engine_file")}
 
 
-def _build_one(path: Path, out: Path, force: bool, backend: str | None, allow_outside: bool, quiet: bool) -> Any:
+def _show_progress(json_out: bool) -> bool:
+    """Progress bars only for a person: a terminal, not --quiet, not --json, not streaming a log (-v)."""
+    return err_console.is_terminal and not (json_out or _State.quiet or _State.verbose)
+
+
+def _build_one(loaded: Any, out: Path, ropts: RecipeOptions, *, force: bool = False, backend: str | None = None,
+               json_out: bool = False) -> Any:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from trtflow.build import build as do_build
 
-    quiet = quiet or _State.quiet or not console.is_terminal
-    if quiet:
-        result = do_build(path, out_root=out, force=force, backend=backend, allow_outside=allow_outside)
+    label = escape(loaded.path.name)
+    if not _show_progress(json_out):
+        result = do_build(loaded, out_root=out, force=force, backend=backend, allow_outside=ropts.allow_outside)
     else:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True) as bar:
-            task = bar.add_task(f"building {path.name}", total=None)
+            task = bar.add_task(f"building {label}", total=None)
 
             def progress(phase: str, step: int, total: int) -> None:
-                bar.update(task, description=f"{path.name}: {phase}", completed=step, total=total or None)
+                bar.update(task, description=f"{label}: {escape(phase)}", completed=step, total=total or None)
 
-            result = do_build(path, out_root=out, force=force, backend=backend, allow_outside=allow_outside,
+            result = do_build(loaded, out_root=out, force=force, backend=backend, allow_outside=ropts.allow_outside,
                               progress=progress)
     state = "cache hit, nothing rebuilt" if result.cache_hit else f"built in {result.seconds:.1f} s"
-    err_console.print(f"[green]{result.name}[/]: {state} with {result.backend} -> {result.artifact}/")
+    _say(f"[green]{escape(result.name)}[/]: {state} with {result.backend} -> {escape(str(result.artifact))}/")
     for w in () if result.cache_hit else result.plan.warnings:
-        err_console.print(f"  [yellow]warning:[/] {w}")
+        _warn(w)
     return result
 
 
 # ----------------------------------------------------------------------------------- validate
 @app.command()
+@recipe_command
 def validate(
     recipe: RecipeArg,
     out: OutOpt = Path("build"),
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where the runner executes.")] = "auto",
-    samples: Annotated[int | None, typer.Option(help="Override the recipe's number of samples.")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="Override the recipe's number of samples.")] = None,
     report: Annotated[Path | None, typer.Option(help="JSON report path (default OUT/<name>/validation.json).")] = None,
     build_first: Annotated[bool, typer.Option("--build/--no-build", help="Build (or hit the cache) first.")] = True,
     json_out: JsonOpt = False,
     allow_host_code: AllowHostCodeOpt = False,
+    *, ropts: RecipeOptions,
 ) -> None:
     """Run the artifact's generated runner and the fp32 onnxruntime reference; compare every output.
 
     Exits 4 when an output fails its tolerance or task metric. The table names the formula used.
     """
+    from trtflow.plan import make_plan
     from trtflow.validate.run import validate_artifact, write_report
 
     failed = []
     reports = []
     for path in _recipes(recipe):
-        result = _build_one(path, out, False, None, False, json_out) if build_first else None
-        artifact = result.artifact if result else out / _name_of(path)
+        loaded = ropts.load(path)
+        if build_first:
+            artifact = _build_one(loaded, out, ropts, json_out=json_out).artifact
+        else:  # planning checks the recipe's paths (model, validate.data) under the project policy
+            artifact = out / make_plan(loaded, allow_outside=ropts.allow_outside).name
         rep = validate_artifact(artifact, backend=backend or "auto", device=device, samples=samples,
                                 allow_host_code=allow_host_code)
         write_report(rep, report or artifact / "validation.json")
@@ -244,12 +378,6 @@ def validate(
         _print_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict(), error=error)
     if error:
         raise error
-
-
-def _name_of(path: Path) -> str:
-    from trtflow.recipe import load_recipe
-
-    return load_recipe(path).name
 
 
 def _print_validation(rep: Any) -> None:
@@ -270,6 +398,7 @@ def _print_validation(rep: Any) -> None:
 
 # -------------------------------------------------------------------------------------- bench
 @app.command()
+@recipe_command
 def bench(
     recipe: RecipeArg,
     out: OutOpt = Path("build"),
@@ -277,14 +406,15 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     sweep: Annotated[str | None, typer.Option(
         help="memory (strategies x topologies, with the hand-written baseline), batch, or precision.")] = None,
-    warmup: Annotated[int, typer.Option(help="Warm-up requests per configuration.")] = 10,
-    iterations: Annotated[int, typer.Option(help="Timed requests per configuration (at least).")] = 100,
-    duration: Annotated[float | None, typer.Option(help="Seconds per configuration (at least).")] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up requests per configuration.")] = 10,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed requests per configuration (at least).")] = 100,
+    duration: Annotated[float | None, typer.Option(min=0.001, help="Seconds per configuration (at least).")] = None,
     json_out: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG: stage bars per config + a pipelined timeline.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Fail (exit 9) when a recipe budget is not met.")] = False,
     write_best: Annotated[Path | None, typer.Option(help="Write the recipe with the best config of a sweep.")] = None,
     link: Annotated[bool, typer.Option("--link/--no-link", help="Measure pinned/pageable bandwidth in the same run.")] = True,
+    *, ropts: RecipeOptions,
 ) -> None:
     """Measure the generated runner: CUDA-event stage times, wall clock, host overhead, p50/p90/p99, throughput.
 
@@ -294,14 +424,15 @@ def bench(
     """
     from trtflow.bench.report import run_bench
 
-    rep = run_bench(recipe, out=out, backend=backend or "auto", device=device, sweep=sweep, warmup=warmup,
-                    iterations=iterations, duration_s=duration, measure_link_=link, write_best_to=write_best,
-                    build_progress=lambda p: _build_one(p, out, False, None, False, json_out))
+    rep = run_bench(ropts.load(recipe), out=out, backend=backend or "auto", device=device, sweep=sweep,
+                    warmup=warmup, iterations=iterations, duration_s=duration, measure_link_=link,
+                    write_best_to=write_best, allow_outside=ropts.allow_outside,
+                    build_progress=lambda loaded: _build_one(loaded, out, ropts, json_out=json_out))
     if plot:
         from trtflow.bench.plot import plot_report
 
         plot_report(rep, plot)
-        err_console.print(f"wrote {plot}")
+        _say(f"wrote {escape(str(plot))}")
     from trtflow.errors import BudgetExceeded
 
     error = BudgetExceeded("performance budget not met:\n  " + "\n  ".join(rep.budget_failures),
@@ -350,8 +481,6 @@ def _print_bench(rep: Any) -> None:
 # ------------------------------------------------------------------------------- schema, docs
 def _generated(text: str, out: Path | None, check: bool, default: Path, command: str) -> None:
     """Maintainer commands: print ``text``; ``--out`` writes it; ``--check`` compares it with the file."""
-    from rich.markup import escape
-
     if check:
         path = out or default
         if (path.read_text(encoding="utf-8") if path.is_file() else "") != text:
@@ -359,7 +488,7 @@ def _generated(text: str, out: Path | None, check: bool, default: Path, command:
 
             raise CheckFailed(f"{path} is stale", hint=f"run `trtflow {command} --out {path}` and commit the result",
                               file=path)
-        err_console.print(f"{escape(str(path))} is up to date", highlight=False)
+        _say(f"{escape(str(path))} is up to date")
         return
     if out is None:
         print(text, end="")
@@ -367,7 +496,7 @@ def _generated(text: str, out: Path | None, check: bool, default: Path, command:
     from trtflow.artifact import atomic_write
 
     atomic_write(out, text)
-    err_console.print(f"wrote {escape(str(out))}", highlight=False)
+    _say(f"wrote {escape(str(out))}")
 
 
 GenOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file (default: print to stdout).",
@@ -410,8 +539,6 @@ def doctor(json_out: JsonOpt = False) -> None:
         return
     console.print(f"trtflow {info['trtflow']} on Python {info['python']} ({info['platform']})")
     gpu = info["gpu"]
-    from rich.markup import escape
-
     console.print(escape(f"GPU: {gpu.get('summary') or 'none'}" + (f"  ({gpu['why']})" if gpu.get("why") else "")))
     tbl = Table(title="backends", title_justify="left")
     for col in ("backend", "installed", "version", "builds", "executes here", "install"):
@@ -443,8 +570,6 @@ def init_(
     Dynamic dims become a profile (batch 1/8/32; other dims get a guess marked CHECK). The recipe plans
     as written; edit it, then `trtflow plan` shows what each choice costs.
     """
-    from rich.markup import escape
-
     from trtflow.init import init_recipe
 
     res = init_recipe(model, out, force=force, name=name)
@@ -452,17 +577,16 @@ def init_(
         _print_json({"recipe": str(res.path), "schema_written": res.schema_written and str(res.schema_written),
                      "notes": list(res.notes), "plan_error": res.plan_error})
         return
-    err_console.print(f"wrote {escape(str(res.path))}", highlight=False)
+    _say(f"wrote {escape(str(res.path))}")
     if res.schema_written:
-        err_console.print(f"wrote {escape(str(res.schema_written))} (for the editor's `yaml-language-server` line)",
-                          highlight=False)
+        _say(f"wrote {escape(str(res.schema_written))} (for the editor's `yaml-language-server` line)")
     for note in res.notes:
-        err_console.print(f"  [yellow]check:[/] {escape(note)}", highlight=False)
-    if res.plan_error:
+        _say(f"  [yellow]check:[/] {escape(note)}")
+    if res.plan_error:  # not an error of init's: the recipe was written; say why it does not plan yet
         err_console.print(f"  [yellow]`trtflow plan {escape(str(res.path))}` fails as written:[/]", highlight=False)
         print(res.plan_error, file=sys.stderr)
-    elif not _State.quiet:
-        err_console.print(f"next: trtflow plan {escape(str(res.path))}", highlight=False)
+    else:
+        _say(f"next: trtflow plan {escape(str(res.path))}")
 
 
 @app.command("inspect")
@@ -498,6 +622,7 @@ app.add_typer(export_app, name="export")
 
 
 @export_app.command("triton")
+@recipe_command
 def export_triton(
     target: Annotated[Path, typer.Argument(
         help="A recipe (built first; a cache hit when nothing changed), a folder of recipes, or an artifact folder.",
@@ -511,45 +636,42 @@ def export_triton(
     kind: Annotated[str, typer.Option(help="Instance kind: gpu or cpu (cpu needs the ONNX export).")] = "gpu",
     build_out: Annotated[Path, typer.Option("--build-out", help="Where recipes are built.")] = Path("build"),
     backend: BackendOpt = None,
-    allow_outside: AllowOutsideOpt = False,
     json_out: JsonOpt = False,
+    *, ropts: RecipeOptions,
 ) -> None:
     """Write REPO/<name>/config.pbtxt and REPO/<name>/1/model.plan (or model.onnx) for Triton Inference Server.
 
     max_batch_size comes from the profile's batch range, instance_group from the pipelining depth, CUDA
     graphs from the recipe; tensors with non-linear formats are flagged is_non_linear_format_io.
     """
-    from rich.markup import escape
-
-    from trtflow.errors import RecipeError
+    from trtflow.errors import UsageError
     from trtflow.export.triton import export_artifact, export_recipe, is_artifact
 
     if kind not in ("gpu", "cpu"):
-        raise RecipeError(f"--kind must be gpu or cpu, not {kind!r}")
+        raise UsageError(f"--kind must be gpu or cpu, not {kind!r}")
     opts: dict[str, Any] = {"name": name, "force": force, "prefer_onnx": onnx, "kind": kind}
     if is_artifact(target):
         results = [export_artifact(target, repo, **opts)]
     else:
         paths = _recipes(target)
         if name and len(paths) > 1:
-            raise RecipeError("--name applies to one recipe, not a folder of them")
+            raise UsageError("--name applies to one recipe, not a folder of them")
         results = []
         for path in paths:
-            exp, built = export_recipe(path, repo, out_root=build_out, backend=backend,
-                                       allow_outside=allow_outside, **opts)
-            err_console.print(f"{escape(built.name)}: " + ("cache hit" if built.cache_hit else
-                                                            f"built in {built.seconds:.1f} s")
-                              + f" with {built.backend}", highlight=False)
+            exp, built = export_recipe(ropts.load(path), repo, out_root=build_out, backend=backend,
+                                       allow_outside=ropts.allow_outside, **opts)
+            _say(f"{escape(built.name)}: " + ("cache hit" if built.cache_hit else f"built in {built.seconds:.1f} s")
+                 + f" with {built.backend}")
             results.append(exp)
     if json_out:
         _print_json([{"model_dir": str(e.model_dir), "config": str(e.config_path), "model_file": str(e.model_file),
                       "platform": e.platform, "notes": list(e.notes)} for e in results])
         return
     for exp in results:
-        err_console.print(f"[green]{escape(exp.model_dir.name)}[/]: wrote {escape(str(exp.config_path))} and "
-                          f"{escape(str(exp.model_file))} ({exp.platform})", highlight=False)
+        _say(f"[green]{escape(exp.model_dir.name)}[/]: wrote {escape(str(exp.config_path))} and "
+             f"{escape(str(exp.model_file))} ({exp.platform})")
         for note in exp.notes:
-            err_console.print(f"  note: {escape(note)}", highlight=False)
+            _say(f"  note: {escape(note)}")
 
 
 def _print_json(obj: Any, *, error: TrtflowError | None = None) -> None:

@@ -11,6 +11,7 @@ between TensorRT 10 and 11 and differ in TensorRT-RTX, so no raw enum integer is
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
@@ -73,6 +74,12 @@ class Flavor:
 
 
 # -- logging ------------------------------------------------------------------------------------------
+# Every message is also handed to Python logging, so `trtflow -v` (INFO and up) and `-vv` (VERBOSE too)
+# stream the builder's log as it runs; without a handler (the default) nothing is printed.
+_LOG = logging.getLogger("trtflow.builder")
+_LEVELS = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING,
+           "INFO": logging.INFO, "VERBOSE": logging.DEBUG}
+
 
 @dataclass
 class LogSink:
@@ -84,10 +91,12 @@ class LogSink:
     limit: int = 5000
 
     def add(self, severity: str, message: str) -> None:
+        _LOG.log(_LEVELS.get(severity, logging.INFO), "%s", message)
         if len(self.records) < self.limit:
             self.records.append((severity, message))
 
     def add_verbose(self, message: str) -> None:
+        _LOG.debug("%s", message)
         # The builder describes the finished engine in one VERBOSE message: with DETAILED profiling
         # "Layers:\nName: ...\n\nI/O Tensors:\n Name: x, IOMode: Input, ...", else
         # "Engine Layer Information:\nLayer(Type): ...". That is the engine's own account of its layers

@@ -21,6 +21,7 @@ from trtflow.bench.run import (
 )
 from trtflow.errors import BackendMissing, UsageError
 from trtflow.plan.model import Plan
+from trtflow.recipe import LoadedRecipe
 
 
 def _card() -> tuple[str, bool]:
@@ -33,11 +34,10 @@ def _card() -> tuple[str, bool]:
     return device_summary(), True
 
 
-def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str | None, warmup: int,
+def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, sweep: str | None, warmup: int,
               iterations: int, duration_s: float | None, measure_link_: bool, write_best_to: Path | None,
-              build_progress: Callable[[Path], Any]) -> BenchReport:
-    from trtflow.recipe import load_recipe
-
+              build_progress: Callable[[LoadedRecipe], Any], allow_outside: bool = False) -> BenchReport:
+    """``build_progress(loaded)`` builds (or hits the cache) and returns the BuildResult; overrides applied."""
     card, gpu = _card()
     if device == "cuda" and not gpu:
         raise BackendMissing("device='cuda' but no CUDA GPU is usable (cuda-bindings missing or no device)",
@@ -50,11 +50,8 @@ def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str 
     kw: dict[str, Any] = {"backend": backend, "device": device, "link": link or None, "warmup": warmup,
                           "iterations": iterations, "duration_s": duration_s}
 
-    def artifact_of(path: Path) -> tuple[Path, Plan]:
-        res = build_progress(path)
-        return res.artifact, Plan.from_json((res.artifact / art.PLAN).read_text())
-
-    artifact, plan = artifact_of(recipe)
+    res = build_progress(loaded)
+    artifact, plan = res.artifact, Plan.from_json((res.artifact / art.PLAN).read_text())
     results: list[BenchResult] = []
     rep = BenchReport(name=plan.name, card=card, link=link, results=results)
     if sweep is None:
@@ -79,13 +76,12 @@ def run_bench(recipe: Path, *, out: Path, backend: str, device: str, sweep: str 
             if r.label == k:
                 r.diagnostics.append("knee: smallest batch within 90% of the best samples/s")
     elif sweep == "precision":
-        loaded = load_recipe(recipe)
-        for prec in ("fp32", "fp16"):
-            variant = type(loaded)(loaded.recipe.model_copy(update={"precision": prec, "name": f"{loaded.name}-{prec}"}),
-                                   loaded.path, loaded.text_sha256 + prec, loaded.marks)
-            from trtflow.build import build
+        from trtflow.build import build
+        from trtflow.recipe.overrides import Overrides, apply_overrides
 
-            res = build(variant, out_root=out)
+        for prec in ("fp32", "fp16"):
+            variant = apply_overrides(loaded, Overrides(precision=prec, sets=(("name", f"{loaded.name}-{prec}"),)))
+            res = build(variant, out_root=out, allow_outside=allow_outside)
             vplan = Plan.from_json((res.artifact / art.PLAN).read_text())
             results.append(bench_config(res.artifact, vplan, label=prec, memory=None, topology=None,
                                         cuda_graph=None, **kw))

@@ -310,9 +310,22 @@ def resolve_model_path(loaded: LoadedRecipe, *, allow_outside: bool = False) -> 
     return path
 
 
+def resolve_data_path(loaded: LoadedRecipe, *, allow_outside: bool = False) -> Path | None:
+    """``validate.data`` resolved under the same project policy as the model; None when not set."""
+    rel = loaded.recipe.validate_.data
+    if rel is None:
+        return None
+    path = loaded.resolve(rel, ("validate", "data"), allow_outside=allow_outside)
+    if not path.is_file():
+        raise loaded.error(("validate", "data"), f"data file {rel!r} not found (looked at {path})",
+                           hint="an .npz of input arrays, relative to the recipe file's folder")
+    return path
+
+
 def make_plan(loaded: LoadedRecipe, *, allow_outside: bool = False) -> Plan:
     """Resolve and check ``loaded`` against its ONNX model."""
     path = resolve_model_path(loaded, allow_outside=allow_outside)
+    resolve_data_path(loaded, allow_outside=allow_outside)
     try:
         info = read_model_info(path)
     except ModelError as exc:

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class LoadedRecipe:
     path: Path  # absolute path of the recipe file
     text_sha256: str
     marks: dict[Loc, tuple[int, int]]  # field path -> (line, col), 1-based
+    # field path -> the command-line flag that set it (trtflow.recipe.overrides): errors name the flag
+    overrides: dict[Loc, str] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -56,16 +58,29 @@ class LoadedRecipe:
     def name(self) -> str:
         return self.recipe.name or self.path.stem
 
+    def override_of(self, loc: Loc) -> str | None:
+        """The command-line flag that set ``loc`` (or a field below it), if one did."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.overrides:
+                return self.overrides[loc[:n]]
+        below = [flag for k, flag in self.overrides.items() if loc and k[:len(loc)] == loc]
+        return below[0] if below else None  # e.g. an input that only the command line names
+
     def where(self, loc: Loc) -> str:
-        """``file:line:col`` of the closest recorded location of ``loc``."""
+        """``file:line:col`` of the closest recorded location of ``loc``, or the flag that overrode it."""
+        flag = self.override_of(loc)
+        if flag:
+            return flag
         line, col = _closest_mark(self.marks, loc)
         return f"{_display(self.path)}:{line}:{col}"
 
     def error(self, loc: Loc, message: str, hint: str | None = None) -> RecipeError:
-        field = ".".join(str(p) for p in loc) or "(recipe)"
+        name = ".".join(str(p) for p in loc) or "(recipe)"
+        if self.override_of(loc):
+            return RecipeError(f"{self.where(loc)} {name}: {message}", hint=hint, field=name)
         line, col = _closest_mark(self.marks, loc)
-        return RecipeError(f"{self.where(loc)} {field}: {message}", hint=hint, file=_display(self.path), line=line,
-                           column=col, field=field)
+        return RecipeError(f"{self.where(loc)} {name}: {message}", hint=hint, file=_display(self.path), line=line,
+                           column=col, field=name)
 
     def resolve(self, rel: str, loc: Loc, *, allow_outside: bool = False) -> Path:
         """Resolve a path written in the recipe against the recipe's folder, refusing escapes."""
@@ -74,7 +89,8 @@ class LoadedRecipe:
             root = project_root(self.folder)
             if not p.is_relative_to(root):
                 raise self.error(loc, f"{rel!r} resolves to {p}, outside the project {root}",
-                                 hint="keep models inside the project, or pass --allow-outside")
+                                 hint="keep models and data inside the project (see `project root` in "
+                                 "docs/getting-started.md), or pass --allow-outside")
         return p
 
 
@@ -85,12 +101,24 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+PROJECT_MARKERS = (".git", "pyproject.toml")
+
+
 def project_root(folder: Path) -> Path:
-    """Nearest ancestor holding .git or pyproject.toml; the folder itself otherwise."""
+    """The folder a recipe's paths must stay inside (without --allow-outside).
+
+    The nearest ancestor of ``folder`` (itself included) holding ``.git`` or ``pyproject.toml``; else,
+    when ``folder`` or an ancestor is named ``recipes``, that folder's parent (the documented layout:
+    ``recipes/`` and ``models/`` side by side in a plain folder); else ``folder`` itself.
+    """
     folder = folder.resolve()
-    for d in (folder, *folder.parents):
-        if (d / ".git").exists() or (d / "pyproject.toml").exists():
+    chain = (folder, *folder.parents)
+    for d in chain:
+        if any((d / m).exists() for m in PROJECT_MARKERS):
             return d
+    for d in chain:
+        if d.name == "recipes" and d.parent != d:
+            return d.parent
     return folder
 
 
