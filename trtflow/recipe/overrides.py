@@ -90,7 +90,7 @@ def parse_set(text: str) -> tuple[str, Any]:
     if len(raw) > 10_000:
         raise UsageError(f"--set {key}: value longer than 10000 characters")
     try:
-        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else ""  # noqa: S506 - RecipeLoader is safe
+        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else ""  # RecipeLoader is a SafeLoader
     except yaml.YAMLError as exc:
         raise UsageError(f"--set {text!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})",
                          hint="quote strings that hold ':' or '#'") from None
