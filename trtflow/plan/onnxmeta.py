@@ -52,8 +52,10 @@ def _io(vi: object) -> IOInfo:
         raise ModelError(f"tensor {vi.name!r} has ONNX element type {t.elem_type}, which trtflow does not handle")  # type: ignore[attr-defined]
     dims: list[Dim] = []
     for d in t.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(int(d.dim_value))
+        elif d.HasField("dim_value"):  # Paddle writes -1 for "dynamic": an unnamed dynamic dim, never a size
+            dims.append(None)
         elif d.HasField("dim_param"):
             dims.append(str(d.dim_param))
         else:

@@ -14,6 +14,8 @@ from trtflow.errors import ModelError
 from trtflow.plan.formats import ITEMSIZE, check_format, inflation, nbytes
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo, read_model_info
+from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, identity, parse
+from trtflow.plan.symbolic import Unresolved
 from trtflow.recipe.loader import LoadedRecipe
 from trtflow.recipe.schema import InputSpec, OutputSpec, TopKReduce
 
@@ -134,7 +136,28 @@ class _Planner:
             pass  # inputs only; outputs are refused in plan_output
         return self.tensor(io.name, ident, "input", dtype, caller(opt), caller(lo), caller(hi), spec.format,
                            spec.memory, io, opt, layout=layout,
-                           preprocess=spec.preprocess.model_dump() if spec.preprocess else None)
+                           preprocess=spec.preprocess.model_dump() if spec.preprocess else None,
+                           shape_expr=identity(ident, caller(lo), caller(hi)))
+
+    def check_shared_dims(self, inputs: list[TensorPlan]) -> None:
+        """A dim name the model gives several inputs (``batch`` of audio and state) is one dim: the
+        recipe must give it one range everywhere, or the engine is built for shapes the model refuses."""
+        seen: dict[str, tuple[str, int, tuple[int, int, int]]] = {}
+        for io, t in zip(self.info.inputs, inputs):
+            model = dict(zip(("min_shape", "shape", "max_shape"), (t.min_shape, t.shape, t.max_shape)))
+            if t.layout == "NHWC":  # back to the model's axes
+                model = {k: (v[0], v[3], v[1], v[2]) for k, v in model.items()}
+            for axis, d in enumerate(io.dims):
+                if not isinstance(d, str):
+                    continue
+                rng = (model["min_shape"][axis], model["shape"][axis], model["max_shape"][axis])
+                if d in seen and seen[d][2] != rng:
+                    other, other_axis, other_rng = seen[d]
+                    raise self.err(("inputs", io.name), f"dimension {axis} of {io.name!r} and dimension "
+                                   f"{other_axis} of {other!r} are the same dim {d!r} in the model, but the "
+                                   f"recipe gives them (min, opt, max) {rng} and {other_rng}",
+                                   hint="give both the same range")
+                seen.setdefault(d, (io.name, axis, rng))
 
     def check_format(self, loc: tuple[str | int, ...], fmt: str, dtype: str, rank: int,
                      shape: tuple[int, ...]) -> None:
@@ -147,55 +170,107 @@ class _Planner:
                                  f"(channel dim {shape[1] if rank > 1 else '?'} padded to the vector width)")
 
     # -- outputs ----------------------------------------------------------------------------------
-    def output_shapes(self, io: IOInfo, inputs: list[tuple[IOInfo, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
-                      ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        symbols: list[dict[str, int]] = [{}, {}, {}]
-        for inp, lo, opt, hi in inputs:
-            for d, a, b, c in zip(inp.dims, lo, opt, hi):
-                if isinstance(d, str):
-                    for s, v in zip(symbols, (a, b, c)):
-                        s[d] = v
-        result = []
-        for s in symbols:
-            dims = [d if isinstance(d, int) else s.get(d) if isinstance(d, str) else None for d in io.dims]
-            if any(d is None for d in dims):
-                return self.inferred_output_shapes(io, inputs)
-            result.append(tuple(int(d) for d in dims))  # type: ignore[arg-type]
-        return result[0], result[1], result[2]
+    def output_exprs(self, inputs: list[tuple[IOInfo, TensorPlan]]) -> dict[str, tuple[str | Unresolved, ...] | None]:
+        """Each model output's dims as shape_expr strings over the caller-facing input dims."""
+        static = all(not t.dynamic for _, t in inputs)
+        if static and all(isinstance(d, int) and d >= 0 for o in self.info.outputs for d in o.dims):
+            return {o.name: tuple(str(d) for d in o.dims) for o in self.info.outputs}  # nothing to infer
+        from trtflow.plan.symbolic import InputDims, infer
 
-    def inferred_output_shapes(self, io: IOInfo, inputs: list[Any]
-                               ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """Fall back to ONNX shape inference with the input shapes fixed (loads the graph)."""
-        import onnx
+        dims = []
+        for io, t in inputs:
+            lo, hi = self.input_shapes(io, self.recipe.inputs.get(io.name, InputSpec()))[::2]
+            caller_axis = (0, 3, 1, 2) if t.layout == "NHWC" else tuple(range(len(lo)))
+            dims.append(InputDims(io.name, t.ident, lo, hi, caller_axis))
+        try:
+            inferred = infer(self.info.path, dims, [o.name for o in self.info.outputs])
+        except ModelError as exc:
+            raise self.err(("model",), str(exc), exc.hint) from None
+        self.check_constraints(inferred.constraints, [t for _, t in inputs])
+        return dict(inferred.outputs)
 
-        model = onnx.load(str(self.info.path), load_external_data=False)
-        shapes = []
-        for k in (1, 2, 3):
-            for vi in model.graph.input:
-                for inp in inputs:
-                    if vi.name == inp[0].name:
-                        dims = vi.type.tensor_type.shape.dim
-                        for d, v in zip(dims, inp[k]):
-                            d.Clear()
-                            d.dim_value = v
-            for vi in model.graph.output:
-                vi.type.tensor_type.shape.Clear()
-            try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-            except Exception as exc:  # noqa: BLE001 - any inference failure becomes a ModelError
-                raise ModelError(f"shape inference failed for output {io.name!r}: {exc}") from None
-            out = next(o for o in inferred.graph.output if o.name == io.name)
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
-            if not dims or any(d is None for d in dims):
-                raise ModelError(f"cannot determine the shape of output {io.name!r} for the given input shapes",
-                                 hint="models with data-dependent output shapes are not supported yet")
-            shapes.append(tuple(int(d) for d in dims))  # type: ignore[arg-type]
-        return shapes[0], shapes[1], shapes[2]
+    def check_constraints(self, constraints: tuple[tuple[str, str], ...], inputs: list[TensorPlan]) -> None:
+        """Dims the model combines (adds, concatenates) must agree at every profile point, or it cannot run."""
+        for point in ("min_shape", "shape", "max_shape"):
+            shapes = {t.ident: getattr(t, point) for t in inputs}
+            for lhs, rhs in constraints:
+                a, b = parse(lhs)(shapes), parse(rhs)(shapes)
+                if a != b:
+                    names = sorted({ident for ident, _ in parse(lhs).refs | parse(rhs).refs})
+                    raise self.err(("inputs", next(t.name for t in inputs if t.ident == names[0]), "profile"),
+                                   f"the model cannot run at the profile's {point.replace('_shape', '') or 'opt'} "
+                                   f"shapes {shapes}: it combines two dims that must be equal, "
+                                   f"{lhs} = {a} and {rhs} = {b}",
+                                   hint="pick sizes where both agree (strided backbones with upsampling need "
+                                        "multiples of their largest stride, e.g. 32)")
+        if constraints:
+            self.warnings.append("input shapes must satisfy " + "; ".join(f"{a} == {b}" for a, b in constraints[:4])
+                                 + (" ..." if len(constraints) > 4 else "") + " (the model combines these dims)")
+
+    def resolve_dims(self, io: IOInfo, spec: OutputSpec, dims: tuple[str | Unresolved, ...] | None
+                     ) -> tuple[str, ...]:
+        """Unresolved dims become '?' when the recipe bounds them (``max_shape``); else a plan error."""
+        loc: tuple[str | int, ...] = ("outputs", io.name)
+        bound = spec.max_shape
+        if dims is None:
+            if bound is None:
+                raise self.err(loc, f"symbolic shape inference cannot tell even the rank of output {io.name!r}",
+                               hint=f"set outputs.{io.name}.max_shape (model layout) to bound it; the engine "
+                                    "then reports its shape per run")
+            dims = tuple(Unresolved("", "", True) for _ in bound)
+        if bound is not None and len(bound) != len(dims):
+            raise self.err(loc + ("max_shape",), f"rank {len(bound)} contradicts the output's rank {len(dims)}")
+        out = []
+        for i, d in enumerate(dims):
+            if isinstance(d, str):
+                out.append(d)
+                continue
+            if bound is None:
+                what = "is data-dependent: it" if d.data_dependent else "cannot be inferred: it"
+                raise self.err(loc, f"dimension {i} of output {io.name!r} {what} {d.describe()}",
+                               hint=f"set outputs.{io.name}.max_shape (model layout, e.g. "
+                                    f"{[b if isinstance(b, str) and b.isdigit() else 'N' for b in dims]}) "
+                                    "to bound it; the engine then reports the actual shape per run")
+            out.append(DATA_DEPENDENT)
+        return tuple(out)
+
+    def evaluate(self, io: IOInfo, spec: OutputSpec, exprs: tuple[str, ...], inputs: list[TensorPlan]
+                 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) of one output: opt by evaluation, min/max as bounds over the profile box."""
+        loc: tuple[str | int, ...] = ("outputs", io.name)
+        ranks = {t.ident: len(t.shape) for t in inputs}
+        opt_shapes = {t.ident: t.shape for t in inputs}
+        box = {t.ident: list(zip(t.min_shape, t.max_shape)) for t in inputs}
+        lo, opt, hi = [], [], []
+        for i, text in enumerate(exprs):
+            e = parse(text, ranks)
+            if e.data_dependent:
+                assert spec.max_shape is not None  # resolve_dims required it
+                m = spec.max_shape[i]
+                lo.append(0)
+                opt.append(m)
+                hi.append(m)
+                continue
+            for label, shapes in (("min", {t.ident: t.min_shape for t in inputs}), ("opt", opt_shapes),
+                                  ("max", {t.ident: t.max_shape for t in inputs})):
+                try:
+                    v = e(shapes)
+                except ShapeExprError as exc:
+                    raise self.err(loc, f"dimension {i} of output {io.name!r} ({text}) at the profile's {label} "
+                                   f"input shapes {shapes}: {exc}",
+                                   hint="the model does not accept inputs that small or that large: "
+                                        "narrow the profile") from None
+                if label == "opt":
+                    opt.append(int(v))  # type: ignore[arg-type]
+            a, b = e.bounds(box)  # type: ignore[misc]
+            lo.append(a)
+            hi.append(b)
+        return tuple(lo), tuple(opt), tuple(hi)
 
     def plan_outputs(self, io: IOInfo, spec: OutputSpec, idents: dict[str, str],
-                     shapes: tuple[tuple[int, ...], ...]) -> list[TensorPlan]:
+                     exprs: tuple[str, ...], inputs: list[TensorPlan]) -> list[TensorPlan]:
         loc: tuple[str | int, ...] = ("outputs", io.name)
-        lo, opt, hi = shapes
+        lo, opt, hi = self.evaluate(io, spec, exprs, inputs)
         if spec.memory == "write_combined":
             raise self.err(loc + ("memory",), "write-combined memory is very slow to read from the CPU",
                            hint="use pinned for outputs; write_combined is for inputs")
@@ -209,7 +284,7 @@ class _Planner:
                 raise self.err(loc + ("reduce", "axis"), f"axis {a} is out of range for rank {len(opt)}")
             return ax
 
-        def drop(shape: tuple[int, ...], ax: int) -> tuple[int, ...]:
+        def drop(shape: tuple[Any, ...], ax: int) -> tuple[Any, ...]:
             return shape[:ax] + shape[ax + 1:]
 
         float_dtype = spec.dtype or io.dtype
@@ -219,14 +294,14 @@ class _Planner:
             if float_dtype not in FLOATS and io.dtype in FLOATS:
                 raise self.err(loc + ("dtype",), f"cannot narrow a float output to {float_dtype} without a reducer",
                                hint="use reduce: {op: argmax} or {op: threshold} for integer masks")
-            items = [(io.name, float_dtype, lo, opt, hi)]
+            items = [(io.name, float_dtype, lo, opt, hi, exprs)]
         elif red.op == "argmax":
             ax = axis_of(red.axis)
             if opt[ax] > 256 and red.dtype == "uint8":
                 raise self.err(loc + ("reduce", "dtype"), f"{opt[ax]} classes do not fit uint8", hint="use int32")
-            items = [(io.name, red.dtype, drop(lo, ax), drop(opt, ax), drop(hi, ax))]
+            items = [(io.name, red.dtype, drop(lo, ax), drop(opt, ax), drop(hi, ax), drop(exprs, ax))]
         elif red.op == "threshold":
-            items = [(io.name, red.dtype, lo, opt, hi)]
+            items = [(io.name, red.dtype, lo, opt, hi, exprs)]
         else:
             assert isinstance(red, TopKReduce)
             ax = axis_of(red.axis)
@@ -234,16 +309,17 @@ class _Planner:
             if k > lo[ax]:
                 raise self.err(loc + ("reduce", "k"), f"k={k} exceeds dimension {ax} ({lo[ax]})")
 
-            def kshape(s: tuple[int, ...]) -> tuple[int, ...]:
-                return s[:ax] + (k,) + s[ax + 1:]
+            def kshape(s: tuple[Any, ...], kk: Any) -> tuple[Any, ...]:
+                return s[:ax] + (kk,) + s[ax + 1:]
 
-            items = [(f"{io.name}_values", float_dtype, kshape(lo), kshape(opt), kshape(hi)),
-                     (f"{io.name}_indices", "int32", kshape(lo), kshape(opt), kshape(hi))]
+            kexprs = kshape(exprs, str(k))
+            items = [(f"{io.name}_values", float_dtype, kshape(lo, k), kshape(opt, k), kshape(hi, k), kexprs),
+                     (f"{io.name}_indices", "int32", kshape(lo, k), kshape(opt, k), kshape(hi, k), kexprs)]
         out = []
-        for name, dtype, a, b, c in items:
+        for name, dtype, a, b, c, e in items:
             self.check_format(loc, spec.format, dtype, len(b), b)
             out.append(self.tensor(name, idents[name], "output", dtype, b, a, c, spec.format, spec.memory, io, opt,
-                                   reduce=red.model_dump() if red else None))
+                                   reduce=red.model_dump() if red else None, shape_expr=tuple(e)))
         return out
 
     def tensor(self, name: str, ident: str, role: str, dtype: str, shape: tuple[int, ...],
@@ -274,14 +350,13 @@ class _Planner:
             red = out_specs[io.name].reduce
             out_names += [f"{io.name}_values", f"{io.name}_indices"] if red and red.op == "topk" else [io.name]
         idents = sanitize_identifiers([io.name for io in self.info.inputs] + out_names)
-        inputs, shaped = [], []
-        for io in self.info.inputs:
-            spec = in_specs[io.name]
-            inputs.append(self.plan_input(io, spec, idents[io.name]))
-            shaped.append((io, *self.input_shapes(io, spec)))
+        inputs = [self.plan_input(io, in_specs[io.name], idents[io.name]) for io in self.info.inputs]
+        self.check_shared_dims(inputs)
+        exprs = self.output_exprs(list(zip(self.info.inputs, inputs)))
         outputs: list[TensorPlan] = []
         for io in self.info.outputs:
-            outputs += self.plan_outputs(io, out_specs[io.name], idents, self.output_shapes(io, shaped))
+            spec = out_specs[io.name]
+            outputs += self.plan_outputs(io, spec, idents, self.resolve_dims(io, spec, exprs[io.name]), inputs)
         dynamic = [t.name for t in inputs if t.dynamic]
         if r.streams.cuda_graph and dynamic:
             self.warnings.append(f"cuda_graph with dynamic inputs {dynamic}: the graph is recaptured "

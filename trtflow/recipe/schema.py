@@ -163,6 +163,10 @@ class OutputSpec(_Strict):
     format: TensorFormatName = Field(default="linear", description="TensorRT I/O format of the engine tensor.")
     memory: MemoryStrategy = Field(default="pinned", description="Host memory strategy for this tensor.")
     reduce: Reduce | None = Field(default=None, description="Reducer computed on the GPU before D2H.")
+    max_shape: list[Annotated[int, Field(ge=0, le=1 << 30)]] | None = Field(
+        default=None, description="Upper bound of an output whose size depends on tensor values (NonZero, NMS, "
+        "an If on a runtime value), in the model's layout before a reducer: sizes the output buffer; the "
+        "engine reports the actual shape per run. `trtflow plan` says when an output needs it.")
 
     _dtype = field_validator("dtype", mode="before")(classmethod(lambda cls, v: _canonical_dtype(v)))
 

@@ -1,0 +1,387 @@
+"""Output dims as expressions of the input dims, by symbolic shape inference (plan time only).
+
+The engine is onnxruntime's ``SymbolicShapeInference`` (``onnxruntime.tools.symbolic_shape_infer``,
+sympy-based): it follows Shape -> Gather -> Concat -> Reshape chains, Resize, Slice, Conv/Pool
+arithmetic, If/Loop bodies and LSTMs with symbolic dims, where ONNX's own inference (even with
+``data_prop``) gives up and invents unknown dims. We add what it lacks (ConvTranspose; a negative
+Concat axis on shape vectors), drive it without its write-a-temp-file-on-failure entry point, and
+translate each output dim from sympy (``floor``, ``ceiling``, ``Mod``, ``Max``, rationals) into the
+integer grammar of :mod:`trtflow.plan.shape_expr`, checked against sympy at the profile corners.
+
+Every dynamic input dim gets its own symbol (dims fixed by the recipe become literals first), so an
+output dim is exact for any shape inside the profile. A dim inference cannot tie to the inputs is
+reported with the node that made it: data-dependent ops (NonZero, NMS, an If on a runtime value, ...)
+need ``outputs.<name>.max_shape``; anything else is a missing rule, named as such.
+
+sympy and onnxruntime are imported here, lazily: only ``trtflow plan`` of a dynamic model needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtflow.errors import BackendMissing, ModelError
+from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, parse
+
+# Ops whose output dims depend on tensor values (or on which branch runs), not only on input shapes.
+DATA_DEPENDENT_OPS = frozenset({
+    "NonZero", "NonMaxSuppression", "Compress", "Unique", "If", "Loop", "Scan", "TopK", "Range",
+    "Reshape", "Expand", "Tile", "ConstantOfShape", "Resize", "Upsample", "Slice", "Pad", "OneHot",
+    "Squeeze", "Unsqueeze", "StringSplit", "RandomNormalLike", "CenterCropPad", "Col2Im",
+})
+_SYMBOL = "__trtflow_in{k}_d{axis}"
+_NEW_DIM = re.compile(r"^(?P<op>[A-Za-z][A-Za-z0-9]*?)(?P<prefix>(?:_\d+)*)_(?P<index>\d+)_o(?P<out>\d+)__d(?P<dim>\d+)$")
+
+
+@dataclass(frozen=True)
+class InputDims:
+    """One model input as the planner resolved it: model-layout profile and caller-facing naming."""
+
+    name: str
+    ident: str
+    min_shape: tuple[int, ...]       # model layout
+    max_shape: tuple[int, ...]
+    caller_axis: tuple[int, ...]     # model axis -> caller-facing axis (NHWC moves C last)
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A dim inference could not express in the input dims, and why."""
+
+    op: str                          # op type that produced it ("" when unknown)
+    node: str                        # node name (or "#index" of an unnamed one)
+    data_dependent: bool             # True: the op's output size depends on values, not shapes
+
+    def describe(self) -> str:
+        where = f"node {self.node!r} (op {self.op})" if self.op else "an unknown node"
+        if self.data_dependent:
+            return f"depends on tensor values at {where}"
+        return f"has no symbolic rule at {where}"
+
+
+Dim = str | Unresolved
+
+
+@dataclass(frozen=True)
+class Inferred:
+    outputs: dict[str, tuple[Dim, ...] | None]   # model output -> dims (None: rank unknown)
+    # (lhs, rhs) shape_expr texts the model needs equal to run at all: two dims it adds or concatenates
+    # (e.g. an upsampled and a lateral feature map: H a multiple of 32). Inference assumed them equal.
+    constraints: tuple[tuple[str, str], ...]
+
+
+def _imports() -> tuple[Any, Any]:
+    try:
+        import sympy
+        from onnxruntime.tools import symbolic_shape_infer as ssi
+    except ImportError as exc:
+        raise BackendMissing(f"planning a model with dynamic shapes needs symbolic shape inference ({exc.name} "
+                             "is not installed)", hint="pip install 'trtflow[ort]' (onnxruntime and sympy)") from None
+    return sympy, ssi
+
+
+def _subclass(ssi: Any, sympy: Any) -> type:
+    base = ssi.SymbolicShapeInference
+    get_attribute = ssi.get_attribute
+
+    class _Inference(base):  # type: ignore[misc, valid-type]
+        """onnxruntime's inference plus the rules it lacks; records the node being inferred."""
+
+        current: Any = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            concat = self.dispatcher_["Concat"]
+
+            def concat_positive_axis(node: Any) -> None:
+                axis = get_attribute(node, "axis")
+                if axis is not None and axis < 0:
+                    rank = len(self._get_shape(node, 0) or [])
+                    if rank:
+                        for a in node.attribute:
+                            if a.name == "axis":
+                                a.i = axis + rank  # same tensor: Concat's axis may be negative since opset 11
+                concat(node)
+
+            self.dispatcher_["Concat"] = concat_positive_axis
+            self.dispatcher_["ConvTranspose"] = self._infer_conv_transpose
+            for op in list(self.dispatcher_):
+                self.dispatcher_[op] = self._recording(self.dispatcher_[op])
+
+        def _recording(self, fn: Any) -> Any:
+            def run(node: Any) -> None:
+                _Inference.current = node
+                fn(node)
+            return run
+
+        def _infer_conv_transpose(self, node: Any) -> None:
+            x = self._get_sympy_shape(node, 0)
+            w = self._get_sympy_shape(node, 1)
+            rank = len(w) - 2
+            group = get_attribute(node, "group", 1)
+            strides = get_attribute(node, "strides", [1] * rank)
+            dilations = get_attribute(node, "dilations", [1] * rank)
+            out_pad = get_attribute(node, "output_padding", [0] * rank)
+            kernel = get_attribute(node, "kernel_shape", w[2:])
+            pads = get_attribute(node, "pads", [0] * (2 * rank))
+            out_shape = get_attribute(node, "output_shape")
+            auto_pad = get_attribute(node, "auto_pad", b"NOTSET")
+            auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+            spatial = []
+            for i in range(rank):
+                if out_shape:
+                    spatial.append(sympy.Integer(out_shape[-rank + i]))
+                elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                    spatial.append(x[2 + i] * strides[i])
+                else:
+                    spatial.append(strides[i] * (x[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+                                   - pads[i] - pads[i + rank])
+            shape = [x[0], w[1] * group, *spatial]
+            self._update_computed_dims(shape)
+            vi = self.known_vi_[node.output[0]]
+            elem = self.known_vi_[node.input[0]].type.tensor_type.elem_type
+            vi.CopyFrom(ssi.helper.make_tensor_value_info(node.output[0], elem, ssi.get_shape_from_sympy_shape(shape)))
+
+    return _Inference
+
+
+@contextmanager
+def _patched(ssi: Any, cls: type) -> Iterator[None]:
+    """Subgraphs (If/Loop bodies) are inferred by a fresh ``SymbolicShapeInference(...)`` looked up in
+    the module: point that name at our subclass for the duration of one run."""
+    old = ssi.SymbolicShapeInference
+    ssi.SymbolicShapeInference = cls
+    try:
+        yield
+    finally:
+        ssi.SymbolicShapeInference = old
+
+
+def _prepared_model(path: Path, inputs: Sequence[InputDims]) -> tuple[Any, dict[str, tuple[int, int]]]:
+    import onnx
+
+    model = onnx.load(str(path))  # initializers are needed: shape constants live there
+    graph = model.graph
+    by_name = {i.name: i for i in inputs}
+    symbols: dict[str, tuple[int, int]] = {}
+    init_names = {i.name for i in graph.initializer}
+    k = 0
+    for vi in graph.input:
+        if vi.name in init_names:
+            continue
+        spec = by_name.get(vi.name)
+        if spec is not None:
+            dims = vi.type.tensor_type.shape.dim
+            for axis, (lo, hi) in enumerate(zip(spec.min_shape, spec.max_shape)):
+                d = dims[axis]
+                d.Clear()
+                if lo == hi:
+                    d.dim_value = lo
+                else:
+                    d.dim_param = _SYMBOL.format(k=k, axis=axis)
+                    symbols[d.dim_param] = (k, axis)
+        k += 1
+    # The declared output shapes and intermediate value_info are the exporter's claims: infer afresh.
+    # ClearField, not shape.Clear(): a cleared-but-present shape means rank 0 (the bug this replaces).
+    for vi in graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    del graph.value_info[:]
+    return model, symbols
+
+
+def infer(path: Path, inputs: Sequence[InputDims], output_names: Sequence[str]) -> Inferred:
+    """Each output's dims as shape_expr strings over the caller-facing input dims, or Unresolved."""
+    sympy, ssi = _imports()
+    model, symbols = _prepared_model(path, inputs)
+    cls = _subclass(ssi, sympy)
+    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
+    node_names = [n.name or f"#{i}" for i, n in enumerate(model.graph.node)]
+    try:
+        with _patched(ssi, cls):
+            inf = cls(2**31 - 1, True, False, 0)
+            inf._preprocess(model)
+            while inf.run_:
+                inf._infer_impl()
+            inf._update_output_from_vi()
+    except Exception as exc:  # noqa: BLE001 - the tool asserts; name the node it stopped at
+        node = getattr(cls, "current", None)
+        where = f"node {node.name!r} (op {node.op_type})" if node is not None else "the graph"
+        raise ModelError(f"symbolic shape inference failed at {where}: {type(exc).__name__} {exc}".rstrip(),
+                         hint="the model's output shapes cannot be derived from its input shapes; "
+                              "fix the dims that vary (e.g. a `shape:` instead of a profile), or report the model") from None
+    names = _ref_names(inputs, symbols)
+    constraints = _constraints(sympy, inf, names)
+    outputs: dict[str, tuple[Dim, ...] | None] = {}
+    graph_out = {o.name: o for o in inf.out_mp_.graph.output}
+    for name in output_names:
+        vi = graph_out[name]
+        if not vi.type.tensor_type.HasField("shape"):
+            outputs[name] = None
+            continue
+        dims: list[Dim] = []
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(str(int(d.dim_value)))
+            elif d.HasField("dim_param"):
+                expr = inf.symbolic_dims_.get(d.dim_param)
+                if expr is None:  # a merged name: follow the merge
+                    target = inf.suggested_merge_.get(d.dim_param, d.dim_param)
+                    expr = sympy.Integer(int(target)) if str(target).lstrip("-").isdigit() else \
+                        inf.symbolic_dims_.get(target, sympy.Symbol(str(target), integer=True, nonnegative=True))
+                dims.append(_translate(sympy, expr, names, node_names))
+            else:
+                dims.append(Unresolved("", "", False))
+        outputs[name] = tuple(dims)
+    _self_check(sympy, inf, inputs, symbols, names, outputs, graph_out)
+    return Inferred(outputs=outputs, constraints=constraints)
+
+
+def _ref_names(inputs: Sequence[InputDims], symbols: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """Symbol -> caller-facing reference ``ident[axis]``."""
+    out = {}
+    for sym, (k, axis) in symbols.items():
+        spec = inputs[k]
+        out[sym] = f"{spec.ident}[{spec.caller_axis[axis]}]"
+    return out
+
+
+def _constraints(sympy: Any, inf: Any, names: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The merges inference made (``auto_merge``) that involve input dims, as shape_expr pairs."""
+    pairs = []
+    emit = _Emitter(sympy, names)
+    for a, b in inf.suggested_merge_.items():
+        sides = []
+        for side in (a, b):
+            expr = inf.symbolic_dims_.get(side)
+            if expr is None:
+                expr = sympy.sympify(side, locals={n: sympy.Symbol(n, integer=True, nonnegative=True) for n in names})
+            sides.append(expr)
+        if not all(s.free_symbols and {x.name for x in s.free_symbols} <= set(names) or s.is_Integer for s in sides):
+            continue
+        if not any(s.free_symbols for s in sides):
+            continue
+        try:
+            pair = (emit.emit(sympy.nsimplify(sides[0])), emit.emit(sympy.nsimplify(sides[1])))
+        except _Untranslatable:
+            continue
+        if pair[0] != pair[1]:
+            pairs.append(pair)
+    return tuple(sorted(set(pairs)))
+
+
+def _unresolved(symbol: str, node_names: list[str]) -> Unresolved:
+    m = _NEW_DIM.match(symbol)
+    if not m:
+        return Unresolved("", "", False)
+    op = m["op"]
+    node = node_names[int(m["index"])] if not m["prefix"] and int(m["index"]) < len(node_names) else \
+        f"#{m['index']} of a subgraph"
+    return Unresolved(op, node, op in DATA_DEPENDENT_OPS)
+
+
+class _Untranslatable(Exception):
+    pass
+
+
+def _translate(sympy: Any, expr: Any, names: dict[str, str], node_names: list[str]) -> Dim:
+    expr = sympy.sympify(expr)
+    for s in sorted(expr.free_symbols, key=str):
+        if s.name not in names:
+            return _unresolved(s.name, node_names)
+    try:
+        text = _Emitter(sympy, names).emit(expr)
+    except _Untranslatable as exc:
+        return Unresolved(str(exc), "", False)
+    parse(text)  # our grammar, or an internal error here rather than in the runtime
+    return text
+
+
+class _Emitter:
+    """sympy integer expression -> shape_expr text (``floor(p/q)`` -> ``p // q`` and so on)."""
+
+    def __init__(self, sympy: Any, names: dict[str, str]) -> None:
+        self.sp, self.names = sympy, names
+
+    def emit(self, e: Any) -> str:
+        sp = self.sp
+        if e.is_Integer:
+            return str(int(e))
+        if e.is_Symbol:
+            return self.names[e.name]
+        if isinstance(e, (sp.floor, sp.ceiling)):
+            arg = sp.cancel(sp.together(e.args[0]))
+            num, den = sp.fraction(arg)
+            if isinstance(e, sp.ceiling):  # ceil(p/q) == -((-p) // q)
+                return f"-({self.emit(sp.expand(-num))} // {self._atom(den)})" if den != 1 else self.emit(num)
+            return f"{self._atom(num)} // {self._atom(den)}" if den != 1 else self.emit(num)
+        num, den = sp.fraction(sp.together(e))
+        if den != 1:  # an integer-valued rational expression (a dim): exact division
+            return f"{self._atom(sp.expand(num))} // {self._atom(den)}"
+        if isinstance(e, sp.Mod):
+            return f"{self._atom(e.args[0])} % {self._atom(e.args[1])}"
+        if isinstance(e, (sp.Max, sp.Min)):
+            fn = "max" if isinstance(e, sp.Max) else "min"
+            return f"{fn}({', '.join(self.emit(a) for a in e.args)})"
+        if e.is_Add:
+            terms = sorted(e.args, key=lambda t: (t.is_Number, sp.default_sort_key(t)))
+            text = self.emit(terms[0])
+            for t in terms[1:]:
+                neg = t.could_extract_minus_sign()
+                text += f" - {self._factor(-t)}" if neg else f" + {self._factor(t)}"
+            return text
+        if e.is_Mul:
+            coeff, rest = e.as_coeff_Mul()
+            factors = [self._atom(f) for f in sp.Mul.make_args(rest)]
+            if coeff == -1:
+                return "-" + self._atom_text(" * ".join(factors))
+            if coeff != 1:
+                factors.insert(0, self.emit(coeff))
+            return " * ".join(factors)
+        if e.is_Pow and e.exp.is_Integer and e.exp > 0:
+            return " * ".join([self._atom(e.base)] * int(e.exp))
+        raise _Untranslatable(type(e).__name__)
+
+    def _factor(self, e: Any) -> str:
+        return self._atom(e) if e.is_Add else self.emit(e)
+
+    def _atom(self, e: Any) -> str:
+        return self._atom_text(self.emit(e))
+
+    @staticmethod
+    def _atom_text(text: str) -> str:
+        return text if re.fullmatch(r"-?[\w\[\]]+", text) else f"({text})"
+
+
+def _self_check(sympy: Any, inf: Any, inputs: Sequence[InputDims], symbols: dict[str, tuple[int, int]],
+                names: dict[str, str], outputs: dict[str, tuple[Dim, ...] | None], graph_out: dict[str, Any]) -> None:
+    """The translated text equals sympy's value at the profile's min and max corner (a translation
+    bug must fail the plan, never size a buffer wrongly)."""
+    for corner in (0, 1):
+        point: dict[str, int] = {}
+        shapes: dict[str, list[int]] = {}
+        for sym, (k, axis) in symbols.items():
+            spec = inputs[k]
+            v = (spec.min_shape, spec.max_shape)[corner][axis]
+            point[sym] = v
+            shapes.setdefault(spec.ident, [0] * len(spec.min_shape))[spec.caller_axis[axis]] = v
+        subs = {inf.symbolic_dims_.get(s, sympy.Symbol(s, integer=True, nonnegative=True)): v for s, v in point.items()}
+        for name, dims in outputs.items():
+            for d, proto in zip(dims or (), graph_out[name].type.tensor_type.shape.dim):
+                if isinstance(d, Unresolved) or d == DATA_DEPENDENT or not proto.HasField("dim_param"):
+                    continue
+                want = sympy.sympify(inf.symbolic_dims_.get(proto.dim_param, proto.dim_param)).subs(subs)
+                try:
+                    got = parse(d)(shapes)
+                except ShapeExprError:
+                    continue  # negative at a corner: the planner reports it against the profile
+                if want.is_Integer and int(want) != got:  # pragma: no cover - a translation bug
+                    raise ModelError(f"internal: output {name!r} dim {d!r} gives {got}, sympy {want} at {point}")
+
+
+__all__ = ["DATA_DEPENDENT_OPS", "Inferred", "InputDims", "Unresolved", "infer"]
