@@ -204,8 +204,10 @@ class _Planner:
                                    hint="pick sizes where both agree (strided backbones with upsampling need "
                                         "multiples of their largest stride, e.g. 32)")
         if constraints:
-            self.warnings.append("input shapes must satisfy " + "; ".join(f"{a} == {b}" for a, b in constraints[:4])
-                                 + (" ..." if len(constraints) > 4 else "") + " (the model combines these dims)")
+            first = f"{constraints[0][0]} == {constraints[0][1]}"
+            more = f" and {len(constraints) - 1} more" if len(constraints) > 1 else ""
+            self.warnings.append(f"the model combines dims that must be equal ({first:.120}{more}): they hold at "
+                                 "the profile's min, opt and max; other input shapes may not run")
 
     def resolve_dims(self, io: IOInfo, spec: OutputSpec, dims: tuple[str | Unresolved, ...] | None
                      ) -> tuple[str, ...]:

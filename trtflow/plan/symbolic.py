@@ -327,7 +327,12 @@ class _Emitter:
             return f"{self._atom(e.args[0])} % {self._atom(e.args[1])}"
         if isinstance(e, (sp.Max, sp.Min)):
             fn = "max" if isinstance(e, sp.Max) else "min"
-            return f"{fn}({', '.join(self.emit(a) for a in e.args)})"
+            args = list(e.args)
+            if fn == "min":  # Slice ends clamp with INT_MAX-like literals (1e9, 2**31-1): no dim comes near (recipes cap at 2**20)
+                args = [a for a in args if not (a.is_Integer and int(a) >= 1 << 24)] or args
+            if len(args) == 1:
+                return self.emit(args[0])
+            return f"{fn}({', '.join(self.emit(a) for a in args)})"
         if e.is_Add:
             terms = sorted(e.args, key=lambda t: (t.is_Number, sp.default_sort_key(t)))
             text = self.emit(terms[0])
