@@ -239,17 +239,19 @@ def test_rtx_open_rejects_full_tensorrt_plan_before_deserialization(built: dict[
 
 
 def test_rtx_header_check_refuses_gpu_not_in_plan_targets(built: dict[str, Built]) -> None:
-    import tensorrt_rtx
-
-    from trtflow.backends.tensorrt_rtx import FLAVOR
-
     path = built["dyn"].out / "engine.plan"  # targets 8.6 and 12.0 only
-    data = path.read_bytes()
-    kw = {"path": path, "version_compatible": False}
+    header = common.read_plan_header(path.read_bytes())
     with pytest.raises(ArtifactError, match="this GPU is 8.9") as exc:
-        common.check_plan_header(FLAVOR, data, tensorrt_rtx.__version__, device_cc=(8, 9), **kw)
+        common.check_plan_targets(header, (8, 9), None, path=path)
     assert "add '8.9' to build.compute_capabilities" in (exc.value.hint or "")
-    assert common.check_plan_header(FLAVOR, data, tensorrt_rtx.__version__, device_cc=(12, 0), **kw).version
+    common.check_plan_targets(header, (12, 0), None, path=path)
+    # documented: explicit targets are the only ones; a 12.0-only plan is not for a 12.1 GPU ...
+    with pytest.raises(ArtifactError, match="this GPU is 12.1"):
+        common.check_plan_targets(header, (12, 1), None, path=path)
+    # ... unless the library itself (get_engine_validity, on the GPU) says it runs there
+    common.check_plan_targets(header, (12, 1), ("VALID", []), path=path)
+    with pytest.raises(ArtifactError, match="this GPU is 12.1"):
+        common.check_plan_targets(header, (12, 1), ("INVALID", ["UNSUPPORTED_CC"]), path=path)
 
 
 def test_rtx_plan_header_fields_read_from_real_plan(built: dict[str, Built]) -> None:
@@ -299,3 +301,115 @@ def test_rtx_model_shape_outside_plan_is_a_build_error(tmp_path: Path) -> None:
     static = conv_bn_relu(tmp_path / "b1.onnx")  # batch fixed to 1 in the graph
     with pytest.raises(BuildError, match=r"input 'x' with shape \[1, 3, 16, 16\]"):
         TensorRTRTXBackend().build(static, plan, tmp_path)
+
+
+# -- compute capabilities (issue #11 item 3) -----------------------------------------------------------
+
+def test_rtx_runs_on_lists_the_installed_modules_targets() -> None:
+    """runs_on is the ComputeCapability enum of the installed TensorRT-RTX (7.5 and 8.0 included)."""
+    import tensorrt_rtx
+
+    from trtflow.backends.tensorrt_rtx import FLAVOR
+
+    members = [m for m in tensorrt_rtx.ComputeCapability.__members__ if m.startswith("SM")]
+    assert list(FLAVOR.runs_on) == [f"{m[2:-1]}.{m[-1]}" for m in members]
+    assert FLAVOR.can_run_on((7, 5)) and FLAVOR.can_run_on((12, 1)) and not FLAVOR.can_run_on((9, 0))
+    assert not FLAVOR.can_run_on((12, 2))  # no family wildcard: a future 12.x is the library's to accept
+
+
+def test_rtx_plan_header_records_the_requested_targets(tmp_path: Path) -> None:
+    model = conv_bn_relu(tmp_path / "m.onnx")
+    b = _build(tmp_path, "t", model, "build: {compute_capabilities: ['7.5', '12.1']}\n")
+    header = common.read_plan_header((b.out / "engine.plan").read_bytes())
+    assert header.compute_capabilities == ("7.5", "12.1") and not header.unknown_cc_bits
+    assert b.info.details["compute_capabilities"] == ["7.5", "12.1"]
+
+
+def test_rtx_default_targets_leave_out_turing_and_defer_to_the_library(built: dict[str, Built]) -> None:
+    """Default plans: 8.0, 8.6, 8.9, 12.0 and 12.1 (the docs: "8.0, 8.6, 8.9, 12.0, and later"), not 7.5
+    (Turing must be asked for), plus one header bit this module cannot name: the pre-deserialization
+    check then leaves the verdict to TensorRT-RTX instead of guessing."""
+    path = built["cbr"].out / "engine.plan"
+    header = common.read_plan_header(path.read_bytes())
+    assert set(header.compute_capabilities or ()) == {"8.0", "8.6", "8.9", "12.0", "12.1"}
+    assert header.unknown_cc_bits
+    common.check_plan_targets(header, (7, 5), None, path=path)  # no refusal from the header alone
+
+
+# -- CUDA graphs need user allocation (item 5) ----------------------------------------------------------
+
+def test_rtx_cuda_graph_recipe_builds_with_require_user_allocation(tmp_path: Path) -> None:
+    import tensorrt_rtx
+
+    assert hasattr(tensorrt_rtx.BuilderFlag, "REQUIRE_USER_ALLOCATION")
+    model = conv_bn_relu(tmp_path / "m.onnx")
+    target = "build: {compute_capabilities: ['8.6']}\n"
+    plain = _build(tmp_path, "plain", model, target)
+    again = _build(tmp_path, "again", model, target)
+    graph = _build(tmp_path, "graph", model, target + "streams: {cuda_graph: true}\n")
+    assert graph.info.details["require_user_allocation"] is True
+    assert plain.info.details["require_user_allocation"] is False
+    data = {k: (v.out / "engine.plan").read_bytes() for k, v in (("plain", plain), ("again", again), ("graph", graph))}
+    assert data["plain"] == data["again"]  # builds are deterministic here ...
+    assert data["graph"] != data["plain"] and len(data["graph"]) == len(data["plain"])  # ... the flag is in the plan
+
+
+# -- shape-tensor inputs (item 7) ------------------------------------------------------------------------
+
+def _reshape_by_input(path: Path) -> Path:
+    """y = Reshape(x, shape) where ``shape`` (int64[2]) is a graph input: a shape tensor."""
+    from onnx import TensorProto, helper
+    from test_backend_models import _save
+
+    g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "reshape_input",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+                           helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 4])])
+    return _save(g, path)
+
+
+def test_rtx_shape_tensor_input_builds_with_its_value_profile(tmp_path: Path) -> None:
+    model = _reshape_by_input(tmp_path / "r.onnx")
+    b = _build(tmp_path, "r", model, "build: {shape_inputs: {shape: {min: [6, 4], opt: [6, 4], max: [6, 4]}}}\n")
+    assert b.info.details["profiles"] == [{"name": "shape", "values": {"min": [6, 4], "opt": [6, 4], "max": [6, 4]}}]
+    assert b.io["shape"]["dtype"] == "int64" and b.io["y"]["shape"] == [6, 4]  # one value set: fixed
+    assert not [w for w in b.info.details["warnings"] if "self-consistent" in w]
+
+
+def test_rtx_shape_tensor_without_values_names_the_recipe_fix(tmp_path: Path) -> None:
+    from trtflow.backends.tensorrt_rtx import TensorRTRTXBackend
+
+    model = _reshape_by_input(tmp_path / "r.onnx")
+    with pytest.raises(BuildError, match="input 'shape' is a shape tensor") as exc:
+        TensorRTRTXBackend().build(model, plan_for(tmp_path, "r.onnx"), tmp_path)
+    hint = exc.value.hint or ""
+    assert "build: {shape_inputs: {shape: {min: [1, 1], opt: [1, 1], max: [1, 1]}}}" in hint
+    assert "workspace" not in hint and "optimization_level" not in hint
+    with pytest.raises(BuildError, match=r"build.shape_inputs names \['x'\]"):
+        TensorRTRTXBackend().build(model, plan_for(tmp_path, "r.onnx", "build: {shape_inputs: {x: {min: [1], opt: [1], "
+                                                   "max: [1]}, shape: {min: [6, 4], opt: [6, 4], max: [6, 4]}}}\n"),
+                                   tmp_path)
+    with pytest.raises(BuildError, match="min has 1 values; the shape tensor 'shape' holds 2"):
+        TensorRTRTXBackend().build(model, plan_for(tmp_path, "r.onnx", "build: {shape_inputs: {shape: {min: [6], "
+                                                   "opt: [6], max: [6]}}}\n"), tmp_path)
+
+
+def test_rtx_profile_failure_gets_a_profile_hint_not_a_workspace_hint(tmp_path: Path) -> None:
+    """A shape-tensor value range the model cannot take: the builder fails, and the hint points at the
+    profile (the old hint blamed workspace and optimization level)."""
+    from trtflow.backends.tensorrt_rtx import TensorRTRTXBackend
+
+    model = _reshape_by_input(tmp_path / "r.onnx")
+    plan = plan_for(tmp_path, "r.onnx", "build: {shape_inputs: {shape: {min: [1, 1], opt: [5, 5], max: [9, 9]}}}\n")
+    with pytest.raises(BuildError, match="violate shape constraints") as exc:  # 5x5 is not 24 elements
+        TensorRTRTXBackend().build(model, plan, tmp_path)
+    assert "optimization profile does not fit" in (exc.value.hint or "") and "workspace" not in (exc.value.hint or "")
+
+
+def test_build_failure_hints_match_the_builder_message() -> None:
+    h = common._build_failure_hint
+    assert "workspace_mib" in h(["Error Code 2: OutOfMemory (Requested size was 123 bytes.)"], graphs=False)
+    assert "profile" in h(["Network has dynamic or shape inputs, but no optimization profile has been defined."],
+                          graphs=False)
+    assert "cuda_graph: false" in h(["... requires runtime allocation ..."], graphs=True)
+    assert "workspace" not in h(["Some other internal error"], graphs=False)

@@ -168,7 +168,7 @@ def test_tensorrt_header_check_on_synthetic_plans(tmp_path: Path) -> None:
     path = tmp_path / "engine.plan"
     plan = bytearray(b"ftrt" + bytes(200))
     plan[24:28] = bytes([10, 13, 0, 35])
-    kw = {"path": path, "device_cc": None}
+    kw = {"path": path}
     assert common.check_plan_header(FLAVOR, bytes(plan), "10.13.0.35", version_compatible=False, **kw).version
     with pytest.raises(ArtifactError, match="built by TensorRT 10.13.0.35; this is 10.14.1.48"):
         common.check_plan_header(FLAVOR, bytes(plan), "10.14.1.48", version_compatible=False, **kw)
@@ -207,72 +207,6 @@ def test_tensorrt_builds_conv_bn_relu_for_real(tmp_path: Path) -> None:
         engine = TensorRTBackend().open(out, plan, device="cuda")
         assert engine.scratch_size >= 0 and '"Layers"' in engine.inspect()
         engine.close()
-
-
-def test_trt_engine_wrapper_rules_with_fake_engine(tmp_path: Path) -> None:
-    """TrtEngine's own rules (scratch memory first, False from TensorRT becomes an error, close), checked
-    with fake engine/context objects: no TensorRT runtime can execute on this machine."""
-    from types import SimpleNamespace
-
-    from test_backend_models import conv_bn_relu, plan_for
-
-    from trtflow.backends import _trt_common as common
-    from trtflow.backends.tensorrt import FLAVOR
-    from trtflow.errors import CudaError, InputError, RunnerClosed, TrtflowError
-
-    calls: list[tuple] = []
-
-    class Ctx:
-        ok = True
-
-        def set_device_memory(self, ptr: int, size: int) -> None:
-            calls.append(("mem", ptr, size))
-
-        def set_input_shape(self, name: str, shape: tuple) -> bool:
-            return shape[0] <= 8
-
-        def set_tensor_address(self, name: str, ptr: int) -> bool:
-            return ptr % 256 == 0
-
-        def execute_async_v3(self, stream: int) -> bool:
-            calls.append(("run", stream))
-            return self.ok
-
-    ctx = Ctx()
-    engine = SimpleNamespace(num_io_tensors=2, get_tensor_name=["x", "y"].__getitem__, device_memory_size_v2=4096,
-                             create_execution_context=lambda strategy: ctx)
-    trt = SimpleNamespace(ExecutionContextAllocationStrategy=SimpleNamespace(USER_MANAGED="um"))
-    conv_bn_relu(tmp_path / "m.onnx", batch="N")
-    plan = plan_for(tmp_path, "m.onnx", "inputs: {x: {profile: {min: [1,3,16,16], opt: [2,3,16,16], "
-                                        "max: [8,3,16,16]}}}\n")
-    e = common.TrtEngine(trt, FLAVOR, object(), engine, common.LogSink(), object(), plan)  # type: ignore[arg-type]
-    assert e.device == "cuda" and e.capturable and e.user_managed_memory and e.scratch_size == 4096
-    with pytest.raises(TrtflowError, match="enqueue before set_scratch"):
-        e.enqueue(7)
-    with pytest.raises(InputError, match="not 256-byte aligned"):
-        e.set_scratch(1000)
-    e.set_scratch(1024)
-    with pytest.raises(InputError, match=r"outside the engine's profile \[\(1, 3, 16, 16\) .. \(8, 3, 16, 16\)\]"):
-        e.set_input_shape("x", (9, 3, 16, 16))
-    with pytest.raises(InputError, match="not 256-byte aligned"):
-        e.set_address("x", 1000)
-    e.enqueue(7)
-    ctx.ok = False
-    with pytest.raises(CudaError, match="execute_async_v3 failed"):
-        e.enqueue(7)
-    assert calls == [("mem", 1024, 4096), ("run", 7), ("run", 7)]
-    e.close()
-    e.close()
-    with pytest.raises(RunnerClosed):
-        e.enqueue(7)
-    # scratch size 0 is legal: nothing to hand over, and enqueue runs without it (issue 11 item 1)
-    ctx.ok = True
-    calls.clear()
-    engine.device_memory_size_v2 = 0
-    e = common.TrtEngine(trt, FLAVOR, object(), engine, common.LogSink(), object(), plan)  # type: ignore[arg-type]
-    assert e.scratch_size == 0
-    e.enqueue(7)
-    assert calls == [("run", 7)]
 
 
 if __name__ == "__main__":

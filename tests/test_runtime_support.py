@@ -221,6 +221,9 @@ class FakeCudart:
     def cudaDeviceGetPCIBusId(self, n: int, i: int) -> tuple[Any, bytes]:
         return OK, f"0000:{0x1b + int(i):02X}:00.0".encode().ljust(int(n), b"\0")
 
+    def cudaDriverGetVersion(self) -> tuple[Any, int]:
+        return OK, 13020
+
     def cudaGetDeviceProperties(self, i: int) -> tuple[Any, Any]:
         return OK, types.SimpleNamespace(name=b"Fake GPU\0\0", major=9, minor=0, totalGlobalMem=80 << 30)
 

@@ -12,15 +12,16 @@ between TensorRT 10 and 11 and differ in TensorRT-RTX, so no raw enum integer is
 from __future__ import annotations
 
 import logging
-import os
 import re
 import struct
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trtflow.artifact import atomic_write
 from trtflow.backends.base import CudaEngine, Progress
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, CudaError, InputError, TrtflowError
 from trtflow.plan.model import BuildInfo, Plan
@@ -45,6 +46,7 @@ class TrtModule(Protocol):
     ExecutionContextAllocationStrategy: type[tensorrt.ExecutionContextAllocationStrategy]
     HardwareCompatibilityLevel: type[tensorrt.HardwareCompatibilityLevel]
     ILogger: type[tensorrt.ILogger]
+    IOutputAllocator: type[tensorrt.IOutputAllocator]
     IProgressMonitor: type[tensorrt.IProgressMonitor]
     LayerInformationFormat: type[tensorrt.LayerInformationFormat]
     MemoryPoolType: type[tensorrt.MemoryPoolType]
@@ -54,6 +56,7 @@ class TrtModule(Protocol):
     Runtime: type[tensorrt.Runtime]
     TensorFormat: type[tensorrt.TensorFormat]
     TensorIOMode: type[tensorrt.TensorIOMode]
+    TensorLocation: type[tensorrt.TensorLocation]
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,11 @@ class Flavor:
     version_compatible: bool        # RTX: the flag needs libnvinfer_lean, which RTX does not ship
     compute_capabilities: bool      # RTX: IBuilderConfig.set_compute_capability / num_compute_capabilities
     header_checked: bool            # plan-header layout verified against real plans of this library
-    runs_on: tuple[str, ...] = ()   # compute capabilities the runtime accepts ("8.6", or "12" for 12.x); () = any
+    runtime_cache: bool = False     # RTX: IRuntimeCache of JIT-compiled kernels, persisted per GPU
+    runs_on: tuple[str, ...] = ()   # compute capabilities the runtime accepts ("8.6"); () = any
 
     def can_run_on(self, cc: tuple[int, int]) -> bool:
-        return not self.runs_on or f"{cc[0]}.{cc[1]}" in self.runs_on or str(cc[0]) in self.runs_on
+        return not self.runs_on or f"{cc[0]}.{cc[1]}" in self.runs_on
 
 
 # -- logging ------------------------------------------------------------------------------------------
@@ -300,8 +304,8 @@ def read_plan_header(data: bytes) -> PlanHeader:
 
 
 def check_plan_header(flavor: Flavor, data: bytes, library_version: str, *, path: Path,
-                      version_compatible: bool, device_cc: tuple[int, int] | None) -> PlanHeader:
-    """Refuse, before deserialization, a plan that is truncated, foreign, or from another version/GPU."""
+                      version_compatible: bool) -> PlanHeader:
+    """Refuse, before deserialization, a plan that is truncated, foreign, or from another library version."""
     rebuild = "rebuild the artifact on this machine: trtflow build <recipe> --force"
     if len(data) < HEADER_BYTES:
         raise ArtifactError(f"{path}: {len(data)} bytes is too short for a {flavor.title} plan (empty or truncated)",
@@ -323,13 +327,29 @@ def check_plan_header(flavor: Flavor, data: bytes, library_version: str, *, path
     if header.recorded_size is not None and header.recorded_size != len(data):
         raise ArtifactError(f"{path} is {len(data)} bytes but its header says {header.recorded_size}: "
                             "the plan is truncated or corrupt", hint=rebuild)
-    if device_cc is not None and header.compute_capabilities is not None and not header.unknown_cc_bits:
-        here = f"{device_cc[0]}.{device_cc[1]}"
-        if here not in header.compute_capabilities:
-            raise ArtifactError(f"{path} holds kernels for compute capability {', '.join(header.compute_capabilities)}; "
-                                f"this GPU is {here}",
-                                hint=f"add '{here}' to build.compute_capabilities and rebuild")
     return header
+
+
+def check_plan_targets(header: PlanHeader, device_cc: tuple[int, int] | None,
+                       validity: tuple[str, list[str]] | None, *, path: Path) -> None:
+    """Refuse a TensorRT-RTX plan whose compute-capability targets leave out this GPU.
+
+    TensorRT-RTX documents that a plan built for explicit ``build.compute_capabilities`` runs only on
+    those (docs/tensorrt.md cites the page): a 12.0-only plan is not for a 12.1 GPU, even in one family.
+    The header is read without a GPU; where the library itself can judge the plan
+    (``Runtime.get_engine_validity``, which needs the GPU), its verdict wins: only UNSUPPORTED_CC refuses.
+    Header bits this module does not know (the builder's default target list carries one) leave the
+    decision to the library.
+    """
+    if device_cc is None or header.compute_capabilities is None or header.unknown_cc_bits:
+        return
+    here = f"{device_cc[0]}.{device_cc[1]}"
+    if here in header.compute_capabilities:
+        return
+    if validity is not None and "UNSUPPORTED_CC" not in validity[1]:
+        return  # the library says this plan runs on this GPU
+    raise ArtifactError(f"{path} holds kernels for compute capability {', '.join(header.compute_capabilities)}; "
+                        f"this GPU is {here}", hint=f"add '{here}' to build.compute_capabilities and rebuild")
 
 
 def describe_plan_file(path: Path) -> dict[str, Any]:
@@ -478,14 +498,6 @@ def _cache_entries(cache: tensorrt.ITimingCache) -> int | None:
     return len(keys()) if keys is not None else None
 
 
-def _atomic_write_bytes(path: Path, data: memoryview | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _network_io(trt: TrtModule, tensors: dict[str, tensorrt.ITensor], plan: Plan) -> list[dict[str, Any]]:
     out = []
     for tp in plan.tensors:
@@ -531,7 +543,7 @@ def _try_engine_details(trt: TrtModule, flavor: Flavor, plan_bytes: memoryview) 
     if engine is None:
         return None
     return {"io": engine_io(trt, engine), "layers": engine.num_layers,
-            "device_memory_bytes": _device_memory_size(engine)}
+            "device_memory_bytes": int(engine.device_memory_size_v2)}
 
 
 def _set_compute_capabilities(trt: Any, config: Any, ccs: Sequence[str]) -> list[str]:
@@ -550,6 +562,52 @@ def _set_compute_capabilities(trt: Any, config: Any, ccs: Sequence[str]) -> list
         if not config.set_compute_capability(target, i):
             raise BuildError(f"TensorRT-RTX refused compute capability {ccs[i]!r}")
     return [f"{t.name[2:-1]}.{t.name[-1]}" for t in targets]
+
+
+def _shape_input_values(flavor: Flavor, tensors: dict[str, tensorrt.ITensor], plan: Plan
+                        ) -> dict[str, dict[str, list[int]]]:
+    """``build.shape_inputs`` for the network's shape-tensor inputs (values read on the host, e.g. the
+    target shape of a Reshape); every shape tensor needs its value range in the optimization profile."""
+    given: dict[str, dict[str, list[int]]] = plan.build.get("shape_inputs") or {}
+    found = {t.name for t in plan.inputs if tensors[t.name].is_shape_tensor}
+    unknown = sorted(set(given) - found)
+    if unknown:
+        raise BuildError(f"build.shape_inputs names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not a "
+                         f"shape-tensor input of the model (shape tensors: {sorted(found) or 'none'})",
+                         hint="list only inputs whose values are a shape (e.g. the shape input of a Reshape)")
+    missing = sorted(found - set(given))
+    if missing:
+        name = missing[0]
+        n = int(dims(tensors[name].shape)[0]) if dims(tensors[name].shape) else 1
+        example = ", ".join(f"{k}: [{', '.join(['1'] * n)}]" for k in ("min", "opt", "max"))
+        raise BuildError(f"input {name!r} is a shape tensor: {flavor.title} reads its {n} value(s) on the host "
+                         "as a shape, and its optimization profile needs the range of those values",
+                         hint=f"add to the recipe: build: {{shape_inputs: {{{name}: {{{example}}}}}}} "
+                         "with the smallest, typical and largest values")
+    for name, v in given.items():
+        n = int(dims(tensors[name].shape)[0]) if dims(tensors[name].shape) else 1
+        bad = [k for k in ("min", "opt", "max") if len(v[k]) != n]
+        if bad:
+            raise BuildError(f"build.shape_inputs.{name}: {bad[0]} has {len(v[bad[0]])} values; the shape tensor "
+                             f"{name!r} holds {n}", hint=f"give {n} values each for min, opt and max")
+    return given
+
+
+def _build_failure_hint(errors: list[str], *, graphs: bool) -> str:
+    """A hint that matches what the builder said (a workspace hint only for memory failures)."""
+    text = " ".join(errors).lower()
+    if "profile" in text or "shape constraints" in text or "shape input" in text:
+        return ("the optimization profile does not fit the model: check inputs.<name>.profile and "
+                "build.shape_inputs (values of shape tensors) against the model's shapes")
+    if graphs and ("user allocation" in text or "require_user_allocation" in text or "runtime allocation" in text):
+        return ("streams.cuda_graph needs an engine that allocates nothing at run time, which this model's "
+                "data-dependent shapes prevent: set streams.cuda_graph: false")
+    if "memory" in text or "workspace" in text or "out of" in text:
+        return "the builder ran out of memory: raise build.workspace_mib, or lower build.optimization_level"
+    if "unsupported" in text or "not supported" in text:
+        return ("an op or setting is not supported by this library version: see the messages above; "
+                "backend onnxruntime runs every standard op")
+    return "see the messages above (the builder's own account of the failure)"
 
 
 def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: Path, *,
@@ -586,6 +644,12 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
     targets: list[str] | None = None
     if b.get("compute_capabilities"):
         targets = _set_compute_capabilities(trt, config, b["compute_capabilities"])
+    # TensorRT-RTX 1.2+: without this flag the runtime may allocate inside an enqueue (shapes beyond the
+    # static allocation), which a CUDA graph capture cannot hold. Full TensorRT has no such flag.
+    user_alloc_flag = getattr(trt.BuilderFlag, "REQUIRE_USER_ALLOCATION", None)
+    graphs = bool(plan.streams.get("cuda_graph", False))
+    if graphs and user_alloc_flag is not None:
+        config.set_flag(user_alloc_flag)
 
     cache_path: Path | None = None
     cache_info: dict[str, Any] = {"used": False}
@@ -596,11 +660,16 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
         cache, cache_info = _timing_cache(trt, config, cache_path)
         cache_info["used"] = True
 
-    profiles = []
-    if any(-1 in dims(tensors[t.name].shape) for t in plan.inputs):
+    shape_inputs = _shape_input_values(flavor, tensors, plan)
+    profiles: list[dict[str, Any]] = []
+    if shape_inputs or any(-1 in dims(tensors[t.name].shape) for t in plan.inputs):
         profile = builder.create_optimization_profile()
         for t in plan.inputs:
-            if -1 in dims(tensors[t.name].shape) or t.dynamic:
+            if t.name in shape_inputs:  # a shape tensor: the profile bounds its values, not its shape
+                v = shape_inputs[t.name]
+                profile.set_shape_input(t.name, v["min"], v["opt"], v["max"])
+                profiles.append({"name": t.name, "values": v})
+            elif -1 in dims(tensors[t.name].shape) or t.dynamic:
                 profile.set_shape(t.name, trt.Dims(list(t.min_shape)), trt.Dims(list(t.shape)),
                                   trt.Dims(list(t.max_shape)))
                 profiles.append({"name": t.name, "min": list(t.min_shape), "opt": list(t.shape),
@@ -620,8 +689,7 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
     if serialized is None:
         errs = sink.errors() or ["(the builder logged no error)"]
         raise BuildError(f"{flavor.title} failed to build {onnx_path.name}:\n  " + "\n  ".join(errs[-20:]),
-                         hint="see the messages above; a smaller build.optimization_level or a larger "
-                         "build.workspace_mib can help")
+                         hint=_build_failure_hint(errs, graphs=graphs and user_alloc_flag is not None))
     plan_bytes = memoryview(serialized).cast("B")
     (out_dir / ENGINE_FILE).write_bytes(plan_bytes)
 
@@ -631,7 +699,7 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
         if cache_info.get("entries_loaded") is not None and cache_info.get("entries_saved") is not None:
             cache_info["new_entries"] = cache_info["entries_saved"] - cache_info["entries_loaded"]
         if cache_path is not None:
-            _atomic_write_bytes(cache_path, saved)
+            atomic_write(cache_path, bytes(saved))
     elif not flavor.timing_cache:
         cache_info["why"] = f"timing cache operations are no-ops in {flavor.title}"
 
@@ -661,6 +729,7 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
         "compute_capabilities": targets if targets is not None else (
             list(header.compute_capabilities) if header.compute_capabilities is not None else None),
         "profiles": profiles,
+        "require_user_allocation": (graphs if user_alloc_flag is not None else None),
         "layers": {"network": network.num_layers,
                    "engine": engine["layers"] if engine else report_layers},
         "io_source": io_source,
@@ -676,9 +745,7 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
 
 # -- runtime --------------------------------------------------------------------------------------------
 
-def _device_memory_size(engine: tensorrt.ICudaEngine) -> int:
-    size = getattr(engine, "device_memory_size_v2", None)  # TensorRT 10.1+, 11, RTX
-    return int(size if size is not None else engine.device_memory_size)
+RUNTIME_CACHE_DIR = "runtime_cache"  # inside the artifact folder: one file per GPU, driver and library version
 
 
 def _check_engine_io(engine: tensorrt.ICudaEngine, plan: Plan, path: Path) -> None:
@@ -705,28 +772,215 @@ def _validity_diagnostics(trt: Any, runtime: Any, data: bytes) -> tuple[str, lis
     return str(getattr(validity, "name", validity)), reasons
 
 
+# -- runtime cache (TensorRT-RTX) -------------------------------------------------------------------------
+
+def runtime_cache_key(gpu: str, cc: tuple[int, int], driver: int, library: str) -> str:
+    """File stem of the runtime cache for one GPU model, driver and library version.
+
+    TensorRT-RTX validates a cache blob itself (GPU SKU, driver major and not older, library version:
+    ``IRuntimeCache.deserialize``); the key keeps one file per environment so that two machines sharing an
+    artifact folder never overwrite each other's cache and a foreign one is never even read.
+    """
+    name = re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-").lower() or "gpu"
+    return f"{name}-sm{cc[0]}{cc[1]}-driver{driver}-{library}"
+
+
+@dataclass(frozen=True)
+class RuntimeCacheFile:
+    """Where one environment's TensorRT-RTX runtime cache lives: ``<artifact>/runtime_cache/<key>.bin``."""
+
+    folder: Path
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self.key}.bin"
+
+    def load(self) -> bytes | None:
+        """The saved blob; None if there is none (or it cannot be read: a warning, never an error)."""
+        try:
+            return self.path.read_bytes() if self.path.is_file() else None
+        except OSError as exc:
+            warnings.warn(f"runtime cache {self.path} unreadable ({exc}); compiling kernels afresh",
+                          RuntimeWarning, stacklevel=2)
+            return None
+
+    def save(self, data: bytes | memoryview) -> bool:
+        """Write atomically (a reader sees the old or the new file, never half of one). A read-only
+        artifact folder is a warning: the cache is an optimisation."""
+        try:
+            atomic_write(self.path, bytes(data))
+        except OSError as exc:
+            warnings.warn(f"runtime cache not saved to {self.path} ({exc}); the next start compiles again",
+                          RuntimeWarning, stacklevel=2)
+            return False
+        return True
+
+
+def runtime_cache_file(artifact_dir: Path, library: str) -> RuntimeCacheFile | None:
+    """The runtime cache file of the current GPU, or None without a usable GPU."""
+    from trtflow.runtime import cuda
+
+    try:
+        info = cuda.device_properties()
+        driver = cuda.driver_version()
+    except TrtflowError:
+        return None
+    key = runtime_cache_key(info.name, info.compute_capability, driver, library)
+    return RuntimeCacheFile(artifact_dir / RUNTIME_CACHE_DIR, key)
+
+
+def _load_runtime_cache(cache: Any, file: RuntimeCacheFile) -> str:
+    """Fill an ``IRuntimeCache`` from ``file``: 'loaded', 'empty' (no file) or 'rejected' (a warning)."""
+    blob = file.load()
+    if not blob:
+        return "empty"
+    if cache.deserialize(blob):
+        return "loaded"
+    warnings.warn(f"runtime cache {file.path} was rejected by TensorRT-RTX (corrupt, or made by another "
+                  "GPU/driver/version); compiling kernels afresh and replacing it", RuntimeWarning, stacklevel=2)
+    return "rejected"
+
+
+# -- data-dependent outputs -------------------------------------------------------------------------------
+
+class _OutputMemory:
+    """State of the ``IOutputAllocator`` of one engine: the runtime's buffers and those grown here."""
+
+    def __init__(self, capacity: dict[str, int]) -> None:
+        self.capacity = capacity                         # output -> bytes of the runtime's buffer
+        self.bound: dict[str, int] = {}                  # output -> runtime's address (set_address)
+        self.grown: dict[str, tuple[int, int]] = {}      # output -> (address, bytes) from runtime.cuda
+        self.used: dict[str, int] = {}                   # output -> where TensorRT wrote the last result
+        self.shapes: dict[str, tuple[int, ...]] = {}     # output -> notify_shape of the last enqueue
+        self.error: BaseException | None = None
+
+    def reallocate(self, name: str, current: int, size: int, alignment: int) -> int:
+        """The address TensorRT writes output ``name`` to: the runtime's buffer when ``size`` fits,
+        else memory grown here (doubling, allocated and freed through :mod:`trtflow.runtime.cuda`)."""
+        from trtflow.runtime import cuda
+
+        align = max(int(alignment), 1)
+        bound = self.bound.get(name, current)
+        if bound and size <= self.capacity.get(name, 0) and bound % align == 0:
+            self.used[name] = bound
+            return bound
+        ptr, have = self.grown.get(name, (0, 0))
+        if not ptr or have < size or ptr % align:
+            if ptr:
+                cuda.free(ptr)  # TensorRT asked for more: the old result was copied out already
+                del self.grown[name]
+            have = max(int(size), 2 * have, 256)
+            ptr = cuda.malloc(have)
+            self.grown[name] = (ptr, have)
+            if ptr % align:
+                raise CudaError(f"output {name!r}: cudaMalloc returned {ptr:#x}, not {align}-byte aligned")
+        self.used[name] = ptr
+        return ptr
+
+    def close(self) -> None:
+        from trtflow.runtime import cuda
+
+        for ptr, _ in self.grown.values():
+            cuda.free(ptr)
+        self.grown.clear()
+
+
+def make_output_allocator(trt: TrtModule, memory: _OutputMemory) -> Any:
+    """A ``trt.IOutputAllocator`` over ``memory`` (pyCore.cpp's trampoline calls ``reallocate_output_async``
+    and ``notify_shape``; a Python exception there would only be printed, so it is kept and re-raised
+    by :meth:`TrtEngine.enqueue`)."""
+    base: Any = trt.IOutputAllocator
+
+    class OutputAllocator(base):  # type: ignore[misc]
+        def __init__(self) -> None:
+            base.__init__(self)
+
+        def reallocate_output_async(self, tensor_name: str, memory_: int, size: int, alignment: int,
+                                    stream: int) -> int:
+            try:
+                return memory.reallocate(tensor_name, int(memory_), int(size), int(alignment))
+            except BaseException as exc:  # noqa: BLE001 - handed back to enqueue's caller
+                memory.error = exc
+                return 0  # nullptr: TensorRT fails the enqueue
+
+        def notify_shape(self, tensor_name: str, shape: Any) -> None:
+            memory.shapes[tensor_name] = tuple(int(d) for d in shape)
+
+    return OutputAllocator()
+
+
+# -- the engine ---------------------------------------------------------------------------------------------
+
 class TrtEngine(CudaEngine):
     """A deserialized plan with one execution context; the runtime owns buffers, streams and scratch.
 
-    Device scratch memory is user-managed where the library offers it: the runtime allocates
-    :attr:`scratch_size` bytes (256-byte aligned) and hands them over with :meth:`set_scratch` before
-    the first :meth:`enqueue`; a size of 0 needs no hand-over.
+    The context is created through an ``IRuntimeConfig`` (TensorRT 10.12+, 11, TensorRT-RTX) with the
+    USER_MANAGED allocation strategy: the runtime allocates :attr:`scratch_size` bytes and hands them over
+    with :meth:`set_scratch` (nothing when the size is 0). On TensorRT-RTX the config also carries the
+    runtime cache (JIT-compiled kernels, persisted per GPU in the artifact folder) and the kernel
+    specialization strategy: EAGER when the plan captures CUDA graphs, so that the warm-up enqueue before
+    a capture compiles the shape-specialized kernels and the graph never bakes in a fallback kernel.
+
+    One execution context, and CUDA graphs bake in its state (shapes, addresses, scratch): a graph
+    captured at one set of input shapes is invalid once :meth:`set_input_shape` changed them
+    (:attr:`graphs_outlive_shape_changes` is False, the runtime recaptures).
     """
 
+    graphs_outlive_shape_changes = False
+
     def __init__(self, trt: TrtModule, flavor: Flavor, runtime: tensorrt.Runtime, engine: tensorrt.ICudaEngine,
-                 sink: LogSink, logger: Any, plan: Plan) -> None:
+                 sink: LogSink, logger: Any, plan: Plan, *, cache_file: RuntimeCacheFile | None = None) -> None:
         self._trt, self.flavor, self._logger, self._sink, self.plan = trt, flavor, logger, sink, plan
         self._runtime: tensorrt.Runtime | None = runtime
         self._engine: tensorrt.ICudaEngine | None = engine
-        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
-        self.user_managed_memory = strategy is not None
-        ctx = (engine.create_execution_context(strategy.USER_MANAGED) if strategy is not None
-               else engine.create_execution_context())
+        self.tensor_names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.cache_file = cache_file
+        self.runtime_cache: str = "n/a"  # n/a | empty | loaded | rejected
+        self._cache: Any = None
+        self._config: Any = None
+        ctx = self._create_context(engine)
         if ctx is None:
             raise ArtifactError(f"{flavor.title} could not create an execution context: " + "; ".join(sink.errors()[-5:]))
         self._ctx: tensorrt.IExecutionContext | None = ctx
-        self._memory: tuple[int, int] | None = None
-        self.tensor_names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self._scratch_size = int(engine.device_memory_size_v2)
+        self._scratch: int | None = None
+        self._stream: int | None = None  # the stream of the last enqueue (is_stream_capturable asks for one)
+        self._outputs = [t.name for t in plan.outputs]
+        self._out_memory = _OutputMemory({t.name: int(t.max_bytes) for t in plan.outputs})
+        self._allocator: Any = None
+        self._dynamic_outputs: set[str] = set()  # outputs with -1 dims at the shapes set (allocator bound)
+        self._shapes_dirty = True
+        # Shape tensors: inputs whose values TensorRT reads on the host (TensorLocation.HOST).
+        host = trt.TensorLocation.HOST
+        self.host_inputs = frozenset(t.name for t in plan.inputs
+                                     if engine.is_shape_inference_io(t.name) and engine.get_tensor_location(t.name) == host)
+        self._host_values: dict[str, Any] = {}
+
+    def _create_context(self, engine: tensorrt.ICudaEngine) -> tensorrt.IExecutionContext | None:
+        trt = self._trt
+        config = engine.create_runtime_config()
+        config.set_execution_context_allocation_strategy(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        rtx: Any = config  # TensorRT-RTX only: runtime cache and strategies (version-guarded below)
+        if hasattr(rtx, "create_runtime_cache"):
+            if self.cache_file is not None:
+                self._cache = rtx.create_runtime_cache()
+                self.runtime_cache = _load_runtime_cache(self._cache, self.cache_file)
+                if not rtx.set_runtime_cache(self._cache):
+                    warnings.warn("TensorRT-RTX refused the runtime cache; kernels are compiled per run",
+                                  RuntimeWarning, stacklevel=3)
+                    self._cache, self.runtime_cache = None, "n/a"
+            graphs = bool(self.plan.streams.get("cuda_graph", False))
+            strategies: Any = trt
+            if graphs and hasattr(strategies, "DynamicShapesKernelSpecializationStrategy"):
+                rtx.dynamic_shapes_kernel_specialization_strategy = \
+                    strategies.DynamicShapesKernelSpecializationStrategy.EAGER
+            if hasattr(strategies, "CudaGraphStrategy"):
+                # trtflow captures the whole request (copies included) itself; RTX's own capture inside
+                # an application capture is not possible, and without `cuda_graph` none was asked for.
+                rtx.cuda_graph_strategy = strategies.CudaGraphStrategy.DISABLED
+        self._config = config
+        return engine.create_execution_context(config)
 
     # -- state ----------------------------------------------------------------------------------------
     def _live(self) -> tuple[tensorrt.ICudaEngine, tensorrt.IExecutionContext]:
@@ -738,20 +992,20 @@ class TrtEngine(CudaEngine):
 
     @property
     def scratch_size(self) -> int:
-        """Scratch bytes the context needs at the largest shapes of every profile (0 without user-managed memory)."""
-        return _device_memory_size(self._live()[0]) if self.user_managed_memory else 0
+        """Device scratch bytes the context needs at the largest shapes of its profile (0 is legal:
+        nothing to hand over, :meth:`enqueue` runs without it)."""
+        self._live()
+        return self._scratch_size
 
     def set_scratch(self, ptr: int) -> None:
-        engine, ctx = self._live()
-        size = _device_memory_size(engine)
+        """Hand over :attr:`scratch_size` bytes at ``ptr`` (owned by the runtime, 256-byte aligned)."""
+        _, ctx = self._live()
         if ptr % 256:
             raise InputError(f"scratch memory at {ptr:#x} is not 256-byte aligned")
-        ctx.set_device_memory(ptr, size)
-        self._memory = (ptr, size)
-
-    def output_shape(self, name: str) -> tuple[int, ...] | None:
-        shape = tuple(dims(self._live()[1].get_tensor_shape(name)))
-        return None if any(d < 0 for d in shape) else shape
+        if not ptr and self._scratch_size:
+            raise InputError(f"scratch memory of {self._scratch_size} bytes needed, got a null pointer")
+        ctx.set_device_memory(int(ptr), self._scratch_size)
+        self._scratch = int(ptr)
 
     def io(self) -> list[dict[str, Any]]:
         return engine_io(self._trt, self._live()[0])
@@ -770,31 +1024,138 @@ class TrtEngine(CudaEngine):
             t = self.plan.tensor(name)
             raise InputError(f"input {name!r}: shape {tuple(shape)} is outside the engine's profile "
                              f"[{t.min_shape} .. {t.max_shape}]")
+        self._shapes_dirty = True
+
+    def set_input_values(self, name: str, values: Any) -> None:
+        """The values of shape-tensor input ``name`` (:attr:`host_inputs`), kept in host memory this
+        engine owns: TensorRT reads them on the host, for output shapes and at enqueue."""
+        import numpy as np
+
+        _, ctx = self._live()
+        if name not in self.host_inputs:
+            raise InputError(f"input {name!r} is not a shape tensor; its data goes to device memory",
+                             hint=f"shape tensors of this engine: {sorted(self.host_inputs) or 'none'}")
+        want = np.dtype(self.plan.tensor(name).dtype)
+        buf = self._host_values.get(name)
+        arr = np.ascontiguousarray(values, dtype=want)
+        if buf is None or buf.shape != arr.shape:
+            buf = self._host_values[name] = arr.copy()  # stays alive: TensorRT keeps its address
+        else:
+            buf[...] = arr
+        if not ctx.set_tensor_address(name, int(buf.ctypes.data)):
+            raise InputError(f"{self.flavor.title} rejected the host values of shape tensor {name!r}")
+        self._shapes_dirty = True
 
     def set_address(self, name: str, ptr: int) -> None:
         _, ctx = self._live()
+        if name in self.host_inputs:
+            return  # its values live on the host (set_input_values); the runtime's device copy is unused
         if not ctx.set_tensor_address(name, int(ptr)):
             raise InputError(f"{self.flavor.title} rejected address {int(ptr):#x} for tensor {name!r} "
                              "(unknown tensor, or not 256-byte aligned)")
+        if name in self._out_memory.capacity:
+            self._out_memory.bound[name] = int(ptr)
 
     def set_input_consumed_event(self, event: int) -> bool:
         _, ctx = self._live()
         return bool(ctx.set_input_consumed_event(int(event)))
 
+    def _refresh(self) -> None:
+        """After input shapes/values changed: which outputs have dims the context cannot tell yet
+        (data-dependent, -1): those get the output allocator."""
+        if not self._shapes_dirty:
+            return
+        _, ctx = self._live()
+        dynamic = {n for n in self._outputs if -1 in dims(ctx.get_tensor_shape(n))}
+        if dynamic - self._dynamic_outputs:
+            if self._allocator is None:
+                self._allocator = make_output_allocator(self._trt, self._out_memory)
+            for name in sorted(dynamic - self._dynamic_outputs):
+                if not ctx.set_output_allocator(name, self._allocator):
+                    raise CudaError(f"{self.flavor.title} refused an output allocator for {name!r}")
+        self._dynamic_outputs |= dynamic
+        self._shapes_dirty = False
+
+    def output_shape(self, name: str) -> tuple[int, ...] | None:
+        """The exact shape of output ``name`` at the input shapes (and shape-tensor values) last set,
+        from ``context.get_tensor_shape``; None where a dim is data-dependent (see :meth:`reported_shape`)."""
+        _, ctx = self._live()
+        self._refresh()
+        shape = dims(ctx.get_tensor_shape(name))
+        return None if -1 in shape else tuple(shape)
+
+    def reported_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape ``IOutputAllocator.notify_shape`` reported for ``name`` during the last enqueue."""
+        self._live()
+        return self._out_memory.shapes.get(name) if name in self._dynamic_outputs else None
+
     def enqueue(self, stream: int) -> None:
         _, ctx = self._live()
-        if self._memory is None and self.scratch_size:
+        if self._scratch_size and self._scratch is None:
             raise TrtflowError("enqueue before set_scratch: this engine's scratch memory is user-managed",
-                               hint=f"allocate scratch_size ({self.scratch_size}) bytes and call set_scratch(ptr) once")
+                               hint=f"allocate scratch_size ({self._scratch_size}) bytes and call set_scratch(ptr) once")
+        missing = sorted(self.host_inputs - set(self._host_values))
+        if missing:
+            raise InputError(f"shape-tensor input(s) {missing}: values not set",
+                             hint="TensorRT reads shape tensors on the host: call set_input_values(name, values)")
+        self._refresh()
         self._sink.clear()
-        if not ctx.execute_async_v3(int(stream)):
+        mem = self._out_memory
+        mem.error = None
+        for name in self._dynamic_outputs:
+            mem.shapes.pop(name, None)
+        self._stream = int(stream)
+        ok = ctx.execute_async_v3(int(stream))
+        if mem.error is not None:
+            raise mem.error
+        if not ok:
             raise CudaError(f"{self.flavor.title} execute_async_v3 failed: " +
                             ("; ".join(self._sink.errors()[-5:]) or "no message logged"),
                             hint="check that every I/O address and input shape is set")
+        self._copy_back(int(stream))
+
+    def _copy_back(self, stream: int) -> None:
+        """A data-dependent result TensorRT wrote into memory grown here goes into the runtime's buffer
+        (stream-ordered D2D), so the runtime reads every output where it bound it."""
+        from trtflow.plan.formats import nbytes
+        from trtflow.runtime import cuda
+
+        mem = self._out_memory
+        for name in self._dynamic_outputs:
+            used, bound = mem.used.get(name), mem.bound.get(name)
+            if used is None or bound is None or used == bound:
+                continue
+            shape = mem.shapes.get(name)
+            t = self.plan.tensor(name)
+            need = nbytes(shape, t.dtype, t.format) if shape is not None else mem.capacity[name] + 1
+            if need > mem.capacity[name]:
+                raise ArtifactError(f"output {name!r}: the result of shape {list(shape or [])} needs {need} bytes; "
+                                    f"the runner's buffer holds {mem.capacity[name]} (the plan's bound {list(t.max_shape)})",
+                                    hint="raise the output's upper bound in the recipe and rebuild")
+            if need:
+                cuda.memcpy_async(bound, used, need, "d2d", stream=stream)
 
     @property
     def capturable(self) -> bool:
+        """Whether an enqueue can be captured: not with data-dependent outputs (the allocator runs inside
+        the enqueue); on TensorRT-RTX ``is_stream_capturable`` of the stream of the last enqueue (ask after
+        the warm-up run); else True."""
+        _, ctx = self._live()
+        self._refresh()
+        if self._dynamic_outputs:
+            return False
+        check = getattr(ctx, "is_stream_capturable", None)  # TensorRT-RTX 1.2+
+        if check is not None and self._stream is not None:
+            return bool(check(self._stream))
         return True
+
+    def save_runtime_cache(self) -> bool:
+        """Persist the TensorRT-RTX runtime cache (JIT-compiled kernels) for the next start; False if
+        there is none. Called by :meth:`close`."""
+        if self._cache is None or self.cache_file is None:
+            return False
+        blob = self._cache.serialize()
+        return bool(blob is not None and memoryview(blob).nbytes and self.cache_file.save(memoryview(blob).cast("B")))
 
     # -- serving (runtime/pool.py): several instances of one engine ---------------------------------
     def new_instance(self) -> TrtEngine:
@@ -802,10 +1163,17 @@ class TrtEngine(CudaEngine):
         shapes, addresses and scratch memory), for another runner on this device."""
         engine, _ = self._live()
         assert self._runtime is not None
-        return TrtEngine(self._trt, self.flavor, self._runtime, engine, self._sink, self._logger, self.plan)
+        return TrtEngine(self._trt, self.flavor, self._runtime, engine, self._sink, self._logger, self.plan,
+                         cache_file=self.cache_file)
 
     def close(self) -> None:
+        if self._ctx is not None:
+            try:
+                self.save_runtime_cache()
+            finally:
+                self._out_memory.close()
         self._ctx = None
+        self._cache = self._config = self._allocator = None
         self._engine = None
         self._runtime = None
 
@@ -822,8 +1190,7 @@ def open_engine(trt: TrtModule, flavor: Flavor, artifact_dir: Path, plan: Plan, 
     data = path.read_bytes()
     version_compatible = bool(plan.build.get("version_compatible"))
     cc = device_compute_capability()
-    check_plan_header(flavor, data, version(trt), path=path, version_compatible=version_compatible,
-                      device_cc=cc)
+    header = check_plan_header(flavor, data, version(trt), path=path, version_compatible=version_compatible)
     if cc is not None and not flavor.can_run_on(cc):
         raise BackendMissing(f"{flavor.title} cannot run on this GPU (compute capability {cc[0]}.{cc[1]})",
                              hint="execute the artifact's model.onnx with backend torch or onnxruntime")
@@ -834,7 +1201,8 @@ def open_engine(trt: TrtModule, flavor: Flavor, artifact_dir: Path, plan: Plan, 
     runtime = trt.Runtime(logger)
     if allow_host_code:
         runtime.engine_host_code_allowed = True
-    validity = _validity_diagnostics(trt, runtime, data)
+    validity = _validity_diagnostics(trt, runtime, data) if cc is not None else None
+    check_plan_targets(header, cc, validity, path=path)
     if validity is not None and validity[0] == "INVALID" and validity[1]:
         raise ArtifactError(f"{flavor.title} says {path} cannot run here: {', '.join(validity[1])}",
                             hint="rebuild the artifact for this GPU and library version: trtflow build <recipe> --force")
@@ -845,4 +1213,5 @@ def open_engine(trt: TrtModule, flavor: Flavor, artifact_dir: Path, plan: Plan, 
                             hint="plans are tied to the library version and GPU that built them: rebuild on "
                             "this machine with trtflow build <recipe> --force")
     _check_engine_io(engine, plan, path)
-    return TrtEngine(trt, flavor, runtime, engine, sink, logger, plan)
+    cache_file = runtime_cache_file(artifact_dir, version(trt)) if flavor.runtime_cache else None
+    return TrtEngine(trt, flavor, runtime, engine, sink, logger, plan, cache_file=cache_file)

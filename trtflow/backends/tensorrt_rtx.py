@@ -1,8 +1,9 @@
-"""TensorRT for RTX (``tensorrt_rtx``): builds ahead of time on any machine, runs on CC 8.0/8.6/8.9/12.x.
+"""TensorRT for RTX (``tensorrt_rtx``): builds ahead of time on any machine, runs on CC 7.5-12.1.
 
 Thin: everything is in :mod:`trtflow.backends._trt_common`. What differs from full TensorRT is the
-:data:`FLAVOR`: targets are set with ``build.compute_capabilities``; no timing cache (a no-op since
-TensorRT-RTX 1.2), no hardware-compatibility level, no version-compatible plans.
+:data:`FLAVOR`: targets are set with ``build.compute_capabilities``; a runtime cache of JIT-compiled
+kernels; no timing cache (a no-op since TensorRT-RTX 1.2), no hardware-compatibility level, no
+version-compatible plans. docs/tensorrt.md says what each of these rests on.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from trtflow.plan.model import BuildInfo, Plan
 
 FLAVOR = common.Flavor(
     backend="tensorrt_rtx", title="TensorRT-RTX", timing_cache=False, hardware_compatibility=False,
-    version_compatible=False, compute_capabilities=True, header_checked=True,
-    runs_on=("8.0", "8.6", "8.9", "12"),  # the runtime refuses 9.0 (H100/H200) at deserialization
+    version_compatible=False, compute_capabilities=True, header_checked=True, runtime_cache=True,
+    # The targets of TensorRT-RTX 1.7 (its ComputeCapability enum: SM75..SM121; 7.5 only when asked for,
+    # see docs/tensorrt.md). The runtime refuses the others, e.g. 9.0 (H100/H200), at deserialization.
+    runs_on=("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"),
 )
 
 

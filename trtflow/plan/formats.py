@@ -56,9 +56,10 @@ def check_format(fmt: str, dtype: str, rank: int) -> str | None:
 
 
 def channel_dim(rank: int, fmt: str) -> int:
-    """The dimension TensorRT vectorizes: C of [N]C[D]HW, i.e. rank-3 for 4-D, rank-4 for 5-D formats."""
-    rule = FORMATS[fmt]
-    return rank - (4 if rule.min_rank == 4 and rank >= 5 else 3)
+    """The dimension TensorRT vectorizes (the channel): third to last for the 2-D image formats (CHW2,
+    HWC8, HWC, ...), fourth to last for the volume formats DHWC8, CDHW32 and DHWC, at every rank they
+    allow (NvInferRuntime.h, ``enum class TensorFormat``). A 4-D tensor in DHWC8 is [C][D][H][W]: dim 0."""
+    return rank - FORMATS[fmt].min_rank
 
 
 def physical_shape(shape: tuple[int, ...], fmt: str) -> tuple[int, ...]:

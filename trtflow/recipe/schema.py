@@ -79,11 +79,28 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> Profile:
-        if not (len(self.min) == len(self.opt) == len(self.max)):
-            raise ValueError("min, opt and max must have the same rank")
-        for i, (lo, mid, hi) in enumerate(zip(self.min, self.opt, self.max)):
-            if not lo <= mid <= hi:
-                raise ValueError(f"dimension {i}: need min <= opt <= max, got {lo}, {mid}, {hi}")
+        _check_ordered(self.min, self.opt, self.max, "dimension")
+        return self
+
+
+def _check_ordered(lo_: list[int], mid_: list[int], hi_: list[int], what: str) -> None:
+    if not (len(lo_) == len(mid_) == len(hi_)):
+        raise ValueError("min, opt and max must have the same length")
+    for i, (lo, mid, hi) in enumerate(zip(lo_, mid_, hi_)):
+        if not lo <= mid <= hi:
+            raise ValueError(f"{what} {i}: need min <= opt <= max, got {lo}, {mid}, {hi}")
+
+
+class ShapeValues(_Strict):
+    """The values a shape-tensor input takes (e.g. the target shape of a Reshape): min <= opt <= max each."""
+
+    min: list[Annotated[int, Field(ge=0)]]
+    opt: list[Annotated[int, Field(ge=0)]]
+    max: list[Annotated[int, Field(ge=0)]]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShapeValues:
+        _check_ordered(self.min, self.opt, self.max, "value")
         return self
 
 
@@ -211,6 +228,9 @@ class Build(_Strict):
     compute_capabilities: list[str] = Field(
         default_factory=list, description="TensorRT-RTX targets, e.g. ['8.6', '12.0']; empty = the builder's default.")
     detailed_profiling: bool = Field(default=True, description="ProfilingVerbosity.DETAILED for `trtflow inspect`.")
+    shape_inputs: dict[str, ShapeValues] = Field(
+        default_factory=dict, description="TensorRT: the value range of each shape-tensor input (an input whose "
+        "values are a shape, e.g. a Reshape target), for the optimization profile.")
 
 
 Formula = Literal["elemwise", "allclose"]

@@ -150,6 +150,11 @@ def device_properties(index: int | None = None) -> DeviceInfo:
     return DeviceInfo(idx, name, (int(prop.major), int(prop.minor)), int(prop.totalGlobalMem))
 
 
+def driver_version() -> int:
+    """The CUDA driver's version as CUDA encodes it (1000 * major + 10 * minor, e.g. 13020)."""
+    return int(_check("cudaDriverGetVersion", _runtime().cudaDriverGetVersion()))
+
+
 def mem_get_info() -> tuple[int, int]:
     """(free, total) device memory in bytes."""
     free, total = _check("cudaMemGetInfo", _runtime().cudaMemGetInfo())
