@@ -249,3 +249,61 @@ def test_real_segmentation_model_on_cpu(tmp_path: Path) -> None:
         ref = sup.reference(model, {"image": x})["out"]
         assert out._fields == (plan.outputs[0].ident,)  # "out" is reserved: the identifier differs
         np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=1e-4)
+
+
+# Non-square and non-opt shapes under a square profile: the old min/opt/max ratio heuristic gave the
+# output the H of the input for both spatial dims here (and then a run-time error).
+ODD_SHAPES = [(1, 3, 16, 48), (2, 3, 64, 20), (1, 3, 33, 17), (2, 3, 64, 64), (1, 3, 16, 16), (1, 3, 32, 32)]
+
+
+def _strided_out(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], 5, (shape[2] - 1) // 2 + 1, (shape[3] - 1) // 2 + 1)
+
+
+@pytest.mark.parametrize("exprs", [True, False], ids=["shape_expr", "no_shape_expr"])
+@pytest.mark.parametrize("streams", [{"topology": "sync"}, {"topology": "pipelined", "depth": 2}])
+def test_output_shapes_at_non_square_non_opt_shapes(tmp_path: Path, exprs: bool, streams: dict[str, Any]) -> None:
+    """onnxruntime CPU through the generated runner: each request's output shape is the plan's shape
+    expression evaluated at its input shapes (no expression: what onnxruntime reports after running)."""
+    art, model, _ = sup.dynamic_hw_artifact(tmp_path, {"streams": streams}, exprs=exprs)
+    with sup.load_runner(art).NetRunner() as r:
+        pending = []
+        for i, shape in enumerate(ODD_SHAPES):
+            x = _x(shape, seed=i)
+            out = r(image=x, copy=True).logits
+            assert out.shape == _strided_out(shape), (shape, out.shape)
+            np.testing.assert_allclose(out, sup.reference(model, {"image": x})["logits"], rtol=1e-5, atol=1e-6)
+            pending.append((r.submit(image=x), x, shape))
+        for p, x, shape in pending:  # unread results of other shapes survive buffer reuse at their shape
+            assert p.shapes == {"logits": _strided_out(shape)}
+            np.testing.assert_allclose(p.result().logits, sup.reference(model, {"image": x})["logits"], rtol=1e-5)
+        assert r._out_shapes._fns[0] is not None if exprs else r._out_shapes._fns[0] is None
+
+
+def test_data_dependent_output_on_cpu(tmp_path: Path) -> None:
+    """NonZero: the buffer is the upper bound [2, 32]; each result has the shape onnxruntime computed."""
+    art, model, plan = sup.nonzero_artifact(tmp_path)
+    assert plan.outputs[0].data_dependent
+    rng = np.random.default_rng(0)
+    with sup.load_runner(art).NzRunner() as r:
+        for b in (1, 4, 2, 4, 3):
+            x = rng.standard_normal((b, 8)).astype(np.float32)
+            got = r(x=x).idx
+            ref = sup.reference(model, {"x": x})["idx"]
+            assert got.shape == ref.shape == (2, int((x > 0).sum()))
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_shape_expression_outside_the_buffer_is_an_artifact_error(tmp_path: Path) -> None:
+    """A plan whose expression would overflow the buffer is refused before anything runs."""
+    from dataclasses import replace
+
+    art, _, plan = sup.dynamic_hw_artifact(tmp_path)
+    bad = replace(plan.outputs[0], shape_expr=("image[0]", "5", "image[2]", "(image[3] - 1) // 2 + 1"))
+    (art / "plan.json").write_text(replace(plan, outputs=(bad,)).to_json())
+    with sup.load_runner(art).NetRunner() as r, pytest.raises(ArtifactError, match=r"outside its buffer"):
+        r(image=_x((1, 3, 64, 64)))
+    bad = replace(plan.outputs[0], shape_expr=("image[0]", "5", "image[2] / 2", "1"))
+    (art / "plan.json").write_text(replace(plan, outputs=(bad,)).to_json())
+    with pytest.raises(ArtifactError, match=r"output 'logits': shape expression"):
+        sup.load_runner(art).NetRunner()

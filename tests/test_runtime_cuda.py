@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import test_runtime_support as sup
 
-from trtflow.errors import InputError, RunnerClosed
+from trtflow.errors import ArtifactError, InputError, RunnerClosed
 from trtflow.runtime import cuda
 from trtflow.runtime.memory import DeviceArray
 
@@ -361,3 +361,57 @@ def test_contract_scratch_is_handed_over_only_when_the_engine_asks(tmp_path: Pat
             np.testing.assert_allclose(r(image=x).logits, sup.reference(model, {"image": x})["logits"], rtol=1e-6)
         assert len(engine.scratch_ptrs) == (1 if scratch else 0)
     assert fake.live() == {} and cuda.live_handles() == {}
+
+
+ODD_SHAPES = [(1, 3, 16, 48), (2, 3, 64, 20), (1, 3, 33, 17), (1, 3, 16, 48), (2, 3, 64, 64), (1, 3, 32, 32)]
+
+
+@pytest.mark.parametrize("tells", [True, False], ids=["engine_tells", "plan_expression"])
+@pytest.mark.parametrize("topology", ["sync", "pipelined3", "graph", "graph_pipelined2"])
+def test_contract_output_shapes_come_from_the_engine_or_the_plan(tmp_path: Path, fake: Any, tells: bool,
+                                                                topology: str) -> None:
+    """Issue 10 item 2 / 11 item 2, runtime side, against the fake CUDA engine: a square profile, called
+    at non-square, non-opt shapes. The engine's output_shape (TensorRT: get_tensor_shape) is asked once
+    per new combination of input shapes; where it cannot tell, the plan's expression gives the shape."""
+    sup.FakeBackend.options = {"tells_shapes": tells}
+    art, model, _ = sup.dynamic_hw_artifact(tmp_path, {"streams": TOPOLOGIES[topology]}, backend="fakecuda")
+    with sup.load_runner(art).NetRunner() as r:
+        engine = sup.FakeBackend.opened[0]
+        for round_ in range(2):
+            for i, shape in enumerate(ODD_SHAPES):
+                x = _inputs(1, shape, seed=i)[0]
+                r.fill_outputs(np.nan)
+                out = r(image=x).logits
+                assert out.shape == (shape[0], 5, (shape[2] - 1) // 2 + 1, (shape[3] - 1) // 2 + 1)
+                np.testing.assert_allclose(out, sup.reference(model, {"image": x})["logits"], rtol=1e-5, atol=1e-6)
+            if round_ == 0:
+                asked = engine.shape_questions
+        assert asked == len(set(ODD_SHAPES)) and engine.shape_questions == asked  # cached per shape key
+
+
+def test_contract_output_without_expression_needs_an_engine_that_tells(tmp_path: Path, fake: Any) -> None:
+    sup.FakeBackend.options = {"tells_shapes": False}
+    art, _, _ = sup.dynamic_hw_artifact(tmp_path, backend="fakecuda", exprs=False)
+    with sup.load_runner(art).NetRunner() as r, pytest.raises(ArtifactError, match="known only after running"):
+        r(image=_inputs(1, (1, 3, 16, 48))[0])
+
+
+@pytest.mark.parametrize("topology", ["sync", "pipelined3", "graph"])
+def test_contract_data_dependent_output_takes_the_reported_shape(tmp_path: Path, fake: Any, topology: str) -> None:
+    """NonZero against the fake CUDA engine, which synchronizes and reports the shape inside enqueue
+    like TensorRT's IOutputAllocator: the buffer is the upper bound, the D2H copies what was reported,
+    and CUDA graphs step aside for such requests (they cannot be captured)."""
+    art, model, _ = sup.nonzero_artifact(tmp_path, {"streams": TOPOLOGIES[topology]}, backend="fakecuda")
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((b, 8)).astype(np.float32) for b in (1, 4, 2, 4, 3, 1)]
+    with sup.load_runner(art).NzRunner() as r:
+        for x in xs:
+            got = r(x=x).idx
+            ref = sup.reference(model, {"x": x})["idx"]
+            assert got.shape == ref.shape
+            np.testing.assert_array_equal(got, ref)
+        pend = [r.submit(x=x) for x in xs]
+        for p, x in zip(pend, xs):
+            np.testing.assert_array_equal(p.result().idx, sup.reference(model, {"x": x})["idx"])
+        if topology == "graph":
+            assert r.graph_stats["captures"] == 0 and "known only after running" in r.graph_status, r.graph_status

@@ -517,10 +517,13 @@ class FakeCudaEngine(CudaEngine):
     (baked in at enqueue time, so a captured graph replays the old addresses).
 
     ``scratch``: the :attr:`scratch_size` it asks for (enqueue refuses to run before :meth:`set_scratch`
-    when it is > 0, like TensorRT's user-managed memory)."""
+    when it is > 0, like TensorRT's user-managed memory). ``tells_shapes``: :meth:`output_shape` answers
+    like ``context.get_tensor_shape`` (ONNX shape inference at the input shapes set); False: it answers
+    None, and the runtime must use the plan's shape expressions."""
 
     def __init__(self, plan: Plan, model: Path, *, capturable: bool = True, break_capture: bool = False,
-                 consumed_events: bool = False, null_kernel: bool = False, scratch: int = 0) -> None:
+                 consumed_events: bool = False, null_kernel: bool = False, scratch: int = 0,
+                 tells_shapes: bool = True) -> None:
         import onnxruntime as ort
 
         self.plan = plan
@@ -535,6 +538,41 @@ class FakeCudaEngine(CudaEngine):
         self.closed = False
         self.scratch = scratch
         self.scratch_ptrs: list[int] = []
+        self.model_path, self.tells_shapes = model, tells_shapes
+        self._inferred: dict[tuple[Any, ...], dict[str, tuple[int, ...] | None]] = {}
+        self.shape_questions = 0
+        self.reported: dict[str, tuple[int, ...]] = {}
+
+    def reported_shape(self, name: str) -> tuple[int, ...] | None:
+        return self.reported.get(name)
+
+    def output_shape(self, name: str) -> tuple[int, ...] | None:
+        self.shape_questions += 1
+        if not self.tells_shapes:
+            return None
+        key = tuple(self.shapes[t.name] for t in self.plan.inputs)
+        if key not in self._inferred:
+            import onnx
+
+            m = onnx.load(str(self.model_path))
+            for inp in m.graph.input:
+                if inp.name in self.shapes:
+                    dims = inp.type.tensor_type.shape.dim
+                    for d, v in zip(dims, self.shapes[inp.name]):
+                        d.ClearField("dim_param")
+                        d.dim_value = int(v)
+            del m.graph.value_info[:]
+            for out in m.graph.output:
+                for d in out.type.tensor_type.shape.dim:
+                    d.ClearField("dim_value")
+                    d.ClearField("dim_param")
+            inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+            got: dict[str, tuple[int, ...] | None] = {}
+            for out in inferred.graph.output:
+                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in out.type.tensor_type.shape.dim]
+                got[out.name] = None if any(d < 0 for d in dims) else tuple(dims)
+            self._inferred[key] = got
+        return self._inferred[key].get(name)
 
     @property
     def scratch_size(self) -> int:
@@ -595,8 +633,17 @@ class FakeCudaEngine(CudaEngine):
                 res = results[o.name].astype(o.dtype)  # the shape the engine computes, like TensorRT
                 dst = self._array(o.name, ptrs[o.name], res.shape)
                 dst[...] = res if o.format == "linear" else pack(res, o.format)
+                if o.data_dependent:
+                    self.reported[o.name] = tuple(res.shape)
 
-        FAKE.enqueue(stream, _Op(kernel))
+        if any(o.data_dependent for o in plan.outputs):
+            # TensorRT with data-dependent output shapes: enqueueV3 synchronizes, runs, and calls
+            # IOutputAllocator.notify_shape before it returns
+            self.reported = {}
+            FAKE.cudaStreamSynchronize(stream)
+            kernel()
+        else:
+            FAKE.enqueue(stream, _Op(kernel))
         if self.consumed:
             FAKE.cudaEventRecord(self.consumed, stream)
 
@@ -747,6 +794,105 @@ def mlp_model(path: Path, *, features: int = 64, hidden: int = 32, classes: int 
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return path
+
+
+# -- artifacts the planner cannot make yet: dynamic H/W, data-dependent outputs --------------------------
+def strided_conv_model(path: Path, *, batch: int | str = 1, hw: tuple[int | str, int | str] = (32, 32),
+                       seed: int = 0) -> Path:
+    """Conv(3x3, stride 2, pad 1)-Sigmoid: ``image`` [N, 3, H, W] -> ``logits`` [N, 5, (H-1)//2+1, (W-1)//2+1].
+    With symbolic H/W the output's dims are names of their own (``OH``, ``OW``), as exporters write them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (5, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 0.1, (5,)).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Sigmoid", ["c"], ["logits"])]
+    out_shape = ([batch, 5, *((d - 1) // 2 + 1 for d in hw if isinstance(d, int))]
+                 if all(isinstance(d, int) for d in hw) else [batch, 5, "OH", "OW"])
+    graph = helper.make_graph(nodes, "strided", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                              [batch, 3, *hw])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], [w, b])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def nonzero_model(path: Path, *, batch: int | str = "N", features: int = 8) -> Path:
+    """``idx = NonZero(x > 0)``: int64 [2, K], K known only after running (a data-dependent output)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["m"]), helper.make_node("NonZero", ["m"], ["idx"])]
+    graph = helper.make_graph(nodes, "nonzero", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+                              [helper.make_tensor_value_info("idx", TensorProto.INT64, [2, "K"])],
+                              [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def _resized(t: Any, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...],
+             expr: tuple[str, ...] | None) -> Any:
+    from dataclasses import replace
+
+    from trtflow.plan.formats import nbytes
+
+    return replace(t, shape=shape, min_shape=lo, max_shape=hi, shape_expr=expr,
+                   bytes=nbytes(shape, t.dtype, t.format), max_bytes=nbytes(hi, t.dtype, t.format))
+
+
+def _rewrite_plan(art: Path, plan: Plan) -> Plan:
+    (art / "plan.json").write_text(plan.to_json())
+    write_runner(plan, art)
+    return plan
+
+
+def dynamic_hw_artifact(root: Path, recipe: dict[str, Any] | None = None, *, backend: str = "onnxruntime",
+                        exprs: bool = True, name: str = "net") -> tuple[Path, Path, Plan]:
+    """The strided conv with a dynamic batch, H and W under a SQUARE profile [1..2, 3, 16..64, 16..64]
+    (opt 1x3x32x32), its output shape as expressions of the input dims (``exprs``; else none, as in
+    plans without them). Returns (artifact, model, plan). Planned at the static opt shape, then widened:
+    the planner records these expressions itself once it does symbolic shape inference."""
+    root.mkdir(parents=True, exist_ok=True)
+    static = strided_conv_model(root / "static.onnx")
+    model = strided_conv_model(root / "dynamic.onnx", batch="N", hw=("H", "W"))
+    art, plan = make_artifact(root, static, recipe, backend=backend, name=name, lowered=model)
+    x, y = plan.inputs[0], plan.outputs[0]
+    expr = ("image[0]", "5", "(image[2] - 1) // 2 + 1", "(image[3] - 1) // 2 + 1") if exprs else None
+    x = _resized(x, (1, 3, 32, 32), (1, 3, 16, 16), (2, 3, 64, 64), ("image[0]", "3", "image[2]", "image[3]"))
+    y = _resized(y, (1, 5, 16, 16), (1, 5, 8, 8), (2, 5, 32, 32), expr)
+    from dataclasses import replace
+
+    return art, model, _rewrite_plan(art, replace(plan, inputs=(x,), outputs=(y,)))
+
+
+def nonzero_artifact(root: Path, recipe: dict[str, Any] | None = None, *,
+                     backend: str = "onnxruntime") -> tuple[Path, Path, Plan]:
+    """``nonzero_model`` with x in [1..4, 8] and idx bounded by [2, 32] (``shape_expr`` ("2", "?")).
+    Planned on a static stand-in with the same I/O names and dtypes, then given its real bounds."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    root.mkdir(parents=True, exist_ok=True)
+    model = nonzero_model(root / "nonzero.onnx")
+    nodes = [helper.make_node("Concat", ["x", "x"], ["c"], axis=0), helper.make_node("Cast", ["c"], ["idx"], to=7)]
+    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("idx", TensorProto.INT64, [2, 8])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(root / "standin.onnx"))
+    art, plan = make_artifact(root, root / "standin.onnx", recipe, backend=backend, name="nz", lowered=model)
+    x = _resized(plan.inputs[0], (2, 8), (1, 8), (4, 8), ("x[0]", "8"))
+    idx = _resized(plan.outputs[0], (2, 32), (2, 0), (2, 32), ("2", "?"))
+    from dataclasses import replace
+
+    return art, model, _rewrite_plan(art, replace(plan, inputs=(x,), outputs=(idx,)))
 
 
 # The strategy x topology matrix both the fake-runtime tests and the GPU suite run.

@@ -213,6 +213,44 @@ def test_dynamic_batch_on_gpu(tmp_path: Path) -> None:
         assert r.graph_stats["captures"] == 3, r.graph_stats  # one graph per shape, replayed after
 
 
+@pytest.mark.parametrize("exprs", [True, False], ids=["shape_expr", "reported_by_torch"])
+@pytest.mark.parametrize("streams", [{"topology": "sync", "cuda_graph": True}, {"topology": "pipelined", "depth": 2}])
+def test_output_shapes_at_non_square_shapes_on_gpu(tmp_path: Path, exprs: bool, streams: dict[str, Any]) -> None:
+    """A square profile called at non-square, non-opt shapes through the torch engine: the output shape
+    is the plan's expression (graphs captured per shape), or without one what torch reports after
+    running (those requests run eagerly)."""
+    art, model, _ = sup.dynamic_hw_artifact(tmp_path, {"streams": streams}, backend="torch", exprs=exprs)
+    shapes = [(1, 3, 16, 48), (2, 3, 64, 20), (1, 3, 33, 17), (1, 3, 16, 48), (2, 3, 64, 64)]
+    with sup.load_runner(art).NetRunner(backend="torch") as r:
+        for i, shape in enumerate(shapes * 2):
+            x = _inputs(1, shape, seed=i)[0]
+            out = r(image=x).logits
+            assert out.shape == (shape[0], 5, (shape[2] - 1) // 2 + 1, (shape[3] - 1) // 2 + 1)
+            np.testing.assert_allclose(out, sup.reference(model, {"image": x})["logits"], rtol=1e-4, atol=1e-5)
+        if streams.get("cuda_graph"):
+            if exprs:
+                assert r.graph_stats["captures"] == 4 and r.graph_stats["replays"] == 6, r.graph_stats
+            else:
+                assert r.graph_stats["captures"] == 0 and "known only after running" in r.graph_status
+
+
+def test_data_dependent_output_through_the_torch_engine(tmp_path: Path) -> None:
+    """NonZero: an upper-bound buffer and the shape torch computed, per request."""
+    from trtflow.errors import BuildError
+
+    art, model, _ = sup.nonzero_artifact(tmp_path, {"streams": {"topology": "sync"}}, backend="torch")
+    try:
+        r = sup.load_runner(art).NzRunner(backend="torch")
+    except BuildError as exc:
+        pytest.skip(f"onnx2torch cannot convert NonZero here: {exc}")
+    rng = np.random.default_rng(2)
+    with r:
+        for b in (1, 4, 2, 4):
+            x = rng.standard_normal((b, 8)).astype(np.float32)
+            got = r(x=x).idx
+            np.testing.assert_array_equal(got, sup.reference(model, {"x": x})["idx"])
+
+
 def test_device_inputs_zero_copy_and_stream_ordered(tmp_path: Path, conv_model: Path) -> None:
     torch = _torch()
     art = _artifact(tmp_path, conv_model, "device", {"topology": "sync"})

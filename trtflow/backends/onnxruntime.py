@@ -110,7 +110,7 @@ class OrtCpuEngine(CpuEngine):
             try:
                 # The OrtValue wraps ``arr``'s memory: onnxruntime writes the result there. Outputs of
                 # data-dependent shape (``arr`` is an upper bound) are allocated by onnxruntime instead.
-                if t.data_dependent or not arr.flags.c_contiguous:
+                if t.shape_after_run or not arr.flags.c_contiguous:
                     raise ValueError("not a buffer of the result's shape")
                 binding.bind_ortvalue_output(t.name, self._ort.OrtValue.ortvalue_from_numpy(arr))
             except Exception:  # noqa: BLE001 - dtypes OrtValue cannot wrap (ml_dtypes bfloat16): copy below
@@ -129,7 +129,7 @@ class OrtCpuEngine(CpuEngine):
             results = dict(zip(self._out_names, binding.copy_outputs_to_cpu()))
             for name in copies:
                 src = np.asarray(results[name])
-                shapes[name] = write_result(name, outputs[name], src, exact=not self.plan.tensor(name).data_dependent)
+                shapes[name] = write_result(name, outputs[name], src, exact=not self.plan.tensor(name).shape_after_run)
         return shapes
 
     def close(self) -> None:

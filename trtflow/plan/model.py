@@ -52,6 +52,12 @@ class TensorPlan:
         """An output with a dim known only after running (NonZero, NMS): its buffer is an upper bound."""
         return self.shape_expr is not None and "?" in self.shape_expr
 
+    @property
+    def shape_after_run(self) -> bool:
+        """An output whose shape only running tells (unless the engine can say before): data-dependent,
+        or dynamic without a shape expression. A CPU engine gets an upper-bound array for it."""
+        return self.data_dependent or (self.dynamic and self.shape_expr is None)
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -16,6 +16,10 @@ Topologies (``plan.streams``):
   stream (pipelined: the enqueue of each buffer set) and replayed; a change of shapes or of a bound
   address recaptures. A failed capture falls back to eager, and :attr:`Runner.graph_status` says why.
 
+Output shapes (:mod:`trtflow.runtime.shapes`): buffers are allocated at the profile's max shape; each
+request's output shape comes from the engine where it can say before running, else from the plan's
+shape expression, else (data-dependent dims) from what the engine reports after running. Never guessed.
+
 Output arrays are views into the runner's buffers, valid until their buffer set is reused (the next
 call for sync/async, N calls later for pipelined) or the runner is closed; pass ``copy=True`` for
 owned arrays. A result that was never read is copied out before its buffer set is reused.
@@ -45,7 +49,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -73,6 +76,7 @@ from trtflow.runtime.memory import (
     make_memory,
     np_dtype,
 )
+from trtflow.runtime.shapes import OutputShapes, ShapePlan, reported_items
 
 T = TypeVar("T")
 R = TypeVar("R", bound="Runner")
@@ -185,7 +189,7 @@ class _BufferSet:
         self.out_mems: tuple[TensorMemory, ...] = ()
         self.volatile: tuple[tuple[str, TensorMemory], ...] = ()  # addresses may change between requests
         self.outside_in: tuple[int, ...] = ()  # inputs copied eagerly ahead of a whole-request graph
-        self.last_plan: _ShapePlan | None = None  # shapes of the last graph run on this set, and that graph
+        self.last_plan: ShapePlan | None = None  # shapes of the last graph run on this set, and that graph
         self.last_graph: CapturedGraph | None = None
 
     @property
@@ -203,20 +207,6 @@ class _BufferSet:
 
     def device_inputs_free_event(self) -> int:
         return self.ev_consumed if self.consumed_ok else self.ev_compute
-
-
-class _ShapePlan:
-    """What one combination of input shapes implies, computed once (the runner caches these)."""
-
-    __slots__ = ("gkey", "in_shapes", "key", "out_items", "out_shapes", "shapes")
-
-    def __init__(self, key: tuple[tuple[int, ...], ...], shapes: dict[str, tuple[int, ...]],
-                 out_shapes: dict[str, tuple[int, ...]]) -> None:
-        self.key = self.in_shapes = key                     # input shapes, in plan order
-        self.shapes = shapes                                # input name -> shape
-        self.out_shapes = out_shapes                        # output name -> shape (never mutated)
-        self.out_items = tuple(out_shapes.items())
-        self.gkey = tuple(shapes.items())                   # the shape part of a graph's key
 
 
 class _InputSpec:
@@ -240,8 +230,7 @@ class Pending(Generic[T]):
         "_event",
         "_graph",
         "_host_in_ms",
-        "_out_shapes",
-        "_plan",
+        "_out_items",
         "_retrieved",
         "_runner",
         "_set",
@@ -251,24 +240,24 @@ class Pending(Generic[T]):
         "timing",
     )
 
-    def __init__(self, runner: Runner, bs: _BufferSet, out_shapes: dict[str, tuple[int, ...]],
+    def __init__(self, runner: Runner, bs: _BufferSet, out_items: tuple[tuple[str, tuple[int, ...]], ...],
                  convert: Callable[[dict[str, Any]], T], *, host_in_ms: float, t_submit: float,
-                 graph: bool, complete: bool = False, plan: _ShapePlan | None = None,
-                 event: int | None = None, stream: int = 0) -> None:
-        self._runner, self._set, self._out_shapes, self._convert = runner, bs, out_shapes, convert
+                 graph: bool, complete: bool = False, event: int | None = None, stream: int = 0) -> None:
+        # out_items: (output name, shape of this request) in plan order, the set's out_mems' order
+        self._runner, self._set, self._out_items, self._convert = runner, bs, out_items, convert
         self._host_in_ms, self._t_submit, self._graph = host_in_ms, t_submit, graph
         self._complete = complete
         self._retrieved = False
         self._snapshot: dict[str, Any] | None = None
         self.timing: StageTiming | None = None
-        self._plan = plan
         # completion: this event, or (0) everything enqueued on ``stream`` so far (one stream, no events)
         self._event = bs.ev_d2h if event is None else event
         self._stream = stream
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self._out_shapes)
+        """The shape of every output of this request."""
+        return dict(self._out_items)
 
     def done(self) -> bool:
         with self._runner._lock:
@@ -299,10 +288,7 @@ class Pending(Generic[T]):
         return self._outputs(copy)
 
     def _outputs(self, copy: bool) -> dict[str, Any]:
-        if self._plan is None:
-            mems = self._set.mems
-            return {n: mems[n].result(s, copy=copy) for n, s in self._out_shapes.items()}
-        return {n: mem.result(s, copy=copy) for (n, s), mem in zip(self._plan.out_items, self._set.out_mems)}
+        return {n: mem.result(s, copy=copy) for (n, s), mem in zip(self._out_items, self._set.out_mems)}
 
     def _wait(self) -> None:
         if not self._complete:
@@ -404,13 +390,14 @@ class Runner:
         self.last_timing: StageTiming | None = None
         self.graph_stats = {"captures": 0, "replays": 0, "failures": 0}
         self._graph_notes: list[str] = []
+        self._after_run_noted = False
         # request path caches (filled by _index_sets and on first use)
         self._in_names: tuple[str, ...] = ()
         self._out_names: tuple[str, ...] = ()
         self._specs: tuple[_InputSpec, ...] = ()
         self._feed_orders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._plans: dict[tuple[tuple[int, ...], ...], _ShapePlan] = {}
-        self._bound: tuple[_BufferSet, _ShapePlan] | None = None  # what the engine is bound to now
+        self._plans: dict[tuple[tuple[int, ...], ...], ShapePlan] = {}
+        self._bound: tuple[_BufferSet, ShapePlan] | None = None  # what the engine is bound to now
         self._s_in = self._s_c = self._s_out = 0
         self._pipelined = False
         self._in_name_set: frozenset[str] = frozenset()
@@ -420,6 +407,7 @@ class Runner:
             raise ArtifactError("no artifact folder given", hint="Runner(artifact_dir) or use the generated runner")
         self.artifact_dir = Path(folder).resolve()
         self.plan = _load_plan(self.artifact_dir)
+        self._out_shapes = OutputShapes(self.plan, where=str(self.artifact_dir / "plan.json"))
         self.report = _load_report(self.artifact_dir)
         streams = self.plan.streams
         self.topology = topology or str(streams.get("topology", "sync"))
@@ -859,13 +847,12 @@ class Runner:
             plan = self._shape_plan(key)
         p: Pending[Any]
         if self.device == "cpu":
-            host_in = self._run_cpu(bs, values, plan)
-            p = Pending(self, bs, plan.out_shapes, conv, host_in_ms=host_in, t_submit=t_submit, graph=False,
-                        complete=True, plan=plan)
+            host_in, items = self._run_cpu(bs, values, plan)
+            p = Pending(self, bs, items, conv, host_in_ms=host_in, t_submit=t_submit, graph=False, complete=True)
         else:
-            host_in, graph = self._launch(bs, values, plan, t_submit)
-            p = Pending(self, bs, plan.out_shapes, conv, host_in_ms=host_in, t_submit=t_submit, graph=graph,
-                        plan=plan, event=bs.done_event, stream=self._s_out)
+            host_in, graph, items = self._launch(bs, values, plan, t_submit)
+            p = Pending(self, bs, items, conv, host_in_ms=host_in, t_submit=t_submit, graph=graph,
+                        event=bs.done_event, stream=self._s_out)
         bs.pending = p
         bs.used = True
         return p
@@ -918,9 +905,13 @@ class Runner:
     def _name_of_key(self, key: Any) -> Any:
         return key if key in self._in_name_set else self._ident_to_name.get(key, key)
 
-    def _shape_plan(self, key: tuple[tuple[int, ...], ...]) -> _ShapePlan:
-        shapes = dict(zip(self._in_names, key))
-        plan = _ShapePlan(key, shapes, self._output_shapes(shapes))
+    def _shape_plan(self, key: tuple[tuple[int, ...], ...]) -> ShapePlan:
+        plan = self._out_shapes.plan(key, self._cuda, self._set_engine_shape)
+        if plan.after_run and self._graph_on and not self._after_run_noted:
+            self._after_run_noted = True
+            names = [self._out_names[i] for i in plan.after_run]
+            self._graph_notes.append(f"outputs {names} have shapes known only after running: "
+                                     "requests with them run eagerly")
         if len(self._plans) >= 64:
             self._plans.clear()
         self._plans[key] = plan
@@ -976,24 +967,6 @@ class Runner:
             raise InputError(f"input {t.name!r}: {bad} NaN/Inf value(s) (check_finite is on)")
         return shape
 
-    def _output_shapes(self, in_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        if all(in_shapes[t.name] == t.shape for t in self.plan.inputs):
-            return {o.name: o.shape for o in self.plan.outputs}
-        engine = self._cuda
-        if engine is not None:
-            for name, shape in in_shapes.items():
-                self._set_engine_shape(name, shape)
-        out: dict[str, tuple[int, ...]] = {}
-        for o in self.plan.outputs:
-            told = engine.output_shape(o.name) if engine is not None and o.dynamic else None
-            if not o.dynamic:
-                out[o.name] = o.shape
-            elif told is not None:
-                out[o.name] = tuple(int(d) for d in told)
-            else:
-                out[o.name] = _derive_shape(o, self.plan.inputs, in_shapes)
-        return out
-
     def _next_set(self) -> _BufferSet:
         sets = self._sets
         bs = sets[self._seq % len(sets)]
@@ -1024,7 +997,7 @@ class Runner:
             cuda.stream_synchronize(self._s_in)
 
     # -- CPU -------------------------------------------------------------------------------------------
-    def _run_cpu(self, bs: _BufferSet, values: list[Any], plan: _ShapePlan) -> float:
+    def _run_cpu(self, bs: _BufferSet, values: list[Any], plan: ShapePlan) -> tuple[float, tuple[tuple[str, tuple[int, ...]], ...]]:
         engine = self._cpu
         assert engine is not None
         t0 = time.perf_counter()
@@ -1038,10 +1011,13 @@ class Runner:
             outs[name] = view
         t1 = time.perf_counter()
         with _range("trtflow.infer"):
-            engine.infer(dict(zip(self._in_names, values)), outs)
+            got = engine.infer(dict(zip(self._in_names, values)), outs)
         if self.timing:
             self.last_timing = StageTiming(None, (time.perf_counter() - t1) * 1e3, None, host_in, None)
-        return host_in
+        items = plan.out_items
+        if plan.after_run or not plan.checked:
+            items = reported_items(plan, self.plan.outputs, got.get, backend=self.backend)
+        return host_in, items
 
     # -- CUDA ------------------------------------------------------------------------------------------
     def _set_engine_shape(self, name: str, shape: tuple[int, ...]) -> None:
@@ -1050,7 +1026,7 @@ class Runner:
             self._cuda.set_input_shape(name, shape)
             self._engine_shapes[name] = shape
 
-    def _bind(self, bs: _BufferSet, shapes: dict[str, tuple[int, ...]], out_shapes: dict[str, tuple[int, ...]]) -> None:
+    def _bind(self, bs: _BufferSet, shapes: dict[str, tuple[int, ...]]) -> None:
         engine = self._cuda
         assert engine is not None
         for name, shape in shapes.items():
@@ -1064,7 +1040,7 @@ class Runner:
             engine.set_input_consumed_event(bs.ev_consumed)
             self._engine_consumed = bs.ev_consumed
 
-    def _bind_request(self, bs: _BufferSet, plan: _ShapePlan) -> None:
+    def _bind_request(self, bs: _BufferSet, plan: ShapePlan) -> None:
         """:meth:`_bind`, skipped when the engine is bound to this set at these shapes already (only
         the addresses that can move are compared then)."""
         bound = self._bound
@@ -1080,11 +1056,13 @@ class Runner:
                         addrs[name] = ptr
             return
         self._bound = None  # a failure half way leaves the engine in an unknown state
-        self._bind(bs, plan.shapes, plan.out_shapes)
+        self._bind(bs, plan.shapes)
         self._bound = (bs, plan)
 
-    def _launch(self, bs: _BufferSet, values: list[Any], plan: _ShapePlan, t_submit: float) -> tuple[float, bool]:
-        """Enqueue one request on the streams; returns (host staging ms, whether a graph ran).
+    def _launch(self, bs: _BufferSet, values: list[Any], plan: ShapePlan,
+                t_submit: float) -> tuple[float, bool, tuple[tuple[str, tuple[int, ...]], ...]]:
+        """Enqueue one request on the streams; returns (host staging ms, whether a graph ran, the
+        request's output shapes).
 
         Events: pipelined topologies record h2d/compute/d2h done (the streams wait on them); one
         stream records them only with ``timing`` (plus the timing markers); without, it records none:
@@ -1113,7 +1091,8 @@ class Runner:
         host_in = (time.perf_counter() - t_submit) * 1e3 if timing else 0.0
         self._bind_request(bs, plan)
 
-        if self._graph_on and not pipelined:  # copy-in + enqueue + copy-out as one graph
+        graph_on = self._graph_on and not plan.after_run  # shapes known after running: eager
+        if graph_on and not pipelined:  # copy-in + enqueue + copy-out as one graph
             if timing:
                 cuda.event_record(bs.t_compute, stream=s_c)
             for i in bs.outside_in:  # copies from memory the caller owns stay eager, ahead of the graph
@@ -1124,11 +1103,13 @@ class Runner:
                 self.graph_stats["replays"] += 1
             else:
                 key: tuple[Any, ...] = (plan.gkey, tuple(mem.graph_key() for mem in bs.mems.values()))
-                self._run_graph(bs, key, functools.partial(self._whole_request, bs, plan), s_c, plan)
+                if not self._run_graph(bs, key, functools.partial(self._whole_request, bs, plan), s_c, plan) \
+                        and not plan.checked:  # the body ran eagerly: the engine's reports are this request's
+                    reported_items(plan, self.plan.outputs, engine.reported_shape, backend=self.backend)
             if timing:  # stages ran as one unit (graph or its eager warm-up): timed as one
                 cuda.event_record(bs.ev_d2h, stream=s_c)
                 bs.graph_ran = True
-            return host_in, True
+            return host_in, True, plan.out_items
 
         if not fresh and s_in != s_c:  # device inputs of this set are free once its last compute read them
             cuda.stream_wait_event(s_in, bs.device_inputs_free_event())
@@ -1151,7 +1132,7 @@ class Runner:
             cuda.event_record(bs.t_compute, stream=s_c)
         ran_graph = False
         with _range("trtflow.enqueue"):
-            if self._graph_on:  # pipelined: only the enqueue is captured; its key is the device addresses
+            if graph_on:  # pipelined: only the enqueue is captured; its key is the device addresses
                 graph = bs.last_graph if bs.last_plan is plan and not bs.volatile else None
                 if graph is not None:
                     graph.launch(s_c)
@@ -1162,6 +1143,9 @@ class Runner:
                     ran_graph = self._run_graph(bs, key, functools.partial(engine.enqueue, s_c), s_c, plan)
             else:
                 engine.enqueue(s_c)
+        items = plan.out_items
+        if (plan.after_run or not plan.checked) and not ran_graph:  # shapes the engine reported
+            items = reported_items(plan, self.plan.outputs, engine.reported_shape, backend=self.backend)
         if events:
             cuda.event_record(bs.ev_compute, stream=s_c)
         if s_out != s_c:
@@ -1169,17 +1153,17 @@ class Runner:
         if timing:
             cuda.event_record(bs.t_d2h, stream=s_out)
         if _nvtx is None:
-            for mem, (_, out_shape) in zip(bs.out_mems, plan.out_items):
+            for mem, (_, out_shape) in zip(bs.out_mems, items):
                 mem.enqueue_out(out_shape, stream=s_out)
         else:
             with _range("trtflow.d2h"):
-                for mem, (_, out_shape) in zip(bs.out_mems, plan.out_items):
+                for mem, (_, out_shape) in zip(bs.out_mems, items):
                     mem.enqueue_out(out_shape, stream=s_out)
         if events:
             cuda.event_record(bs.ev_d2h, stream=s_out)
-        return host_in, ran_graph
+        return host_in, ran_graph, items
 
-    def _whole_request(self, bs: _BufferSet, plan: _ShapePlan) -> None:
+    def _whole_request(self, bs: _BufferSet, plan: ShapePlan) -> None:
         """Copy-in (but the eager-before-graph inputs) + enqueue + copy-out on the one stream: the
         body of a whole-request graph, run eagerly once before it is captured."""
         engine = self._cuda
@@ -1193,7 +1177,7 @@ class Runner:
             mem.enqueue_out(shape, stream=s)
 
     def _run_graph(self, bs: _BufferSet, key: tuple[Any, ...], body: Callable[[], None], stream: int,
-                   plan: _ShapePlan | None = None) -> bool:
+                   plan: ShapePlan | None = None) -> bool:
         """Replay the graph of ``key``; on a miss run ``body`` eagerly (warm-up) and capture it.
         Remembers the graph as the set's last (with ``plan``) for the next request's shortcut."""
         graph = bs.graphs.get(key)
@@ -1277,35 +1261,6 @@ def _expected(t: TensorPlan) -> str:
     if not t.dynamic:
         return str(list(t.shape))
     return "[" + ", ".join(str(lo) if lo == hi else f"{lo}..{hi}" for lo, hi in zip(t.min_shape, t.max_shape)) + "]"
-
-
-def _derive_shape(o: TensorPlan, inputs: tuple[TensorPlan, ...], shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-    """Output shape for the given input shapes, from the plan's min/opt/max (a dim of an output that
-    moves with a dim of an input in a fixed ratio over min, opt and max follows that dim)."""
-    dims = []
-    for i, (lo, opt, hi) in enumerate(zip(o.min_shape, o.shape, o.max_shape)):
-        if lo == hi:
-            dims.append(lo)
-            continue
-        best: int | None = None
-        for t in inputs:
-            for j, (a, b, c) in enumerate(zip(t.min_shape, t.shape, t.max_shape)):
-                if a == c or not (a and b and c):
-                    continue
-                r = Fraction(opt, b)
-                if Fraction(lo, a) == r == Fraction(hi, c):
-                    v = shapes[t.name][j] * r
-                    if v.denominator == 1:
-                        best = int(v)
-                        if r == 1:
-                            break
-            if best is not None:
-                break
-        if best is None:
-            raise InputError(f"cannot tell the shape of output {o.name!r} for inputs {shapes}",
-                             hint="the engine does not report output shapes; use the profile's opt shape")
-        dims.append(best)
-    return tuple(dims)
 
 
 def _pick_device(executor: type[Backend], requested: str) -> Device:
