@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trtflow.artifact import seal
 from trtflow.codegen import write_runner
 from trtflow.plan.planner import make_plan
 from trtflow.recipe.loader import parse_recipe
@@ -53,8 +54,8 @@ def artifact(root: Path, model: Path, memory: str, streams: dict[str, Any], name
     (art / "plan.json").write_text(plan.to_json())
     if not (art / "model.onnx").exists():
         (art / "model.onnx").symlink_to(model)
-    (art / "report.json").write_text(json.dumps({"backend": "torch"}))
     write_runner(plan, art)
+    seal(art, {"backend": "torch"})
     return art
 
 

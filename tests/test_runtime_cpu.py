@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import test_runtime_support as sup
 
+from trtflow.artifact import seal
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, InputError, RunnerClosed
 from trtflow.runtime.runner import Runner
 
@@ -176,14 +177,19 @@ def test_generated_module_imports_from_any_directory(conv: tuple[Path, Path], tm
 
 def test_artifact_problems_are_artifact_errors(conv: tuple[Path, Path], tmp_path: Path) -> None:
     art, _ = conv
-    with pytest.raises(ArtifactError, match="plan.json not found"):
+    with pytest.raises(ArtifactError, match="no report.json"):
         Runner(tmp_path / "nowhere")
     plan = json.loads((art / "plan.json").read_text())
     plan["outputs"][0]["name"] = "renamed"
     (art / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ArtifactError, match="does not match the build report"):  # the hash check comes first
+        sup.load_runner(art).NetRunner()
+    report = json.loads((art / "report.json").read_text())
+    seal(art, report)  # a consistent tamper (report re-hashed): the runner's own checks still refuse it
     with pytest.raises(ArtifactError, match="runner.py declares outputs"):
         sup.load_runner(art).NetRunner()
     (art / "plan.json").write_text("{not json")
+    seal(art, report)
     with pytest.raises(ArtifactError, match="not a valid plan"):
         Runner(art)
 

@@ -706,6 +706,7 @@ def make_artifact(root: Path, model: Path, recipe: dict[str, Any] | None = None,
     import json
     import shutil
 
+    from trtflow.artifact import seal
     from trtflow.plan.planner import make_plan
     from trtflow.recipe.loader import parse_recipe
 
@@ -720,8 +721,8 @@ def make_artifact(root: Path, model: Path, recipe: dict[str, Any] | None = None,
     art.mkdir(parents=True, exist_ok=True)
     (art / "plan.json").write_text(plan.to_json())
     shutil.copy(lowered or model, art / "model.onnx")
-    (art / "report.json").write_text(json.dumps({"backend": backend}))
     write_runner(plan, art)
+    seal(art, {"backend": backend})  # report.json with every file's hash, as a build writes it
     return art, plan
 
 

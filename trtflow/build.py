@@ -12,6 +12,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from trtflow import __version__
 from trtflow import artifact as art
 from trtflow.backends.base import Backend, Progress, pick_builder
-from trtflow.errors import ArtifactError
+from trtflow.errors import ArtifactError, OutputError, RecipeError, TrtflowError
 from trtflow.plan import Plan, make_plan
 from trtflow.recipe import LoadedRecipe, load_recipe
 
@@ -105,24 +106,69 @@ def _cached(final: Path, key: str) -> dict[str, Any] | None:
     return report
 
 
+def _check_out_root(out_root: Path) -> None:
+    if out_root.exists() and not out_root.is_dir():
+        raise OutputError(f"--out {out_root} is a file, not a folder", hint="pass a folder (it is created if missing)",
+                          file=out_root)
+
+
+def _check_name_collision(final: Path, loaded: LoadedRecipe) -> str | None:
+    """An artifact of this name built from ANOTHER recipe that still exists and still has this name is a
+    collision (two recipes would overwrite each other's artifact). Returns the other recipe's path."""
+    try:
+        other = Path(str(art.read_report(final).get("recipe_path") or ""))
+    except ArtifactError:
+        return None
+    if not other.name or other == loaded.path or not other.is_file():
+        return None
+    try:
+        still = load_recipe(other).name == loaded.name
+    except TrtflowError:
+        still = False
+    return str(other) if still else None
+
+
 def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), force: bool = False,
           backend: str | None = None, progress: Progress | None = None, allow_outside: bool = False) -> BuildResult:
-    """Build one recipe into ``out_root/<name>/``."""
-    import onnx
+    """Build one recipe into ``out_root/<name>/``.
 
-    from trtflow.codegen import generate_runner
-    from trtflow.passes import lower
-
+    Under the artifact's lock (:func:`trtflow.artifact.locked`): a concurrent build of the same artifact
+    waits for this one and then hits the cache. A second recipe with the same ``name:`` is refused
+    (``force`` replaces the other's artifact), and a folder there that is not an artifact is never replaced.
+    """
     t0 = time.perf_counter()
     if not isinstance(loaded, LoadedRecipe):
         loaded = load_recipe(loaded)
     plan = make_plan(loaded, allow_outside=allow_outside)
     builder = pick_builder(backend or plan.build["backend"])
+    _check_out_root(out_root)
     final = artifact_dir(plan, out_root)
     key = cache_key(plan, builder)
-    cached = None if force else _cached(final, key)
-    if cached is not None:
-        return BuildResult(plan.name, final, plan, builder.name, True, time.perf_counter() - t0, cached)
+
+    def waiting(pid: int | None) -> None:
+        if progress is not None:
+            progress(f"waiting for another build of {plan.name}" + (f" (pid {pid})" if pid else ""), 0, 0)
+
+    with art.locked(final, waiting=waiting):
+        art.check_replaceable(final)
+        other = _check_name_collision(final, loaded)
+        if other and not force:
+            raise RecipeError(f"{loaded.where(('name',))} name: {plan.name!r} is also the name of {other}, whose "
+                              f"artifact is {final}; building this recipe would overwrite it",
+                              hint="give one of the recipes another `name:` (or pass --force to replace it)")
+        cached = None if force else _cached(final, key)
+        if cached is not None:
+            return BuildResult(plan.name, final, plan, builder.name, True, time.perf_counter() - t0, cached)
+        report = _build_into(final, plan, builder, key, progress, t0, overrides=loaded.overrides.values())
+    return BuildResult(plan.name, final, plan, builder.name, False, time.perf_counter() - t0, report)
+
+
+def _build_into(final: Path, plan: Plan, builder: type[Backend], key: str, progress: Progress | None,
+                t0: float, *, overrides: Iterable[str]) -> dict[str, Any]:
+    import onnx
+
+    from trtflow.codegen import generate_runner
+    from trtflow.passes import lower
 
     timings: dict[str, float] = {}
     tmp = art.staging_dir(final)
@@ -139,8 +185,7 @@ def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), 
 
         art.atomic_write(tmp / art.PLAN, plan.to_json())
         art.atomic_write(tmp / art.RUNNER, generate_runner(plan))
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        report: dict[str, Any] = {
+        report = art.seal(tmp, {
             "name": plan.name,
             "backend": builder.name,
             "engine_file": info.engine_file,
@@ -158,13 +203,11 @@ def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), 
             "platform": {"system": platform.platform(), "machine": platform.machine(), "python": sys.version.split()[0]},
             "timings_s": {**timings, "total": time.perf_counter() - t0},
             "warnings": list(plan.warnings),
-            "overrides": sorted(set(loaded.overrides.values())),  # command-line flags that changed the recipe
-            "files": {name: art.sha256_path(tmp / name) for name in files},
+            "overrides": sorted(set(overrides)),  # command-line flags that changed the recipe
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        art.atomic_write(tmp / art.REPORT, json.dumps(report, indent=2, default=str) + "\n")
+        })
         art.commit_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return BuildResult(plan.name, final, plan, builder.name, False, time.perf_counter() - t0, report)
+    return report

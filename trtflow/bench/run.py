@@ -7,7 +7,6 @@ wall time (``io_ms``) is visible.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,10 +73,7 @@ def variant_artifact(artifact: Path, memory: str) -> Path:
             (folder / name).symlink_to((artifact / name).resolve())
     art.atomic_write(folder / art.PLAN, vplan.to_json())
     art.atomic_write(folder / art.RUNNER, generate_runner(vplan))
-    files = dict(report.get("files", {}))
-    files[art.PLAN] = art.sha256_path(folder / art.PLAN)
-    files[art.RUNNER] = art.sha256_path(folder / art.RUNNER)
-    art.atomic_write(folder / art.REPORT, json.dumps({**report, "files": files, "variant_of": str(artifact)}, indent=2))
+    art.seal(folder, {**report, "variant_of": str(artifact)})
     return folder
 
 

@@ -259,26 +259,27 @@ def export_artifact(artifact: Path, repo: Path, *, name: str | None = None, forc
     dest = repo / name
     if dest.exists() and not force:
         raise OutputError(f"{dest} already exists", hint="pass --force to replace that model folder", file=dest)
-    tmp = art.staging_dir(dest)
-    try:
-        (tmp / str(version)).mkdir()
-        art.atomic_write(tmp / "config.pbtxt", config_text(cfg, header))
-        shutil.copyfile(artifact / src_name, tmp / str(version) / dst_name)
-        copied = art.sha256_path(tmp / str(version) / dst_name)
-        if copied != report["files"].get(src_name):
-            raise ArtifactError(f"{artifact / src_name} changed while it was copied", hint="export again")
-        provenance = {
-            "trtflow": __version__, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "artifact": str(artifact.resolve()), "cache_key": report.get("cache_key"),
-            "recipe_path": plan.recipe_path, "recipe_sha256": plan.recipe_sha256, "model_sha256": plan.model_sha256,
-            "built_with": report.get("backend"), "versions": {k: v for k, v in versions.items() if v},
-            "platform": platform, "files": {f"{version}/{dst_name}": copied}, "notes": notes,
-        }
-        art.atomic_write(tmp / "trtflow.json", json.dumps(provenance, indent=2) + "\n")
-        art.commit_dir(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with art.locked(dest):  # concurrent exports of one model folder take turns
+        tmp = art.staging_dir(dest)
+        try:
+            (tmp / str(version)).mkdir()
+            art.atomic_write(tmp / "config.pbtxt", config_text(cfg, header))
+            shutil.copyfile(artifact / src_name, tmp / str(version) / dst_name)
+            copied = art.sha256_path(tmp / str(version) / dst_name)
+            if copied != report["files"].get(src_name):
+                raise ArtifactError(f"{artifact / src_name} changed while it was copied", hint="export again")
+            provenance = {
+                "trtflow": __version__, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "artifact": str(artifact.resolve()), "cache_key": report.get("cache_key"),
+                "recipe_path": plan.recipe_path, "recipe_sha256": plan.recipe_sha256, "model_sha256": plan.model_sha256,
+                "built_with": report.get("backend"), "versions": {k: v for k, v in versions.items() if v},
+                "platform": platform, "files": {f"{version}/{dst_name}": copied}, "notes": notes,
+            }
+            art.atomic_write(tmp / "trtflow.json", json.dumps(provenance, indent=2) + "\n")
+            art.commit_dir(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return TritonExport(model_dir=dest, config_path=dest / "config.pbtxt", model_file=dest / str(version) / dst_name,
                         platform=platform, notes=tuple(notes))
 

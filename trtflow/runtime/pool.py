@@ -328,12 +328,12 @@ def _resolve(spec: DevicesSpec) -> list[int]:
 
 
 def _plan_of(cls: type[Runner], args: tuple[Any, ...]) -> Any:
-    from trtflow.runtime.runner import _load_plan
+    from trtflow import artifact as art
 
     folder = Path(args[0]) if args else cls.ARTIFACT_DIR
     if folder is None:
         raise TrtflowError("RunnerPool: no artifact folder", hint="pass a generated runner class or an artifact path")
-    return _load_plan(Path(folder).resolve())
+    return art.load(Path(folder).resolve())[0]  # checked like the runner checks it
 
 
 __all__ = ["InstanceStats", "PoolPending", "RunnerPool"]

@@ -43,7 +43,6 @@ import contextlib
 import functools
 import importlib
 import importlib.util
-import json
 import threading
 import time
 from collections import OrderedDict, deque
@@ -55,6 +54,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 from typing_extensions import Self
 
+from trtflow import artifact as art
 from trtflow.backends.base import (
     Backend,
     CapturedGraph,
@@ -65,7 +65,7 @@ from trtflow.backends.base import (
     pick_executor,
 )
 from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed, TrtflowError
-from trtflow.plan.model import Plan, TensorPlan
+from trtflow.plan.model import TensorPlan
 from trtflow.runtime import cuda, devices
 from trtflow.runtime.devices import DeviceLock
 from trtflow.runtime.memory import (
@@ -406,16 +406,15 @@ class Runner:
         if folder is None:
             raise ArtifactError("no artifact folder given", hint="Runner(artifact_dir) or use the generated runner")
         self.artifact_dir = Path(folder).resolve()
-        self.plan = _load_plan(self.artifact_dir)
+        # report present and listing every file, hashes match, plan values in range (artifact.load)
+        self.plan, self.report = art.load(self.artifact_dir)
         self._out_shapes = OutputShapes(self.plan, where=str(self.artifact_dir / "plan.json"))
-        self.report = _load_report(self.artifact_dir)
         streams = self.plan.streams
         self.topology = topology or str(streams.get("topology", "sync"))
         if self.topology not in TOPOLOGIES:
             raise ArtifactError(f"unknown stream topology {self.topology!r}", hint=f"one of {', '.join(TOPOLOGIES)}")
-        self.depth = int(depth or streams.get("depth", 2)) if self.topology == "pipelined" else 1
-        if self.depth < 1:
-            raise ArtifactError(f"pipeline depth must be >= 1, got {self.depth}")
+        self.depth = (art.check_depth(streams.get("depth", 2) if depth is None else depth, "Runner(depth=...)")
+                      if self.topology == "pipelined" else 1)
         self.cuda_graph = bool(streams.get("cuda_graph", False) if cuda_graph is None else cuda_graph)
         self._check_declared_names()
 
@@ -1291,30 +1290,6 @@ def _engine_kind(engine: CudaEngine | CpuEngine, device: str, backend: str) -> t
         return None, engine
     raise BackendMissing(f"backend {backend!r} opened a {type(engine).__name__} for device {device!r}",
                          hint="the backend's open() must return a CudaEngine for cuda and a CpuEngine for cpu")
-
-
-def _load_plan(folder: Path) -> Plan:
-    path = folder / "plan.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} not found", hint="build the artifact first (trtflow build)") from None
-    try:
-        return Plan.from_json(text)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path}: not a valid plan ({type(exc).__name__}: {exc})",
-                            hint="rebuild the artifact") from None
-
-
-def _load_report(folder: Path) -> dict[str, Any]:
-    path = folder / "report.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})", hint="rebuild the artifact") from None
-    return data if isinstance(data, dict) else {}
 
 
 def available_executor(name: str) -> bool:

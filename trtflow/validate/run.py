@@ -149,8 +149,7 @@ def _as_dict(result: Any) -> dict[str, np.ndarray]:
 def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "auto",
                       samples: int | None = None, allow_host_code: bool = False) -> ValidationReport:
     t0 = time.perf_counter()
-    art.verify(artifact)  # a truncated or replaced file fails here, before anything is loaded
-    plan = Plan.from_json((artifact / art.PLAN).read_text())
+    plan, _ = art.load(artifact)  # a truncated or replaced file or a bad plan fails here, before anything runs
     v = plan.validate
     n = samples or int(v.get("samples", 1))
     runner_cls = import_runner(artifact)
