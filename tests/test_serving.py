@@ -394,3 +394,32 @@ def test_device_resolution_and_numa_from_sysfs(fake: Any, tmp_path: Path) -> Non
     assert devices.placement(0, sys_root=sysfs).numa_node is None  # no numa_node file: nothing to do
     with devices.local_allocation(place):  # pins this thread to the node's CPUs, then restores
         pass
+
+
+# -- bench load mode and sweeps (CPU engine) -------------------------------------------------------------
+def test_bench_instances_sweep_and_load_mode(project: Path) -> None:
+    import json
+    import subprocess
+
+    sup.mlp_model(project / "m.onnx")
+    (project / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\nserving: {instances: 2}\n")
+
+    def bench(*args: str) -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-m", "trtflow.cli", "bench", str(project / "r.yaml"), "--out",
+                            str(project / "build"), "--iterations", "40", "--warmup", "1", "--json", *args],
+                           capture_output=True, text=True, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+    rep = bench("--sweep", "instances", "--concurrency", "4")
+    rows = rep["load"]
+    assert [r["instances"] for r in rows] == [1, 2, 4] and all(r["concurrency"] == 4 for r in rows)
+    assert rows[0]["ratios"]["vs_single"] == 1.0 and all(r["requests"] >= 80 and r["errors"] == 0 for r in rows)
+    assert all(len(r["per_instance"]) == r["instances"] and sum(r["per_instance"]) == r["requests"] for r in rows)
+    assert rows[0]["floor_per_s"] is None  # no CUDA stages on the CPU
+    one = bench("--concurrency", "3")["load"]
+    assert len(one) == 1 and one[0]["instances"] == 2 and one[0]["latency"]["p99"] >= one[0]["latency"]["p50"]
+    r = subprocess.run([sys.executable, "-m", "trtflow.cli", "bench", str(project / "r.yaml"), "--out",
+                        str(project / "build"), "--sweep", "devices"], capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 3 and "needs CUDA GPUs" in r.stdout + r.stderr

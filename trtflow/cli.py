@@ -405,7 +405,8 @@ def bench(
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     sweep: Annotated[str | None, typer.Option(
-        help="memory (strategies x topologies, with the hand-written baseline), batch, or precision.")] = None,
+        help="memory (strategies x topologies, with the hand-written baseline), batch, precision, "
+             "instances (1, 2, 4 engine instances under load) or devices (1..N GPUs, links measured).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up requests per configuration.")] = 10,
     iterations: Annotated[int, typer.Option(min=1, help="Timed requests per configuration (at least).")] = 100,
     duration: Annotated[float | None, typer.Option(min=0.001, help="Seconds per configuration (at least).")] = None,
@@ -414,6 +415,9 @@ def bench(
     check: Annotated[bool, typer.Option("--check", help="Fail (exit 9) when a recipe budget is not met.")] = False,
     write_best: Annotated[Path | None, typer.Option(help="Write the recipe with the best config of a sweep.")] = None,
     link: Annotated[bool, typer.Option("--link/--no-link", help="Measure pinned/pageable bandwidth in the same run.")] = True,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Load mode: C concurrent asyncio clients against a RunnerPool (the recipe's serving section); "
+             "with --sweep instances/devices: clients (per GPU) of each row.")] = None,
     *, ropts: RecipeOptions,
 ) -> None:
     """Measure the generated runner: CUDA-event stage times, wall clock, host overhead, p50/p90/p99, throughput.
@@ -427,7 +431,8 @@ def bench(
     rep = run_bench(ropts.load(recipe), out=out, backend=backend or "auto", device=device, sweep=sweep,
                     warmup=warmup, iterations=iterations, duration_s=duration, measure_link_=link,
                     write_best_to=write_best, allow_outside=ropts.allow_outside,
-                    build_progress=lambda loaded: _build_one(loaded, out, ropts, json_out=json_out))
+                    build_progress=lambda loaded: _build_one(loaded, out, ropts, json_out=json_out),
+                    concurrency=concurrency)
     if plot:
         from trtflow.bench.plot import plot_report
 
@@ -451,6 +456,9 @@ def _ms(st: Any, attr: str = "mean") -> str:
 
 
 def _print_bench(rep: Any) -> None:
+    if rep.load:
+        _print_load(rep)
+        return
     link = rep.link
     tbl = Table(title=f"{rep.name} on {rep.card}" + (
         f"  (link: pinned H2D {link['pinned_h2d']:.1f} / D2H {link['pinned_d2h']:.1f} GB/s, pageable H2D "
@@ -476,6 +484,33 @@ def _print_bench(rep: Any) -> None:
             console.print(f"  {r.label}: CUDA graph: {r.graph_status}")
     for f in rep.budget_failures:
         console.print(f"  [red]budget:[/] {f}")
+
+
+def _print_load(rep: Any) -> None:
+    tbl = Table(title=f"{rep.name} on {rep.card}: closed-loop load (asyncio clients against a RunnerPool)",
+                title_justify="left")
+    for col in ("config", "clients", "requests", "req/s", "samples/s", "p50 ms", "p99 ms", "vs single",
+                "vs N x single", "floor/s", "vs floor", "per instance"):
+        tbl.add_column(col, justify="left" if col == "config" else "right")
+
+    def ratio(r: Any, key: str) -> str:
+        return f"{r.ratios[key]:.2f}x" if key in r.ratios else "-"
+
+    for r in rep.load:
+        tbl.add_row(r.label, str(r.concurrency), str(r.requests), f"{r.requests_per_s:.1f}", f"{r.samples_per_s:.1f}",
+                    _ms(r.latency, "p50"), _ms(r.latency, "p99"), ratio(r, "vs_single"), ratio(r, "vs_linear"),
+                    "-" if r.floor_per_s is None else f"{r.floor_per_s:.1f}", ratio(r, "vs_floor"),
+                    "/".join(str(n) for n in r.per_instance))
+    console.print(tbl)
+    console.print("  latency: call to outputs on the host, queueing included; floor: 1/max(stage) of one instance "
+                  "(CUDA events) x GPUs.")
+    for gpu, lk in rep.links.items():
+        console.print(f"  GPU {gpu} link: pinned H2D {lk['pinned_h2d']:.1f} / D2H {lk['pinned_d2h']:.1f} GB/s")
+    if rep.limit:
+        console.print(f"  limit: {rep.limit}")
+    for r in rep.load:
+        for d in r.diagnostics:
+            console.print(f"  [yellow]{r.label}:[/] {d}")
 
 
 # ------------------------------------------------------------------------------- schema, docs

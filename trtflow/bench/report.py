@@ -36,7 +36,8 @@ def _card() -> tuple[str, bool]:
 
 def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, sweep: str | None, warmup: int,
               iterations: int, duration_s: float | None, measure_link_: bool, write_best_to: Path | None,
-              build_progress: Callable[[LoadedRecipe], Any], allow_outside: bool = False) -> BenchReport:
+              build_progress: Callable[[LoadedRecipe], Any], allow_outside: bool = False,
+              concurrency: int | None = None) -> BenchReport:
     """``build_progress(loaded)`` builds (or hits the cache) and returns the BuildResult; overrides applied."""
     card, gpu = _card()
     if device == "cuda" and not gpu:
@@ -54,6 +55,10 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
     artifact, plan = res.artifact, Plan.from_json((res.artifact / art.PLAN).read_text())
     results: list[BenchResult] = []
     rep = BenchReport(name=plan.name, card=card, link=link, results=results)
+    if sweep in ("instances", "devices") or concurrency is not None:
+        _load(rep, artifact, plan, sweep=sweep, concurrency=concurrency, gpu=gpu, backend=backend, device=device,
+              warmup=warmup, iterations=iterations, duration_s=duration_s)
+        return rep
     if sweep is None:
         results.append(bench_config(artifact, plan, label="recipe", memory=None, topology=None, cuda_graph=None, **kw))
     elif sweep == "memory":
@@ -86,7 +91,7 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
             results.append(bench_config(res.artifact, vplan, label=prec, memory=None, topology=None,
                                         cuda_graph=None, **kw))
     else:
-        raise UsageError(f"unknown sweep {sweep!r}", hint="--sweep memory | batch | precision")
+        raise UsageError(f"unknown sweep {sweep!r}", hint="--sweep memory | batch | precision | instances | devices")
     if sweep != "batch":
         rep.best = finish(results)
     if gpu and (plan.streams["topology"] == "pipelined" or sweep == "memory"):
@@ -104,3 +109,50 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
         best = next(r for r in results if r.label == rep.best)
         write_best(Path(plan.recipe_path), best, write_best_to)
     return rep
+
+
+def _load(rep: BenchReport, artifact: Path, plan: Plan, *, sweep: str | None, concurrency: int | None, gpu: bool,
+          backend: str, device: str, warmup: int, iterations: int, duration_s: float | None) -> None:
+    """Load mode (``--concurrency C``: the recipe's pool) or the instances / devices sweep, with ratios
+    to the single-instance (single-GPU) row and to 1/max(stage) of one instance."""
+    from trtflow.bench import load
+
+    if concurrency is not None and concurrency < 1:
+        raise UsageError(f"--concurrency must be >= 1, got {concurrency}")
+    per_gpu = int(plan.serving.get("instances", 1) or 1)
+    floor = load.stage_floor(artifact, plan, backend=backend, device=device, warmup=warmup,
+                             iterations=min(iterations, 50)) if gpu else None
+    common: dict[str, Any] = {"backend": backend, "device": device, "warmup": min(warmup, 3)}
+
+    def row(label: str, instances: int, devices: list[int] | None, c: int, floor_per_s: float | None) -> None:
+        rep.load.append(load.run_load(artifact, plan, label=label, instances=instances, devices=devices,
+                                      concurrency=c, requests=None if duration_s else max(iterations, 20 * c),
+                                      duration_s=duration_s, floor_per_s=floor_per_s, **common))
+
+    if sweep == "devices":
+        if not gpu or device == "cpu":
+            raise BackendMissing("--sweep devices needs CUDA GPUs", hint="run it on a GPU host")
+        from trtflow.bench.link import measure_host_h2d, measure_links
+        from trtflow.runtime import cuda
+
+        every = list(range(cuda.device_count()))
+        rep.links = measure_links(every)
+        rep.host_h2d_gbps = measure_host_h2d(every)
+        links_sum = sum(v["pinned_h2d"] for v in rep.links.values())
+        rep.limit = (f"host: H2D to all {len(every)} GPU(s) at once {rep.host_h2d_gbps:.1f} GB/s < "
+                     f"{links_sum:.1f} GB/s, the sum of the links" if rep.host_h2d_gbps < 0.9 * links_sum else
+                     f"links: H2D to all {len(every)} GPU(s) at once {rep.host_h2d_gbps:.1f} GB/s ~ the sum of "
+                     f"the links {links_sum:.1f} GB/s (each GPU's own link bounds it)")
+        c = concurrency or 8
+        for k in range(1, len(every) + 1):
+            row(f"{k} GPU(s) x {per_gpu}", per_gpu, every[:k], c * k, floor * k if floor else None)
+        load.compare(rep.load, per_device=True)
+    elif sweep == "instances":
+        c = concurrency or 8
+        for n in load.INSTANCES:
+            row(f"{n} instance(s)", n, None, c, floor)
+        load.compare(rep.load, per_device=False)
+    else:
+        assert concurrency is not None
+        row(f"{per_gpu} instance(s), {concurrency} client(s)", per_gpu, None, concurrency, floor)
+        load.compare(rep.load, per_device=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow import artifact as art
+from trtflow.bench.load import LoadResult
 from trtflow.bench.measure import BenchResult, measure
 from trtflow.errors import RecipeError
 from trtflow.plan.model import Plan
@@ -47,11 +48,17 @@ class BenchReport:
     best: str | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)
     budget_failures: list[str] = field(default_factory=list)
+    load: list[LoadResult] = field(default_factory=list)     # load mode / instances and devices sweeps
+    links: dict[int, dict[str, float]] = field(default_factory=dict)  # devices sweep: each GPU's link
+    host_h2d_gbps: float | None = None                       # devices sweep: H2D to every GPU at once
+    limit: str | None = None                                  # devices sweep: what bounds the total
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "card": self.card, "link_gbps": self.link, "best": self.best,
                 "results": [r.to_dict() for r in self.results], "timeline": self.timeline,
-                "budget_failures": self.budget_failures}
+                "budget_failures": self.budget_failures, "load": [r.to_dict() for r in self.load],
+                "links_gbps": {str(k): v for k, v in self.links.items()}, "host_h2d_gbps": self.host_h2d_gbps,
+                "limit": self.limit}
 
 
 def variant_artifact(artifact: Path, memory: str) -> Path:
