@@ -9,7 +9,7 @@ RECIPE ?= recipes/seg.yaml
 $(BIN)/trtflow: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,triton,dev]'
+	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,triton,serve,dev]'
 	$(BIN)/pip install -q --no-deps 'tensorrt-stubs>=10.13'
 	$(BIN)/python tests/test_backend_trt.py typings
 	touch $@
@@ -20,7 +20,7 @@ test: setup ## the whole CPU test suite (GPU tests skip cleanly without a GPU)
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check trtflow tests
+	$(BIN)/ruff check trtflow tests examples
 
 typecheck: setup ## includes the tensorrt backend, checked against tensorrt-stubs
 	$(BIN)/mypy trtflow
