@@ -313,3 +313,22 @@ def test_shape_expression_outside_the_buffer_is_an_artifact_error(tmp_path: Path
     (art / "plan.json").write_text(replace(plan, outputs=(bad,)).to_json())
     with pytest.raises(ArtifactError, match=r"output 'logits': shape expression"):
         sup.load_runner(art).NetRunner()
+
+
+def test_real_classifier_at_every_batch_of_its_profile(tmp_path: Path) -> None:
+    """models/mobilenet_v3_small.onnx (torchvision export, dynamic batch) on onnxruntime CPU through the
+    generated runner at min, max and non-opt batches: the planner's expression ("images[0]", "1000")."""
+    model = ROOT / "models" / "mobilenet_v3_small.onnx"
+    recipe = {"inputs": {"images": {"profile": {"min": [1, 3, 224, 224], "opt": [2, 3, 224, 224],
+                                                "max": [4, 3, 224, 224]}}}}
+    art, plan = sup.make_artifact(tmp_path, model, recipe, name="cls")
+    assert plan.outputs[0].shape_expr == ("images[0]", "1000")
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    with sup.load_runner(art).ClsRunner() as r:
+        for b in (1, 4, 3, 1):
+            x = _x((b, 3, 224, 224), seed=b)
+            out = r(images=x).logits
+            assert out.shape == (b, 1000)
+            np.testing.assert_allclose(out, ref.run(None, {"images": x})[0], rtol=1e-4, atol=1e-5)

@@ -797,7 +797,7 @@ def mlp_model(path: Path, *, features: int = 64, hidden: int = 32, classes: int 
     return path
 
 
-# -- artifacts the planner cannot make yet: dynamic H/W, data-dependent outputs --------------------------
+# -- dynamic H/W and data-dependent outputs -------------------------------------------------------------
 def strided_conv_model(path: Path, *, batch: int | str = 1, hw: tuple[int | str, int | str] = (32, 32),
                        seed: int = 0) -> Path:
     """Conv(3x3, stride 2, pad 1)-Sigmoid: ``image`` [N, 3, H, W] -> ``logits`` [N, 5, (H-1)//2+1, (W-1)//2+1].
@@ -838,62 +838,36 @@ def nonzero_model(path: Path, *, batch: int | str = "N", features: int = 8) -> P
     return path
 
 
-def _resized(t: Any, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...],
-             expr: tuple[str, ...] | None) -> Any:
-    from dataclasses import replace
-
-    from trtflow.plan.formats import nbytes
-
-    return replace(t, shape=shape, min_shape=lo, max_shape=hi, shape_expr=expr,
-                   bytes=nbytes(shape, t.dtype, t.format), max_bytes=nbytes(hi, t.dtype, t.format))
-
-
-def _rewrite_plan(art: Path, plan: Plan) -> Plan:
-    (art / "plan.json").write_text(plan.to_json())
-    write_runner(plan, art)
-    return plan
-
-
 def dynamic_hw_artifact(root: Path, recipe: dict[str, Any] | None = None, *, backend: str = "onnxruntime",
                         exprs: bool = True, name: str = "net") -> tuple[Path, Path, Plan]:
     """The strided conv with a dynamic batch, H and W under a SQUARE profile [1..2, 3, 16..64, 16..64]
-    (opt 1x3x32x32), its output shape as expressions of the input dims (``exprs``; else none, as in
-    plans without them). Returns (artifact, model, plan). Planned at the static opt shape, then widened:
-    the planner records these expressions itself once it does symbolic shape inference."""
-    root.mkdir(parents=True, exist_ok=True)
-    static = strided_conv_model(root / "static.onnx")
-    model = strided_conv_model(root / "dynamic.onnx", batch="N", hw=("H", "W"))
-    art, plan = make_artifact(root, static, recipe, backend=backend, name=name, lowered=model)
-    x, y = plan.inputs[0], plan.outputs[0]
-    expr = ("image[0]", "5", "(image[2] - 1) // 2 + 1", "(image[3] - 1) // 2 + 1") if exprs else None
-    x = _resized(x, (1, 3, 32, 32), (1, 3, 16, 16), (2, 3, 64, 64), ("image[0]", "3", "image[2]", "image[3]"))
-    y = _resized(y, (1, 5, 16, 16), (1, 5, 8, 8), (2, 5, 32, 32), expr)
+    (opt 1x3x32x32), planned by make_plan: its output's shape_expr is
+    ("image[0]", "5", "(image[2] - 1) // 2 + 1", "(image[3] - 1) // 2 + 1"). ``exprs=False`` strips the
+    expressions (a dynamic output whose shape only the engine can tell). Returns (artifact, model, plan)."""
     from dataclasses import replace
 
-    return art, model, _rewrite_plan(art, replace(plan, inputs=(x,), outputs=(y,)))
+    root.mkdir(parents=True, exist_ok=True)
+    model = strided_conv_model(root / "dynamic.onnx", batch="N", hw=("H", "W"))
+    profile = {"min": [1, 3, 16, 16], "opt": [1, 3, 32, 32], "max": [2, 3, 64, 64]}
+    body = dict(recipe or {})
+    body["inputs"] = {"image": {**body.get("inputs", {}).get("image", {}), "profile": profile}}
+    art, plan = make_artifact(root, model, body, backend=backend, name=name)
+    if not exprs:
+        plan = replace(plan, outputs=tuple(replace(o, shape_expr=None) for o in plan.outputs))
+        (art / "plan.json").write_text(plan.to_json())
+    return art, model, plan
 
 
 def nonzero_artifact(root: Path, recipe: dict[str, Any] | None = None, *,
                      backend: str = "onnxruntime") -> tuple[Path, Path, Plan]:
-    """``nonzero_model`` with x in [1..4, 8] and idx bounded by [2, 32] (``shape_expr`` ("2", "?")).
-    Planned on a static stand-in with the same I/O names and dtypes, then given its real bounds."""
-    import onnx
-    from onnx import TensorProto, helper
-
+    """``nonzero_model`` with x in [1..4, 8] and ``outputs.idx.max_shape: [2, 32]``, planned by make_plan
+    (shape_expr ("2", "?"): the buffer is an upper bound)."""
     root.mkdir(parents=True, exist_ok=True)
     model = nonzero_model(root / "nonzero.onnx")
-    nodes = [helper.make_node("Concat", ["x", "x"], ["c"], axis=0), helper.make_node("Cast", ["c"], ["idx"], to=7)]
-    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("idx", TensorProto.INT64, [2, 8])])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(root / "standin.onnx"))
-    art, plan = make_artifact(root, root / "standin.onnx", recipe, backend=backend, name="nz", lowered=model)
-    x = _resized(plan.inputs[0], (2, 8), (1, 8), (4, 8), ("x[0]", "8"))
-    idx = _resized(plan.outputs[0], (2, 32), (2, 0), (2, 32), ("2", "?"))
-    from dataclasses import replace
-
-    return art, model, _rewrite_plan(art, replace(plan, inputs=(x,), outputs=(idx,)))
+    body = {**(recipe or {}), "inputs": {"x": {"profile": {"min": [1, 8], "opt": [2, 8], "max": [4, 8]}}},
+            "outputs": {"idx": {"max_shape": [2, 32]}}}
+    art, plan = make_artifact(root, model, body, backend=backend, name="nz")
+    return art, model, plan
 
 
 # The strategy x topology matrix both the fake-runtime tests and the GPU suite run.
