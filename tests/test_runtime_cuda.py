@@ -152,7 +152,11 @@ def test_graph_replay_equals_eager_and_recaptures_on_new_addresses(tmp_path: Pat
     assert fake.registered == {}
 
 
-def test_graph_recaptures_on_shape_change(tmp_path: Path, fake: Any) -> None:
+@pytest.mark.parametrize("outlive", [True, False], ids=["graphs_own_their_state", "graphs_bake_the_context"])
+def test_graph_recaptures_on_shape_change(tmp_path: Path, fake: Any, outlive: bool) -> None:
+    """One graph per shape where graphs own their state (torch); where they bake the execution
+    context's shapes (TensorRT), every shape change drops them and the new shape recaptures."""
+    sup.FakeBackend.options = {"graphs_outlive": outlive}
     model = sup.conv_model(tmp_path / "m.onnx", batch="N")
     recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 16, 16], "opt": [2, 3, 16, 16], "max": [4, 3, 16, 16]}}},
               "streams": {"cuda_graph": True}}
@@ -164,7 +168,11 @@ def test_graph_recaptures_on_shape_change(tmp_path: Path, fake: Any) -> None:
             out = r(image=x).logits
             assert out.shape == (b, 5, 16, 16)
             np.testing.assert_allclose(out, sup.reference(model, {"image": x})["logits"], rtol=1e-6)
-        assert r.graph_stats["captures"] == 4 and r.graph_stats["replays"] == 2
+        if outlive:
+            assert r.graph_stats["captures"] == 4 and r.graph_stats["replays"] == 2
+        else:
+            assert r.graph_stats["captures"] == 6 and r.graph_stats["replays"] == 0
+            assert r.graph_stats["dropped"] == 5 and "recaptured when the input shapes change" in r.graph_status
         with pytest.raises(InputError, match="outside the profile"):
             r(image=np.zeros((5, 3, 16, 16), np.float32))
 
@@ -178,7 +186,7 @@ def test_capture_failure_falls_back_to_eager_and_says_why(tmp_path: Path, fake: 
         for x in xs:
             np.testing.assert_allclose(r(image=x).logits, sup.reference(model, {"image": x})["logits"], rtol=1e-6)
         assert r.graph_status.startswith("eager: capture failed"), r.graph_status
-        assert r.graph_stats == {"captures": 0, "replays": 0, "failures": 1}
+        assert r.graph_stats == {"captures": 0, "replays": 0, "failures": 1, "dropped": 0}
     assert fake.live() == {}
 
 
@@ -415,3 +423,26 @@ def test_contract_data_dependent_output_takes_the_reported_shape(tmp_path: Path,
             np.testing.assert_array_equal(p.result().idx, sup.reference(model, {"x": x})["idx"])
         if topology == "graph":
             assert r.graph_stats["captures"] == 0 and "known only after running" in r.graph_status, r.graph_status
+
+
+@pytest.mark.parametrize("topology", ["graph", "graph_pipelined2"])
+def test_contract_no_graph_replays_after_the_context_shapes_changed(tmp_path: Path, fake: Any, topology: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 8, against the fake CUDA engine, whose captured kernels fail when replayed after
+    the context's input shapes changed (TensorRT: undefined). Alternating shapes give right results,
+    steady shapes replay; a runner that kept its old graphs is caught by the fake (sensitivity)."""
+    model = sup.conv_model(tmp_path / "m.onnx", batch="N")
+    recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 16, 16], "opt": [2, 3, 16, 16], "max": [4, 3, 16, 16]}}},
+              "streams": TOPOLOGIES[topology]}
+    art, _ = sup.make_artifact(tmp_path, model, recipe, backend="fakecuda")
+    batches = (1, 2, 1, 2, 4, 4, 4, 4, 4, 1)
+    with sup.load_runner(art).NetRunner() as r:
+        for i, b in enumerate(batches):
+            x = _inputs(1, (b, 3, 16, 16), seed=i)[0]
+            np.testing.assert_allclose(r(image=x).logits, sup.reference(model, {"image": x})["logits"], rtol=1e-6)
+        assert r.graph_stats["replays"] >= 3 and r.graph_stats["dropped"] >= 5, r.graph_stats
+    with sup.load_runner(art).NetRunner() as r:
+        monkeypatch.setattr(r, "_graphs_bake_shapes", False)  # a runner that keeps graphs across shapes
+        with pytest.raises(AssertionError, match="captured before the context's input shapes changed"):
+            for i, b in enumerate(batches):
+                r(image=_inputs(1, (b, 3, 16, 16), seed=i)[0])

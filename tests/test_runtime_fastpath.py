@@ -203,6 +203,7 @@ def test_feeds_by_name_or_identifier_and_doubled_inputs(tmp_path: Path, fake: An
 
 
 def test_graph_replays_new_data_and_follows_shape_changes(tmp_path: Path, fake: Any) -> None:
+    sup.FakeBackend.options = {"graphs_outlive": True}  # one graph per shape (torch); TensorRT: test_runtime_cuda
     model = sup.conv_model(tmp_path / "m.onnx", batch="N")
     recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 16, 16], "opt": [2, 3, 16, 16], "max": [4, 3, 16, 16]}}},
               "streams": {"cuda_graph": True}}

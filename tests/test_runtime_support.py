@@ -516,6 +516,11 @@ class FakeCudaEngine(CudaEngine):
     """Binds addresses like TensorRT; enqueue adds one kernel op that reads/writes those addresses
     (baked in at enqueue time, so a captured graph replays the old addresses).
 
+    Like a TensorRT execution context, a graph captured from it bakes the context's state: a kernel
+    captured at one set of input shapes and replayed after :meth:`set_input_shape` changed them fails
+    loudly (on a GPU it is undefined behaviour). ``graphs_outlive``: the torch flavour (every graph owns
+    its state), where such replays are fine.
+
     ``scratch``: the :attr:`scratch_size` it asks for (enqueue refuses to run before :meth:`set_scratch`
     when it is > 0, like TensorRT's user-managed memory). ``tells_shapes``: :meth:`output_shape` answers
     like ``context.get_tensor_shape`` (ONNX shape inference at the input shapes set); False: it answers
@@ -523,7 +528,7 @@ class FakeCudaEngine(CudaEngine):
 
     def __init__(self, plan: Plan, model: Path, *, capturable: bool = True, break_capture: bool = False,
                  consumed_events: bool = False, null_kernel: bool = False, scratch: int = 0,
-                 tells_shapes: bool = True) -> None:
+                 tells_shapes: bool = True, graphs_outlive: bool = False) -> None:
         import onnxruntime as ort
 
         self.plan = plan
@@ -539,6 +544,8 @@ class FakeCudaEngine(CudaEngine):
         self.scratch = scratch
         self.scratch_ptrs: list[int] = []
         self.model_path, self.tells_shapes = model, tells_shapes
+        self.graphs_outlive_shape_changes = graphs_outlive  # type: ignore[misc]
+        self.shape_epoch = 0  # bumped whenever an input shape of the "context" changes
         self._inferred: dict[tuple[Any, ...], dict[str, tuple[int, ...] | None]] = {}
         self.shape_questions = 0
         self.reported: dict[str, tuple[int, ...]] = {}
@@ -583,6 +590,8 @@ class FakeCudaEngine(CudaEngine):
         self.scratch_ptrs.append(ptr)
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if self.shapes.get(name) != tuple(shape):
+            self.shape_epoch += 1
         self.shapes[name] = tuple(shape)
 
     def set_address(self, name: str, ptr: int) -> None:
@@ -619,9 +628,13 @@ class FakeCudaEngine(CudaEngine):
         if self.break_capture and FAKE.stream(stream).capturing is not None:
             FAKE.cudaStreamSynchronize(stream)  # a host sync inside capture: invalidates it
         self.enqueues += 1
+        captured_at = self.shape_epoch if FAKE.stream(stream).capturing is not None else None
 
         def kernel() -> None:
             FAKE.kernel_launches += 1  # type: ignore[union-attr]
+            if captured_at is not None and captured_at != self.shape_epoch and not self.graphs_outlive_shape_changes:
+                raise AssertionError("a graph captured before the context's input shapes changed was replayed "
+                                     "(TensorRT: undefined behaviour)")
             feeds = {}
             for t in plan.inputs:
                 phys = self._array(t.name, ptrs[t.name], shapes[t.name])

@@ -213,6 +213,27 @@ def test_dynamic_batch_on_gpu(tmp_path: Path) -> None:
         assert r.graph_stats["captures"] == 3, r.graph_stats  # one graph per shape, replayed after
 
 
+def test_graphs_recaptured_on_shape_change_on_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TensorRT rule (a graph bakes its context's shapes: drop every graph on a shape change and
+    recapture) exercised on a real GPU through the torch engine told to follow it."""
+    from trtflow.backends.torch import TorchCudaEngine
+
+    monkeypatch.setattr(TorchCudaEngine, "graphs_outlive_shape_changes", False)
+    model = sup.conv_model(tmp_path / "dyn.onnx", batch="N", hw=32)
+    recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [8, 3, 32, 32]}}},
+              "streams": {"topology": "pipelined", "depth": 2, "cuda_graph": True}}
+    art, _ = sup.make_artifact(tmp_path, model, recipe, backend="torch", name="dyn")
+    with sup.load_runner(art).DynRunner(backend="torch") as r:
+        pend = []
+        for i, b in enumerate((1, 8, 8, 8, 3, 1, 1, 1)):
+            x = _inputs(1, (b, 3, 32, 32), seed=i)[0]
+            pend.append((r.submit(image=x), x))
+        for p, x in pend:
+            np.testing.assert_allclose(p.result().logits, sup.reference(model, {"image": x})["logits"],
+                                       rtol=1e-4, atol=1e-5)
+        assert r.graph_stats["dropped"] >= 3 and r.graph_stats["replays"] >= 2, r.graph_stats
+
+
 @pytest.mark.parametrize("exprs", [True, False], ids=["shape_expr", "reported_by_torch"])
 @pytest.mark.parametrize("streams", [{"topology": "sync", "cuda_graph": True}, {"topology": "pipelined", "depth": 2}])
 def test_output_shapes_at_non_square_shapes_on_gpu(tmp_path: Path, exprs: bool, streams: dict[str, Any]) -> None:

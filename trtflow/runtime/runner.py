@@ -13,8 +13,14 @@ Topologies (``plan.streams``):
   trtexec style: the H2D of request i+1 and the D2H of request i-1 overlap the compute of request i.
   :meth:`stream` keeps N requests in flight and yields results in order.
 - ``cuda_graph: true``: after one eager warm-up run, copy-in + enqueue + copy-out are captured on the
-  stream (pipelined: the enqueue of each buffer set) and replayed; a change of shapes or of a bound
-  address recaptures. A failed capture falls back to eager, and :attr:`Runner.graph_status` says why.
+  stream (pipelined: the enqueue of each buffer set) and replayed; a change of a bound address
+  recaptures. A failed capture falls back to eager, and :attr:`Runner.graph_status` says why.
+  Shapes: a TensorRT graph bakes the state of the execution context it was captured from, so one
+  replayed after that context's input shapes changed is undefined. The runner has one context per
+  engine and is safe by construction: when an input shape changes, every graph is dropped (after the
+  compute stream drained) and the new shape is warmed up and recaptured (trtexec's "one graph per
+  context"); steady shapes replay. Engines whose graphs own their state
+  (``CudaEngine.graphs_outlive_shape_changes``: torch) keep a small cache of graphs per shape.
 
 Output shapes (:mod:`trtflow.runtime.shapes`): buffers are allocated at the profile's max shape; each
 request's output shape comes from the engine where it can say before running, else from the plan's
@@ -388,8 +394,9 @@ class Runner:
         self.check_finite = check_finite
         self.timing = timing
         self.last_timing: StageTiming | None = None
-        self.graph_stats = {"captures": 0, "replays": 0, "failures": 0}
+        self.graph_stats = {"captures": 0, "replays": 0, "failures": 0, "dropped": 0}
         self._graph_notes: list[str] = []
+        self._graphs_bake_shapes = False
         self._after_run_noted = False
         # request path caches (filled by _index_sets and on first use)
         self._in_names: tuple[str, ...] = ()
@@ -446,6 +453,12 @@ class Runner:
             self._graph_on = False
             self._graph_notes.append(f"engine of backend {self.backend!r} cannot be captured")
             self.graph_stats["failures"] += 1
+        # graphs of an engine whose execution context they bake are kept for its current shapes only
+        self._graphs_bake_shapes = (self._graph_on and self._cuda is not None
+                                    and not self._cuda.graphs_outlive_shape_changes)
+        if self._graphs_bake_shapes:
+            self._graph_notes.append("graphs are recaptured when the input shapes change (one context, "
+                                     "whose shapes a graph bakes in)")
 
     def _open_engine(self, allow_host_code: bool, share: Runner | None) -> CudaEngine | CpuEngine:
         """A new engine, or a new instance of ``share``'s engine where the engine can make one."""
@@ -1022,8 +1035,21 @@ class Runner:
     def _set_engine_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if self._engine_shapes.get(name) != shape:
             assert self._cuda is not None
+            if self._graphs_bake_shapes and name in self._engine_shapes:
+                self._drop_context_graphs()  # they were captured at the context's previous shapes
             self._cuda.set_input_shape(name, shape)
             self._engine_shapes[name] = shape
+
+    def _drop_context_graphs(self) -> None:
+        """Every graph of the execution context, before its input shapes change: a TensorRT graph bakes
+        the context's state at capture, so one replayed after a shape change is undefined (trtexec and
+        NVIDIA's guidance: one graph per context). The next request at any shape recaptures."""
+        n = sum(len(bs.graphs) for bs in self._sets)
+        if not n:
+            return
+        cuda.stream_synchronize(self._s_c)  # a graph may still be running on the compute stream
+        self._drop_graphs()
+        self.graph_stats["dropped"] += n
 
     def _bind(self, bs: _BufferSet, shapes: dict[str, tuple[int, ...]]) -> None:
         engine = self._cuda
