@@ -27,11 +27,11 @@ def ms(st: dict[str, Any] | None, key: str = "mean") -> str:
 
 def sweep_table(rep: dict[str, Any]) -> list[str]:
     link = rep.get("link_gbps") or {}
-    lines = [f"**{rep['name']}** on {rep['card']}; link measured in the same run: pinned H2D "
-             f"{link.get('pinned_h2d', 0):.1f} GB/s, D2H {link.get('pinned_d2h', 0):.1f} GB/s, pageable H2D "
-             f"{link.get('pageable_h2d', 0):.1f}, D2H {link.get('pageable_d2h', 0):.1f} GB/s.", "",
-             "| config | H2D ms | compute ms | D2H ms | wall p50 | wall p99 | host p50 | samples/s | transfer floor ms "
-             "| (H2D+D2H)/floor | I/O ms | wall speedup |",
+    lines = [(f"**{rep['name']}** on {rep['card']}; link measured in the same run: pinned H2D "
+              f"{link.get('pinned_h2d', 0):.1f} GB/s, D2H {link.get('pinned_d2h', 0):.1f} GB/s, pageable H2D "
+              f"{link.get('pageable_h2d', 0):.1f}, D2H {link.get('pageable_d2h', 0):.1f} GB/s."), "",
+             ("| config | H2D ms | compute ms | D2H ms | wall p50 | wall p99 | host p50 | samples/s | transfer floor ms "
+              "| (H2D+D2H)/floor | I/O ms | wall speedup |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["results"]:
         floor = r.get("transfer_floor_ms")

@@ -1,23 +1,20 @@
 """Full TensorRT backend: cannot be installed on this project's machines, so it is checked two ways.
 
-1. Type-checked against the ``tensorrt-stubs`` package (10.13): mypy verifies every TensorRT call in
-   ``tensorrt.py`` and ``_trt_common.py``. The stubs as shipped are not PEP 561 compliant (a bare
-   ``tensorrt/__init__.pyi``, no ``-stubs`` folder) and have a few syntax errors, so mypy silently
-   ignores them; :func:`write_typings` makes a fixed copy and mypy is pointed at it (``mypy_path``).
-   Run ``python tests/test_backend_trt.py typings`` to write that copy for a project-wide mypy run.
+1. Type-checked against stubs generated from NVIDIA's own bindings (scripts/trt_stubs.py, committed in
+   typings/): mypy verifies every TensorRT call in ``tensorrt.py`` and ``_trt_common.py`` against
+   TensorRT 10.12 (the oldest supported) and against 11.4, where names such as
+   ``ICudaEngine.device_memory_size`` are gone. ``make typecheck`` runs both; these tests pin that the
+   check is real (it flags misuse) and that it fails, not passes silently, without the stubs.
 2. The code is shared with TensorRT-RTX, whose builder runs here for real (tests/test_backend_rtx.py).
 A real build/open test runs only where ``tensorrt`` is installed.
 """
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -25,117 +22,85 @@ import pytest
 from trtflow.errors import ArtifactError, BuildError
 
 ROOT = Path(__file__).resolve().parents[1]
-STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
+TYPINGS = ROOT / "typings"
+BACKEND = ["trtflow/backends/tensorrt.py", "trtflow/backends/_trt_common.py"]
+
+needs_mypy = pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
 
 
-def _stubs_dir() -> Path | None:
-    site = Path(sysconfig.get_paths()["purelib"])
-    return site if all((site / p / "__init__.pyi").is_file() for p in STUB_PACKAGES) else None
-
-
-def _split_params(text: str) -> list[str]:
-    depth, cur, parts = 0, "", []
-    for ch in text:
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return parts + [cur]
-
-
-def _fix_def(line: str) -> str:
-    """Repair the two kinds of broken ``def`` lines in tensorrt-stubs 10.13: a parameter named ``in``
-    and a parameter without default after ones with defaults."""
-    try:
-        ast.parse(line.strip() + "\n    ...")
-        return line
-    except SyntaxError:
-        pass
-    m = re.match(r"^(\s*def \w+\()(.*)(\)\s*->.*:\s*)$", line)
-    if not m:
-        return line
-    fixed, defaulted = [], False
-    for p in (p.strip() for p in _split_params(m.group(2))):
-        p = re.sub(r"^(in|from|is|not|and|or|lambda)(\s*:)", r"\1_\2", p)
-        if "=" in p:
-            defaulted = True
-        elif defaulted and not p.startswith("*") and p != "/":
-            p += " = ..."
-        fixed.append(p)
-    return m.group(1) + ", ".join(fixed) + m.group(3)
-
-
-def write_typings(out: Path) -> Path:
-    """Copy the tensorrt stubs into ``out`` with their syntax errors repaired; return ``out``."""
-    site = _stubs_dir()
-    if site is None:
-        raise FileNotFoundError("tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)")
-    for pkg in STUB_PACKAGES:
-        shutil.rmtree(out / pkg, ignore_errors=True)
-        (out / pkg).mkdir(parents=True)
-        for f in sorted((site / pkg).glob("*.pyi")):
-            text = "\n".join(_fix_def(line) for line in f.read_text().split("\n"))
-            ast.parse(text)  # the copy must be valid Python
-            (out / pkg / f.name).write_text(text)
-    return out
-
-
-@pytest.fixture(scope="module")
-def mypy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fixed stubs and one mypy cache shared by the mypy runs of this module."""
-    tmp = tmp_path_factory.mktemp("mypy")
-    write_typings(tmp / "typings")
-    return tmp
-
-
-def _mypy(tmp_path: Path, files: list[str]) -> subprocess.CompletedProcess[str]:
-    typings = tmp_path / "typings"
-    cfg = tmp_path / "mypy.ini"
+def _mypy(tmp_path: Path, files: list[str], stubs: str | None) -> subprocess.CompletedProcess[str]:
+    """mypy with the project's settings, the TensorRT stubs of ``stubs`` (a typings/ folder, or None)."""
+    cfg = tmp_path / f"mypy-{stubs}.ini"
+    path = f"{TYPINGS / stubs}:{TYPINGS / 'tensorrt_rtx'}" if stubs else str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir(exist_ok=True)
     cfg.write_text(f"""[mypy]
 python_version = 3.11
 ignore_missing_imports = True
 follow_imports = silent
-mypy_path = {typings}
-cache_dir = {tmp_path / "cache"}
-[mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
+mypy_path = {path}
+cache_dir = {tmp_path / ("cache-" + str(stubs))}
+[mypy-tensorrt,tensorrt_rtx]
+ignore_missing_imports = False
 ignore_errors = True
 """)
     return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(cfg), *files],
                           check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-needs_mypy_and_stubs = pytest.mark.skipif(
-    importlib.util.find_spec("mypy") is None or _stubs_dir() is None,
-    reason="mypy or tensorrt-stubs missing (pip install mypy; pip install --no-deps tensorrt-stubs)")
-
-
-@pytest.mark.slow  # mypy reads the 500 KB stubs: about 10 s
-@needs_mypy_and_stubs
-def test_tensorrt_backend_typechecks_against_stubs(mypy_dir: Path) -> None:
-    res = _mypy(mypy_dir, ["trtflow/backends/tensorrt.py", "trtflow/backends/_trt_common.py"])
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
-@pytest.mark.slow
-@needs_mypy_and_stubs
-def test_stub_typecheck_catches_tensorrt_api_misuse(mypy_dir: Path) -> None:
-    """Control: the same setup flags a wrong TensorRT call, so a pass above means the stubs were used."""
-    bad = mypy_dir / "bad.py"
+@pytest.mark.slow  # a few seconds per mypy run; `make typecheck` (CI) runs the passing check itself
+@needs_mypy
+def test_stub_typecheck_catches_misuse_and_names_removed_in_11(tmp_path: Path) -> None:
+    """The setup of `make typecheck` flags wrong TensorRT calls against both stubs, so its pass means the
+    stubs were used; and 10.x-only names pass against 10.12 but fail against 11.4."""
+    bad = tmp_path / "bad.py"
     bad.write_text("import tensorrt\n"
                    "from trtflow.backends import _trt_common\n"
                    "b = tensorrt.Builder(tensorrt.Logger())\n"
                    "b.create_network_v2(0)\n"
                    "cfg = b.create_builder_config()\n"
                    "cfg.set_memory_pool_limit(tensorrt.MemoryPoolType.WORKSPACE, 'big')\n"
-                   "_trt_common.make_logger(object())\n")
-    res = _mypy(mypy_dir, [str(bad)])
+                   "_trt_common.make_logger(object())\n"
+                   "def scratch(e: tensorrt.ICudaEngine, c: tensorrt.IExecutionContext) -> int:\n"
+                   "    return int(e.device_memory_size) + int(c.all_shape_inputs_specified)\n")
+    removed = ('has no attribute "device_memory_size"', 'has no attribute "all_shape_inputs_specified"')
+    for stubs in ("tensorrt-10.12", "tensorrt-11.4"):
+        res = _mypy(tmp_path, [str(bad)], stubs)
+        assert res.returncode == 1
+        assert 'has no attribute "create_network_v2"' in res.stdout
+        assert "set_memory_pool_limit" in res.stdout
+        assert 'expected "TrtModule"' in res.stdout
+        assert all((r in res.stdout) == (stubs == "tensorrt-11.4") for r in removed), res.stdout
+
+
+@pytest.mark.slow
+@needs_mypy
+def test_typecheck_fails_without_the_stubs(tmp_path: Path) -> None:
+    """Missing stubs are an error (tensorrt is never silently Any), in mypy and in `make typecheck`."""
+    res = _mypy(tmp_path, BACKEND, None)
     assert res.returncode == 1
-    assert 'has no attribute "create_network_v2"' in res.stdout
-    assert "set_memory_pool_limit" in res.stdout
-    assert 'expected "TrtModule"' in res.stdout
+    assert re.search(r'error: (Cannot find implementation or library stub for module named|Skipping analyzing) '
+                     r'"tensorrt"', res.stdout), res.stdout
+    make = subprocess.run(["make", "-s", "-o", ".venv/bin/trtflow", "typecheck", "TRT_STUBS=typings/none/__init__.pyi"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert make.returncode != 0 and "typings/none/__init__.pyi is missing" in make.stderr
+
+
+def test_committed_rtx_stub_matches_the_installed_module(tmp_path: Path) -> None:
+    """typings/tensorrt_rtx is what scripts/trt_stubs.py makes from the installed tensorrt_rtx (not stale)."""
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        pytest.skip("tensorrt_rtx is not installed")
+    import tensorrt_rtx
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import trt_stubs
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    out = trt_stubs.write_stub(tensorrt_rtx, tensorrt_rtx.__version__, tmp_path / "s.pyi", module_name="tensorrt_rtx")
+    assert out.read_text() == (TYPINGS / "tensorrt_rtx" / "tensorrt_rtx" / "__init__.pyi").read_text()
+    for stubs in ("tensorrt-10.12", "tensorrt-11.4"):
+        text = (TYPINGS / stubs / "tensorrt" / "__init__.pyi").read_text()
+        assert f"__version__: str  # {stubs.split('-')[1]}." in text
 
 
 def test_tensorrt_not_available_when_only_stubs_are_installed() -> None:
@@ -207,7 +172,3 @@ def test_tensorrt_builds_conv_bn_relu_for_real(tmp_path: Path) -> None:
         engine = TensorRTBackend().open(out, plan, device="cuda")
         assert engine.scratch_size >= 0 and '"Layers"' in engine.inspect()
         engine.close()
-
-
-if __name__ == "__main__":
-    print(write_typings(Path(sys.argv[1] if len(sys.argv) > 1 else "typings")))

@@ -2,13 +2,12 @@
 
 Thin: everything is in :mod:`trtflow.backends._trt_common`, which TensorRT-RTX shares and which is tested
 for real through it. Full TensorRT cannot be installed on this project's machines, so this module and
-the shared one are type-checked against the ``tensorrt-stubs`` package instead (see
-``tests/test_backend_trt.py``).
+the shared one are type-checked against stubs generated from the TensorRT 10.12 and 11.4 bindings
+(typings/, ``make typecheck``; see docs/tensorrt.md).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -30,16 +29,6 @@ class TensorRTBackend(Backend):
     builds_engine = True
     devices = ("cuda",)
     rank = 100
-
-    @classmethod
-    def available(cls) -> bool:
-        # tensorrt-stubs installs a bare ``tensorrt/__init__.pyi``: a namespace package that find_spec
-        # reports and that imports, empty. Only a real module (one with an origin file) counts.
-        try:
-            spec = importlib.util.find_spec(cls.module)
-        except (ImportError, ValueError):
-            return False
-        return spec is not None and spec.origin is not None
 
     @classmethod
     def can_execute_here(cls) -> bool:
