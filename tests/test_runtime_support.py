@@ -739,6 +739,17 @@ def make_artifact(root: Path, model: Path, recipe: dict[str, Any] | None = None,
     return art, plan
 
 
+def rewrite_plan(art: Path, plan: Plan) -> Plan:
+    """Replace an artifact's plan.json (a plan no planner writes: stale, hand-edited) and reseal it."""
+    import json
+
+    from trtflow.artifact import seal
+
+    (art / "plan.json").write_text(plan.to_json())
+    seal(art, {"backend": json.loads((art / "report.json").read_text())["backend"]})
+    return plan
+
+
 _loaded = 0
 
 
@@ -866,8 +877,7 @@ def dynamic_hw_artifact(root: Path, recipe: dict[str, Any] | None = None, *, bac
     body["inputs"] = {"image": {**body.get("inputs", {}).get("image", {}), "profile": profile}}
     art, plan = make_artifact(root, model, body, backend=backend, name=name)
     if not exprs:
-        plan = replace(plan, outputs=tuple(replace(o, shape_expr=None) for o in plan.outputs))
-        (art / "plan.json").write_text(plan.to_json())
+        plan = rewrite_plan(art, replace(plan, outputs=tuple(replace(o, shape_expr=None) for o in plan.outputs)))
     return art, model, plan
 
 
