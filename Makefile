@@ -58,4 +58,4 @@ wheelhouse: ## download every wheel trtflow[$(EXTRAS)] needs on an offline Linux
 	  --extras '$(EXTRAS)' --python '$(PYTHON_VERSION)' --glibc '$(GLIBC)' --dest wheelhouse
 
 clean:
-	rm -rf build .pytest_cache .mypy_cache
+	rm -rf build artifacts .pytest_cache .mypy_cache

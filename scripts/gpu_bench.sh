@@ -25,6 +25,6 @@ step "host overhead, tiny model"
 $T bench recipes/tiny.yaml --sweep memory --warmup 200 --iterations 2000 --json > "$R/tiny_sweep.json"
 step "batch sweep";         $T bench recipes/cls.yaml --sweep batch --warmup 5 --iterations 50 --json --plot "$R/cls_batch.png" > "$R/cls_batch.json"
 step "budget gate";         $T bench recipes/seg_hd.yaml --check --iterations 20 --json > "$R/seg_hd_check.json"; echo "check rc=$?"
-step soak;                  timeout "${SOAK_TIMEOUT:-300}" python3 scripts/soak.py build/tiny --inferences "${SOAK_N:-100000}" --cycles "${SOAK_CYCLES:-1000}" > "$R/soak.json"; echo "soak rc=$?"; tail -n 5 "$R/soak.json"
+step soak;                  timeout "${SOAK_TIMEOUT:-300}" python3 scripts/soak.py artifacts/tiny --inferences "${SOAK_N:-100000}" --cycles "${SOAK_CYCLES:-1000}" > "$R/soak.json"; echo "soak rc=$?"; tail -n 5 "$R/soak.json"
 python3 scripts/bench_summary.py "$R" | tee "$R/summary.md"
 mkdir -p "$OUT"; tar -czf "$OUT/bench.tar.gz" -C "$(dirname "$R")" bench

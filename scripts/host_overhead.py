@@ -13,8 +13,8 @@ cuda-bindings, in a separate short pass so it does not skew the times). ``--timi
 event timing on, as ``trtflow bench`` does. ``--profile N`` prints a cProfile of N calls to stderr.
 ``primitives_us`` is the cost of single cuda-bindings calls on this host, for reference.
 
-    python scripts/host_overhead.py build/tiny                   # 5000 calls, graph on and off
-    python scripts/host_overhead.py build/tiny --graph on --iterations 20000 --cpu 2 --profile 2000
+    python scripts/host_overhead.py artifacts/tiny                   # 5000 calls, graph on and off
+    python scripts/host_overhead.py artifacts/tiny --graph on --iterations 20000 --cpu 2 --profile 2000
 
 The same inputs are reused every call (``--rotate K`` cycles K input sets instead), so the numbers
 are the runner's own cost, not numpy's allocator or cache misses on fresh data.

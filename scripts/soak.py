@@ -3,7 +3,7 @@
 Prints host RSS, device memory in use, open file descriptors and trtflow's live CUDA handles before
 and after each phase, as JSON (docs/reliability.md quotes the figures). Exit 1 on growth.
 
-    python scripts/soak.py build/tiny [--inferences 100000] [--cycles 1000]
+    python scripts/soak.py artifacts/tiny [--inferences 100000] [--cycles 1000]
 """
 
 from __future__ import annotations

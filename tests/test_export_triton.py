@@ -208,7 +208,7 @@ def test_onnxruntime_artifact_and_corruption(conv_project: Path, monkeypatch: py
 
 def test_cli_builds_then_exports(conv_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The CLI builds through trtflow.build.build; one build here makes the CLI's build a cache hit.
-    build_artifact(conv_project / "recipes" / "conv.yaml", conv_project / "build", "onnxruntime", monkeypatch)
+    build_artifact(conv_project / "recipes" / "conv.yaml", conv_project / "artifacts", "onnxruntime", monkeypatch)
     monkeypatch.chdir(conv_project)
     runner = CliRunner()
     res = runner.invoke(app, ["export", "triton", "recipes/conv.yaml", "--out", "model_repository",
@@ -216,7 +216,7 @@ def test_cli_builds_then_exports(conv_project: Path, monkeypatch: pytest.MonkeyP
     assert res.exit_code == 0, res.output
     assert (conv_project / "model_repository" / "conv" / "config.pbtxt").is_file()
     assert (conv_project / "model_repository" / "conv" / "1" / "model.onnx").is_file()
-    res = runner.invoke(app, ["export", "triton", "build/conv", "--out", "model_repository", "--force",
+    res = runner.invoke(app, ["export", "triton", "artifacts/conv", "--out", "model_repository", "--force",
                               "--name", "conv2"])
     assert res.exit_code == 0, res.output
     assert (conv_project / "model_repository" / "conv2" / "config.pbtxt").is_file()

@@ -52,7 +52,7 @@ def tiny_project(project: Path) -> Path:
 
 @pytest.fixture(params=["onnxruntime", "tensorrt_rtx"])
 def built(request: pytest.FixtureRequest, tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    res = build_artifact(tiny_project / "recipes" / "tiny.yaml", tiny_project / "build", request.param, monkeypatch)
+    res = build_artifact(tiny_project / "recipes" / "tiny.yaml", tiny_project / "artifacts", request.param, monkeypatch)
     return Path(res.artifact)
 
 
@@ -78,7 +78,7 @@ def test_fresh_artifact(built: Path) -> None:
 def test_cli_tables_and_json(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(built.parent.parent)
     runner = CliRunner()
-    res = runner.invoke(app, ["inspect", f"build/{built.name}"])
+    res = runner.invoke(app, ["inspect", f"artifacts/{built.name}"])
     assert res.exit_code == 0, res.output
     assert "fresh" in res.output and "strides" in res.output and "(64, 1)" in res.output
     res = runner.invoke(app, ["inspect", "recipes/tiny.yaml", "--json", "--no-open"])  # a recipe finds its artifact

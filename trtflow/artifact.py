@@ -42,6 +42,9 @@ MAX_DEPTH = 16  # buffer sets of a pipelined runner: the recipe's streams.depth 
 MAX_DIM = (1 << 31) - 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REBUILD = "rebuild with `trtflow build --force`"
+# The default folder of artifact folders (`--out`). Not `build/`: setuptools writes `build/lib` there on
+# `pip install .`, and PyPA's `build` package would shadow `from build.x.runner import ...`.
+DEFAULT_ROOT = Path("artifacts")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trtflow import __version__
+from trtflow import __version__, extras
 from trtflow import artifact as art
 from trtflow.backends.base import Backend, Progress, pick_builder
 from trtflow.errors import ArtifactError, OutputError, RecipeError, TrtflowError
@@ -128,7 +128,7 @@ def _check_name_collision(final: Path, loaded: LoadedRecipe) -> str | None:
     return str(other) if still else None
 
 
-def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), force: bool = False,
+def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = art.DEFAULT_ROOT, force: bool = False,
           backend: str | None = None, progress: Progress | None = None, allow_outside: bool = False) -> BuildResult:
     """Build one recipe into ``out_root/<name>/``.
 
@@ -142,6 +142,7 @@ def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = Path("build"), 
     plan = make_plan(loaded, allow_outside=allow_outside)
     builder = pick_builder(backend or plan.build["backend"])
     _check_out_root(out_root)
+    extras.require(extras.for_precision(plan.precision))  # before any work, not halfway through the passes
     final = artifact_dir(plan, out_root)
     key = cache_key(plan, builder)
 

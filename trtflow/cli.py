@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trtflow import __version__
+from trtflow.artifact import DEFAULT_ROOT as DEFAULT_ARTIFACTS
 from trtflow.errors import TrtflowError
 
 app = typer.Typer(
@@ -278,7 +279,7 @@ def _print_plan(p: Any) -> None:
 @recipe_command
 def build(
     recipe: RecipeArg,
-    out: OutOpt = Path("build"),
+    out: OutOpt = DEFAULT_ARTIFACTS,
     force: Annotated[bool, typer.Option("--force", "-f", help="Rebuild even when the cache is fresh.")] = False,
     backend: BackendOpt = None,
     json_out: JsonOpt = False,
@@ -336,7 +337,7 @@ def _build_one(loaded: Any, out: Path, ropts: RecipeOptions, *, force: bool = Fa
 @recipe_command
 def validate(
     recipe: RecipeArg,
-    out: OutOpt = Path("build"),
+    out: OutOpt = DEFAULT_ARTIFACTS,
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where the runner executes.")] = "auto",
     samples: Annotated[int | None, typer.Option(min=1, help="Override the recipe's number of samples.")] = None,
@@ -350,9 +351,11 @@ def validate(
 
     Exits 4 when an output fails its tolerance or task metric. The table names the formula used.
     """
+    from trtflow import extras
     from trtflow.plan import make_plan
     from trtflow.validate.run import validate_artifact, write_report
 
+    extras.require({"onnxruntime": "validate's fp32 reference"})
     failed = []
     reports = []
     for path in _recipes(recipe):
@@ -401,7 +404,7 @@ def _print_validation(rep: Any) -> None:
 @recipe_command
 def bench(
     recipe: RecipeArg,
-    out: OutOpt = Path("build"),
+    out: OutOpt = DEFAULT_ARTIFACTS,
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     sweep: Annotated[str | None, typer.Option(
@@ -426,8 +429,11 @@ def bench(
     for pipelined throughput). --sweep compares configurations side by side in one run, with ratios to
     the hand-written baseline (pageable numpy, synchronous copies, a sync per call).
     """
+    from trtflow import extras
     from trtflow.bench.report import run_bench
 
+    extras.require({**({"matplotlib": "--plot"} if plot else {}),
+                    **(extras.for_precision("fp16") if sweep == "precision" else {})})
     rep = run_bench(ropts.load(recipe), out=out, backend=backend or "auto", device=device, sweep=sweep,
                     warmup=warmup, iterations=iterations, duration_s=duration, measure_link_=link,
                     write_best_to=write_best, allow_outside=ropts.allow_outside,
@@ -626,9 +632,9 @@ def init_(
 
 @app.command("inspect")
 def inspect_(
-    artifact: Annotated[Path, typer.Argument(help="An artifact folder (build/<name>/), or a recipe.",
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder (artifacts/<name>/), or a recipe.",
                                              show_default=False)],
-    out: OutOpt = Path("build"),
+    out: OutOpt = DEFAULT_ARTIFACTS,
     json_out: JsonOpt = False,
     open_engine: Annotated[bool, typer.Option(
         "--open/--no-open", help="Ask the engine's backend for its I/O and layers where it can run here.")] = True,
@@ -669,7 +675,7 @@ def export_triton(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export the lowered ONNX (onnxruntime backend) even "
                                                       "when a TensorRT plan exists.")] = False,
     kind: Annotated[str, typer.Option(help="Instance kind: gpu or cpu (cpu needs the ONNX export).")] = "gpu",
-    build_out: Annotated[Path, typer.Option("--build-out", help="Where recipes are built.")] = Path("build"),
+    build_out: Annotated[Path, typer.Option("--build-out", help="Where recipes are built.")] = DEFAULT_ARTIFACTS,
     backend: BackendOpt = None,
     json_out: JsonOpt = False,
     *, ropts: RecipeOptions,

@@ -7,6 +7,7 @@ from typing import Any
 
 from trtflow import __version__
 from trtflow.backends.base import all_backends
+from trtflow.extras import install_hint
 
 
 def _gpu() -> dict[str, Any]:
@@ -46,7 +47,7 @@ def collect(*, measure: bool = True) -> dict[str, Any]:
                 notes.append(f"{b.name}: installed but cannot execute here ({type(exc).__name__}: {exc})")
         backends.append({"name": b.name, "installed": installed, "version": b.version() if installed else None,
                          "builds_engine": b.builds_engine, "executes_here": executes,
-                         "install": f"pip install 'trtflow[{b.extra}]'"})
+                         "install": install_hint(b.extra)})
     names = {b["name"]: b for b in backends}
     if names["tensorrt_rtx"]["installed"] and not names["tensorrt_rtx"]["executes_here"]:
         notes.append("tensorrt_rtx builds plans here, but its runtime needs a GPU of compute capability "

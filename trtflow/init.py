@@ -172,7 +172,7 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
         "# Every field is optional except `model`; `trtflow plan` shows what each choice costs in bytes and ms.",
         "# Reference of every field: docs/recipe-reference.md (or `trtflow schema`).",
         "schema_version: 1",
-        f"name: {y(name)}   # artifact folder build/<name>/ and the runner class",
+        f"name: {y(name)}   # artifact folder artifacts/<name>/ and the runner class",
         f"model: {y(model_rel)}   # relative to this file",
         f"# model: {{path: {y(model_rel)}, sha256: {info.sha256}}}   # pin it: a changed file is an error",
         "precision: fp32   # fp32 | tf32 | fp16 | bf16; fp16 halves compute and memory, tolerances follow",

@@ -1,4 +1,4 @@
-"""``trtflow inspect build/<name>/``: what an artifact holds, what its engine reports, and whether it is stale.
+"""``trtflow inspect artifacts/<name>/``: what an artifact holds, what its engine reports, and whether it is stale.
 
 Everything is read from the artifact folder (``plan.json``, ``report.json``) and needs no GPU. The engine
 itself is asked only through its backend (``get_backend``) and only through optional, duck-typed engine
@@ -236,7 +236,7 @@ def _engine_from_backend(artifact: Path, report: dict[str, Any], plan: Any) -> t
     return out, f"asked {name} on this machine"
 
 
-def resolve_artifact(target: Path, out_root: Path = Path("build")) -> Path:
+def resolve_artifact(target: Path, out_root: Path = art.DEFAULT_ROOT) -> Path:
     """An artifact folder as given, or OUT/<name>/ for a recipe file."""
     if target.is_file() and target.suffix in (".yaml", ".yml"):
         from trtflow.recipe import load_recipe

@@ -181,8 +181,10 @@ class Backend(ABC):
     @classmethod
     def require(cls) -> None:
         if not cls.available():
+            from trtflow.extras import install_hint
+
             raise BackendMissing(f"backend {cls.name!r} needs the {cls.module!r} package, which is not installed",
-                                 hint=f"pip install 'trtflow[{cls.extra}]'")
+                                 hint=install_hint(cls.extra))
 
     @classmethod
     def can_execute_here(cls) -> bool:

@@ -288,7 +288,7 @@ def is_artifact(path: Path) -> bool:
     return path.is_dir() and (path / art.REPORT).is_file()
 
 
-def export_recipe(recipe: Any, repo: Path, *, out_root: Path = Path("build"), backend: str | None = None,
+def export_recipe(recipe: Any, repo: Path, *, out_root: Path = art.DEFAULT_ROOT, backend: str | None = None,
                   rebuild: bool = False, allow_outside: bool = False, **kw: Any) -> tuple[TritonExport, Any]:
     """Build ``recipe`` (a path or a LoadedRecipe; a cache hit when nothing changed), then export its artifact."""
     from trtflow.build import build

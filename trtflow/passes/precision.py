@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from trtflow.errors import BackendMissing, ModelError
+from trtflow.extras import install_hint
 from trtflow.passes._graph import NameGen, cast_node, note, opset_of, subgraphs
 from trtflow.passes.normalize import drop_unused_initializers, infer_shapes
 from trtflow.plan.model import Plan
@@ -96,7 +97,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         from onnxconverter_common import float16
     except ImportError:
         raise BackendMissing("fp16 lowering needs onnxconverter-common",
-                             hint="pip install 'trtflow[lower]'") from None
+                             hint=install_hint("lower")) from None
     refuse_external_data(model, "fp16")
     name_nodes(model.graph)
     block = sorted((set(float16.DEFAULT_OP_BLOCK_LIST) - FP16_UNBLOCK) | FP16_EXTRA_BLOCK)
