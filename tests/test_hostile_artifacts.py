@@ -168,8 +168,8 @@ def test_hostile_reports_are_refused_and_rebuilt(built: Path, project: Path, cas
 def test_hostile_report_exit_codes_through_the_cli(built: Path, project: Path) -> None:
     """A report.json of the wrong shape is exit 6 from inspect and validate --no-build, never 70."""
     (built / "report.json").write_text("[]")
-    for args in (("inspect", str(built)), ("validate", "r.yaml", "--no-build"),
-                 ("validate", "r.yaml", "--no-build", "--json")):
+    for args in (("inspect", str(built)), ("validate", "r.yaml", "--no-build", "--out", str(built.parent)),
+                 ("validate", "r.yaml", "--no-build", "--out", str(built.parent), "--json")):
         p = cli(*args, cwd=project)
         assert p.returncode == 6, (args, p.stderr)
         assert "not an object" in p.stderr and "Traceback" not in p.stderr
