@@ -9,7 +9,7 @@ RECIPE ?= recipes/seg.yaml
 $(BIN)/trtflow: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,triton,serve,dev]'
+	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,triton,serve,decode,dev]'
 	touch $@
 
 setup: $(BIN)/trtflow ## create .venv with every extra this machine can use

@@ -240,10 +240,25 @@ def plan(
 def _totals(p: Any) -> dict[str, Any]:
     return {"bytes_in": p.bytes_in, "bytes_out": p.bytes_out, "bytes": p.bytes_in + p.bytes_out,
             "naive_bytes": p.naive_bytes, "ratio": (p.bytes_in + p.bytes_out) / p.naive_bytes if p.naive_bytes else 1.0,
-            "predicted_ms": p.predicted_ms, "naive_predicted_ms": p.naive_predicted_ms}
+            "predicted_ms": p.predicted_ms, "naive_predicted_ms": p.naive_predicted_ms,
+            "encoded": [{"name": t.name, "encoding": t.encoding, "encoded_bytes": t.encoded_bytes,
+                         "decoded_bytes": t.decoded_bytes, "naive_bytes": t.naive_bytes, "bus_bytes": t.bytes,
+                         "source": t.encoded_source} for t in p.inputs if t.encoding]}
+
+
+def _encoded_note(t: Any) -> str:
+    """One line per encoded input: file bytes next to the decoded uint8 and naive fp32 bytes."""
+    enc, raw, naive = t.encoded_bytes or 0, t.decoded_bytes, t.naive_bytes
+    where = ("decoded on the GPU (nvImageCodec): the files cross the bus" if t.bytes == enc else
+             "PNG decodes on the host: the decoded uint8 pixels cross the bus")
+    return (f"  {t.name}: {t.encoding} files {_fmt_bytes(enc)} per inference ({t.encoded_source}) vs "
+            f"{_fmt_bytes(raw)} decoded uint8 ({raw / max(enc, 1):.1f}x) and {_fmt_bytes(naive)} naive fp32 "
+            f"({naive / max(enc, 1):.1f}x); {where}")
 
 
 def _print_plan(p: Any) -> None:
+    from rich.markup import escape
+
     tbl = Table(title=f"{p.name}: {Path(p.model_path).name}, precision {p.precision}"
                 + (" (TF32 on)" if p.tf32 else ""), title_justify="left")
     for col in ("tensor", "io", "shape", "dtype", "format", "memory", "bytes", "naive bytes", "pred. ms", "naive ms"):
@@ -254,9 +269,13 @@ def _print_plan(p: Any) -> None:
             extra.append(t.layout)
         if t.preprocess:
             extra.append("norm")
+        if t.encoding:
+            extra.insert(0, t.encoding)
+        if t.resize:
+            extra.append(f"resize {t.resize['mode']} to {t.resize['to'][0]}x{t.resize['to'][1]}")
         if t.reduce:
-            extra.append(t.reduce["op"])
-        tbl.add_row(t.name, ("in " if t.role == "input" else "out") + (f" [{', '.join(extra)}]" if extra else ""),
+            extra.append(t.reduce["op"] + (" packed bits" if t.packed_bits else ""))
+        tbl.add_row(t.name, escape(("in " if t.role == "input" else "out") + (f" [{', '.join(extra)}]" if extra else "")),
                     _shape(t), t.dtype, t.format, t.memory, _fmt_bytes(t.bytes), _fmt_bytes(t.naive_bytes),
                     f"{t.predicted_ms:.3f}", f"{t.naive_predicted_ms:.3f}")
     tot = _totals(p)
@@ -270,6 +289,9 @@ def _print_plan(p: Any) -> None:
                   f"Streams: {p.streams['topology']}"
                   + (f" depth {p.streams['depth']}" if p.streams["topology"] == "pipelined" else "")
                   + (", CUDA graph" if p.streams["cuda_graph"] else ""))
+    for t in p.inputs:
+        if t.encoding:
+            console.print(escape(_encoded_note(t)))
     for w in p.warnings:
         console.print(f"  [yellow]warning:[/] {escape(w)}")
 

@@ -6,7 +6,13 @@ does the rest on the GPU, in this order:
 1. ``Cast`` to the graph's dtype: first, because TensorRT runs uint8 only through Cast, and so the
    arithmetic after it is float;
 2. ``Transpose(perm=[0,3,1,2])`` when the caller's layout is NHWC;
-3. normalization ``y = (x*scale - mean)/std`` folded into one ``Mul`` by ``scale/std`` and one ``Add`` of
+3. ``Resize`` to the model's H x W when the recipe asks (``resize``): the engine input then takes any
+   size within ``resize.min..max`` (e.g. a decoded photo) and no resized copy is made anywhere else.
+   Bilinear is ``mode=linear, coordinate_transformation_mode=half_pixel`` (OpenCV INTER_LINEAR, torch
+   ``interpolate(align_corners=False)``); nearest is ``asymmetric`` + ``floor`` (OpenCV INTER_NEAREST).
+   Before normalization: both are linear per channel, so they commute, and the resize then reads the
+   cast pixel values;
+4. normalization ``y = (x*scale - mean)/std`` folded into one ``Mul`` by ``scale/std`` and one ``Add`` of
    ``-mean/std``, constants shaped ``[1,C,1,1]``: the form TensorRT folds into the first convolution.
 
 The boundary keeps the input's original name (the engine's input name is what the recipe named); the
@@ -36,6 +42,7 @@ from trtflow.passes._graph import (
     io_elem_type,
     np_dtype,
     onnx_type,
+    opset_of,
     rename_tensor,
     value_info_dims,
 )
@@ -70,6 +77,11 @@ def contract_nodes(t: TensorPlan, graph_type: int, rank: int, src: str, dst: str
         steps.append(("Cast", [], {"to": graph_type}))
     if t.layout == "NHWC":
         steps.append(("Transpose", [], {"perm": list(NHWC_TO_NCHW)}))
+    resize_nodes: list[onnx.NodeProto] = []
+    if t.resize:
+        sizes, resize_nodes, resize_inits = resize_sizes(t, src, names)
+        inits += resize_inits
+        steps.append(("Resize", ["", "", sizes], resize_attributes(t.resize["mode"])))
     if t.preprocess:
         channels = t.model_shape[1] if len(t.model_shape) > 1 else 1
         a, b = normalization_constants(t.preprocess, channels, rank)
@@ -79,7 +91,7 @@ def contract_nodes(t: TensorPlan, graph_type: int, rank: int, src: str, dst: str
             c = const(names(f"{t.name}__{op.lower()}"), value.astype(np_dtype(graph_type)))
             inits.append(c)
             steps.append((op, [c.name], {}))
-    nodes: list[onnx.NodeProto] = []
+    nodes: list[onnx.NodeProto] = list(resize_nodes)
     cur = src
     for i, (op, extra, attrs) in enumerate(steps):
         out = dst if i == len(steps) - 1 else names(f"{t.name}__{op.lower()}_out")
@@ -89,6 +101,33 @@ def contract_nodes(t: TensorPlan, graph_type: int, rank: int, src: str, dst: str
             nodes.append(helper.make_node(op, [cur, *extra], [out], name=names(f"{t.name}__{op.lower()}"), **attrs))
         cur = out
     return nodes, inits
+
+
+def resize_attributes(mode: str) -> dict[str, Any]:
+    if mode == "nearest":
+        return {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    return {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+
+
+def resize_sizes(t: TensorPlan, src: str, names: NameGen
+                 ) -> tuple[str, list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The ``sizes`` input of the Resize (NCHW order): a constant when N and C are static, else N and C
+    taken from the input's shape at run time (``Shape -> Slice -> Concat`` with the fixed H, W)."""
+    n, c = t.model_shape[0], t.model_shape[1]
+    h, w = (int(v) for v in t.resize["to"])  # type: ignore[index]
+    if t.min_shape[0] == t.max_shape[0]:
+        sizes = const(names(f"{t.name}__resize_sizes"), np.array([n, c, h, w], dtype=np.int64))
+        return sizes.name, [], [sizes]
+    # N varies: take it (and C) from the caller's tensor; C sits last in NHWC
+    nc_axes = [0, 3] if t.layout == "NHWC" else [0, 1]
+    shape = names(f"{t.name}__shape")
+    idx = const(names(f"{t.name}__nc_axes"), np.array(nc_axes, dtype=np.int64))
+    hw = const(names(f"{t.name}__resize_hw"), np.array([h, w], dtype=np.int64))
+    nc, sizes_out = names(f"{t.name}__nc"), names(f"{t.name}__resize_sizes")
+    nodes = [helper.make_node("Shape", [src], [shape], name=names(f"{t.name}__Shape")),
+             helper.make_node("Gather", [shape, idx.name], [nc], name=names(f"{t.name}__Gather"), axis=0),
+             helper.make_node("Concat", [nc, hw.name], [sizes_out], name=names(f"{t.name}__Concat"), axis=0)]
+    return sizes_out, nodes, [idx, hw]
 
 
 def caller_dims(t: TensorPlan, model_dims: Sequence[DimValue]) -> list[DimValue]:
@@ -125,6 +164,9 @@ def io_inputs(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     extra = [vi.name for vi in graph.input if vi.name not in planned]
     if extra:
         raise ModelError(f"graph inputs {extra} are not in the plan", hint="re-run `trtflow plan` on this model")
+    if any(t.resize for t in plan.inputs) and opset_of(model) < 11:
+        raise ModelError(f"resize needs ONNX opset >= 11 (Resize with sizes), the model has opset {opset_of(model)}",
+                         hint="re-export the model with opset 11 or later, or resize before the runner")
     new_inputs = [lower_input(graph, t, names) for t in plan.inputs]
     del graph.input[:]
     graph.input.extend(new_inputs)

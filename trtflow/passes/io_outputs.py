@@ -4,7 +4,8 @@ A reducer runs on the GPU before the copy back, so the host receives a uint8 cla
 ``C`` float planes, or ``k`` scores instead of 1000:
 
 * ``argmax {axis, dtype}``  -> ``ArgMax(keepdims=0)`` + ``Cast(dtype)``
-* ``threshold {value, dtype}`` -> ``Greater(x, value)`` (+ ``Cast(uint8)``; bool stays bool)
+* ``threshold {value, dtype}`` -> ``Greater(x, value)`` (+ ``Cast(uint8)``; bool stays bool); with
+  ``pack: bits`` 8 mask values per byte along the last axis (:func:`pack_bits`), 8x fewer D2H bytes
 * ``topk {k, axis}``        -> ``TopK`` into ``<name>_values`` (float) and ``<name>_indices`` (int32)
 * ``softmax {axis}`` / ``sigmoid``
 * then dtype narrowing: a float output whose plan dtype differs from the graph's gets a ``Cast``.
@@ -107,6 +108,8 @@ def contract(b: _Builder, x: str, graph_type: int, tensors: Sequence[TensorPlan]
     if op == "threshold":
         value = np.array(red["value"], dtype=np_dtype(graph_type))
         mask = b.node("Greater", [x, b.const("threshold", value)])
+        if red.get("pack") == "bits":
+            return {t.name: pack_bits(b, mask, rank, int(t.model_shape[-1]), t.name, opset)}
         return {t.name: narrow(b, mask, TensorProto.BOOL, t, t.name)}
     if op == "topk":
         values_t, indices_t = _topk_pair(tensors)
@@ -123,6 +126,31 @@ def contract(b: _Builder, x: str, graph_type: int, tensors: Sequence[TensorPlan]
     elif op is not None:
         raise ModelError(f"output {t.name!r}: unknown reducer {op!r}")
     return {t.name: narrow(b, x, graph_type, t, t.name)}
+
+
+BIT_WEIGHTS = np.array([128, 64, 32, 16, 8, 4, 2, 1], dtype=np.float32)  # MSB first, as numpy.packbits
+
+
+def pack_bits(b: _Builder, mask: str, rank: int, width: int, out: str, opset: int) -> str:
+    """Pack a boolean mask 8 values per byte along its last axis (``width`` wide, padded with zeros to a
+    multiple of 8): ``Cast(float) -> [Pad] -> Reshape[..., W/8, 8] -> MatMul(weights) -> Cast(uint8)``.
+
+    The sums are exact integers <= 255 in float32; MatMul with a vector is an op every backend has
+    (TensorRT does arithmetic on uint8 only through Cast, so the bytes are assembled in float).
+    """
+    x = b.cast(mask, TensorProto.FLOAT)
+    pad = (-width) % 8
+    if pad:
+        pads = np.zeros(2 * rank, dtype=np.int64)
+        pads[2 * rank - 1] = pad  # end of the last axis
+        if opset >= 11:
+            x = b.node("Pad", [x, b.const("pack_pads", pads)], mode="constant")
+        else:  # pads were an attribute before opset 11
+            x = b.node("Pad", [x], mode="constant", pads=[int(p) for p in pads])
+    split = np.array([0] * (rank - 1) + [-1, 8], dtype=np.int64)  # 0: keep that dim (dynamic N, H...)
+    groups = b.node("Reshape", [x, b.const("pack_shape", split)])
+    byte = b.node("MatMul", [groups, b.const("bit_weights", BIT_WEIGHTS)])
+    return b.cast(byte, TensorProto.UINT8, out)
 
 
 def _topk_pair(tensors: Sequence[TensorPlan]) -> tuple[TensorPlan, TensorPlan]:
@@ -143,6 +171,8 @@ def reduced_dims(t: TensorPlan, dims: Sequence[DimValue], rank: int) -> list[Dim
     if red.get("op") == "topk":
         ax = positive_axis(int(red["axis"]), rank)
         return dims[:ax] + [int(red["k"])] + dims[ax + 1:]
+    if red.get("pack") == "bits":
+        return dims[:-1] + [int(t.shape[-1])]
     return dims
 
 

@@ -37,12 +37,34 @@ def reference_input(t: TensorPlan, caller_array: np.ndarray) -> np.ndarray:
         raise InputError(f"input {t.name!r}: expected {t.dtype}, got {x.dtype}")
     if len(x.shape) != len(t.shape) or any(not lo <= d <= hi for d, lo, hi in zip(x.shape, t.min_shape, t.max_shape)):
         raise InputError(f"input {t.name!r}: shape {x.shape} is outside {t.min_shape}..{t.max_shape}")
-    y = x.astype(np.float64) if t.preprocess or t.dtype != t.model_dtype else x
+    y = x.astype(np.float64) if t.preprocess or t.dtype != t.model_dtype or t.resize else x
     if t.layout == "NHWC":
         y = y.transpose(0, 3, 1, 2)
+    if t.resize:
+        y = resize(y, tuple(t.resize["to"]), t.resize["mode"])
     if t.preprocess:
         y = normalize(y, t.preprocess)
     return np.ascontiguousarray(y.astype(numpy_dtype(t.model_dtype), copy=False))
+
+
+def _source_coords(n_in: int, n_out: int, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i0, i1, frac) per output index along one axis, computed as onnxruntime does (float32 coordinates,
+    clamped to the edge): bilinear ``half_pixel``, nearest ``asymmetric`` + ``floor``."""
+    scale = np.float32(n_out) / np.float32(n_in)
+    i = np.arange(n_out, dtype=np.float32)
+    if mode == "nearest":
+        i0 = np.minimum(np.floor(i / scale).astype(np.int64), n_in - 1)
+        return i0, i0, np.zeros(n_out)
+    src = np.clip((i + np.float32(0.5)) / scale - np.float32(0.5), 0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float64)
+
+
+def resize(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """Resize the last two axes of ``x`` (NCHW) to ``size``, as the engine's ONNX ``Resize`` does."""
+    (h0, h1, fh), (w0, w1, fw) = (_source_coords(n, m, mode) for n, m in zip(x.shape[-2:], size))
+    rows = x[..., h0, :] * (1 - fh)[:, None] + x[..., h1, :] * fh[:, None]
+    return rows[..., w0] * (1 - fw) + rows[..., w1] * fw
 
 
 def normalize(x: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
@@ -74,7 +96,8 @@ def reference_outputs(plan: Plan, source_name: str, model_output_array: np.ndarr
     elif op == "argmax":
         got = {tensors[0].name: np.argmax(x, axis=int(red["axis"]))}
     elif op == "threshold":
-        got = {tensors[0].name: x > np.asarray(red["value"], dtype=x.dtype)}
+        mask = x > np.asarray(red["value"], dtype=x.dtype)
+        got = {tensors[0].name: np.packbits(mask, axis=-1) if red.get("pack") == "bits" else mask}
     elif op == "softmax":
         got = {tensors[0].name: softmax(x, int(red["axis"]))}
     elif op == "sigmoid":

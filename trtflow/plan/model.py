@@ -7,6 +7,7 @@ never the recipe. ``plan.json`` in the artifact folder is this object, so it is 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -42,6 +43,10 @@ class TensorPlan:
     # dim bounded by ``max_shape``. Grammar and evaluator: trtflow/plan/shape_expr.py (stdlib only).
     # Inputs carry the identity (``x[0]`` per dynamic dim). None only in plans written before it existed.
     shape_expr: tuple[str, ...] | None = None
+    encoding: str | None = None    # jpeg | png | image: the caller hands over encoded files (None: an array)
+    encoded_bytes: int | None = None   # typical encoded bytes per inference (all images of a batch)
+    encoded_source: str | None = None  # where encoded_bytes comes from (sample file, typical_bytes, estimate)
+    resize: dict[str, Any] | None = None  # {mode, min, max, to}: any H x W in min..max -> the model's ``to``
 
     @property
     def dynamic(self) -> bool:
@@ -57,6 +62,23 @@ class TensorPlan:
         """An output whose shape only running tells (unless the engine can say before): data-dependent,
         or dynamic without a shape expression. A CPU engine gets an upper-bound array for it."""
         return self.data_dependent or (self.dynamic and self.shape_expr is None)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the decoded uint8 image(s) at ``shape``: what a host decoder would copy to the GPU."""
+        return math.prod(self.shape)
+
+    @property
+    def packed_bits(self) -> bool:
+        """A threshold mask packed 8 values per byte along its last axis (``reduce.pack: bits``)."""
+        return bool(self.reduce and self.reduce.get("pack") == "bits")
+
+    @property
+    def unpacked_shape(self) -> tuple[int, ...]:
+        """The mask's shape before packing (``shape`` for unpacked tensors)."""
+        if not self.packed_bits:
+            return self.shape
+        return self.shape[:-1] + (int(self.model_shape[-1]),)
 
 
 @dataclass(frozen=True)

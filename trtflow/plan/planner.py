@@ -6,6 +6,7 @@ import difflib
 import keyword
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +109,16 @@ class _Planner:
     def plan_input(self, io: IOInfo, spec: InputSpec, ident: str) -> TensorPlan:
         lo, opt, hi = self.input_shapes(io, spec)
         loc = ("inputs", io.name)
-        dtype = spec.dtype or io.dtype
+        encoded = spec.encoding != "raw"
+        dtype = spec.dtype or ("uint8" if encoded else io.dtype)
+        layout = spec.layout or ("NHWC" if encoded else None)
+        if encoded:
+            self.check_encoded(io, spec, opt, dtype, layout)
         if spec.preprocess is not None and io.dtype not in FLOATS:
             raise self.err(loc + ("preprocess",), f"preprocessing needs a float model input, {io.name!r} is {io.dtype}")
         if dtype != io.dtype and (dtype not in FLOATS + ("uint8", "int8") or io.dtype not in FLOATS):
             raise self.err(loc + ("dtype",), f"cannot hand over {dtype} for a {io.dtype} model input",
                            hint="boundary casts go between float types, or from uint8/int8 to float")
-        layout = spec.layout
         if layout is not None and len(opt) != 4:
             raise self.err(loc + ("layout",), f"layout applies to 4-D image inputs, {io.name!r} has rank {len(opt)}")
         if spec.preprocess is not None:
@@ -131,13 +135,22 @@ class _Planner:
             raise self.err(loc + ("format",), f"format {spec.format} describes an NCHW engine tensor; "
                            "layout NHWC already makes the engine take channel-last input",
                            hint="use format: linear with layout: NHWC, or layout: NCHW with a vectorized format")
+        resize = None
+        c_lo, c_opt, c_hi = caller(lo), caller(opt), caller(hi)
+        if spec.resize is not None:
+            resize, (c_lo, c_opt, c_hi) = self.resize_shapes(io, spec, lo, opt, hi, layout)
         self.check_format(loc, spec.format, dtype, len(opt), opt)
-        if spec.memory == "write_combined":
-            pass  # inputs only; outputs are refused in plan_output
-        return self.tensor(io.name, ident, "input", dtype, caller(opt), caller(lo), caller(hi), spec.format,
-                           spec.memory, io, opt, layout=layout,
-                           preprocess=spec.preprocess.model_dump() if spec.preprocess else None,
-                           shape_expr=identity(ident, caller(lo), caller(hi)))
+        extra: dict[str, Any] = {}
+        codec = "raw"
+        if encoded:
+            extra, codec = self.encoded_bytes(io, spec, c_opt, c_lo, c_hi, resize is not None)
+        t = self.tensor(io.name, ident, "input", dtype, c_opt, c_lo, c_hi, spec.format, spec.memory, io, opt,
+                        layout=layout, preprocess=spec.preprocess.model_dump() if spec.preprocess else None,
+                        resize=resize, shape_expr=identity(ident, c_lo, c_hi), **extra)
+        if codec == "jpeg" and t.encoded_bytes is not None:  # decoded on the GPU: the file crosses the bus
+            cost = _link_cost(spec.memory, "input", self.link)
+            t = replace(t, bytes=t.encoded_bytes, predicted_ms=_ms(t.encoded_bytes, *cost) if cost else 0.0)
+        return t
 
     def check_shared_dims(self, inputs: list[TensorPlan]) -> None:
         """A dim name the model gives several inputs (``batch`` of audio and state) is one dim: the
@@ -158,6 +171,94 @@ class _Planner:
                                    f"recipe gives them (min, opt, max) {rng} and {other_rng}",
                                    hint="give both the same range")
                 seen.setdefault(d, (io.name, axis, rng))
+
+    # -- encoded inputs and resize ----------------------------------------------------------------------
+    def check_encoded(self, io: IOInfo, spec: InputSpec, opt: tuple[int, ...], dtype: str,
+                      layout: str | None) -> None:
+        loc = ("inputs", io.name)
+        if len(opt) != 4:
+            raise self.err(loc + ("encoding",), f"encoded images need a 4-D image input, {io.name!r} has rank {len(opt)}")
+        if opt[1] != 3:
+            raise self.err(loc + ("encoding",), f"encoded images decode to RGB (3 channels); the model's "
+                           f"input {io.name!r} has {opt[1]} channels in dimension 1 (NCHW)")
+        if dtype != "uint8":
+            raise self.err(loc + ("dtype",), f"decoded images are uint8, not {dtype}",
+                           hint="drop `dtype` or write dtype: uint8 (preprocess does the float conversion)")
+        if layout != "NHWC":
+            raise self.err(loc + ("layout",), "decoders produce channel-last (NHWC) images",
+                           hint="drop `layout` or write layout: NHWC; the engine transposes on the GPU")
+        if spec.format != "linear":
+            raise self.err(loc + ("format",), f"decoded images are written linear, not {spec.format}")
+        if spec.memory not in ("pinned", "pageable"):
+            raise self.err(loc + ("memory",), f"memory {spec.memory} does not apply to encoded files",
+                           hint="pinned (default: the file bytes are staged in page-locked memory) or pageable")
+
+    def resize_shapes(self, io: IOInfo, spec: InputSpec, lo: tuple[int, ...], opt: tuple[int, ...],
+                      hi: tuple[int, ...], layout: str | None
+                      ) -> tuple[dict[str, Any], tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """The resize record and the caller-side shapes: any H x W within resize.min..max."""
+        loc = ("inputs", io.name, "resize")
+        rs = spec.resize
+        assert rs is not None
+        if len(opt) != 4:
+            raise self.err(loc, f"resize applies to 4-D image inputs, {io.name!r} has rank {len(opt)}")
+        if not (lo[2:] == opt[2:] == hi[2:]):
+            raise self.err(loc, f"resize needs a fixed model size to resize to; {io.name!r} has H, W "
+                           f"{lo[2]}..{hi[2]}, {lo[3]}..{hi[3]}",
+                           hint="declare `shape: [N, C, H, W]` for the size the model should see")
+        to = [int(opt[2]), int(opt[3])]
+        rmin = [int(v) for v in rs.min]
+        rmax = [int(v) for v in rs.max] if rs.max is not None else [2 * to[0], 2 * to[1]]
+        if any(a > b for a, b in zip(rmin, rmax)):
+            raise self.err(loc + ("min",), f"resize.min {rmin} exceeds resize.max {rmax}")
+        mid = [min(max(t, a), b) for t, a, b in zip(to, rmin, rmax)]  # profile opt: the model size if accepted
+
+        def shape(n: int, hw: list[int]) -> tuple[int, ...]:
+            return (n, hw[0], hw[1], opt[1]) if layout == "NHWC" else (n, opt[1], hw[0], hw[1])
+
+        record = {"mode": rs.mode, "min": rmin, "max": rmax, "to": to}
+        return record, (shape(lo[0], rmin), shape(opt[0], mid), shape(hi[0], rmax))
+
+    def encoded_bytes(self, io: IOInfo, spec: InputSpec, c_opt: tuple[int, ...], c_lo: tuple[int, ...],
+                      c_hi: tuple[int, ...], resized: bool) -> tuple[dict[str, Any], str]:
+        """(encoding, encoded_bytes per inference and where that number comes from; the codec the bytes
+        are planned for: ``image`` counts as JPEG unless the sample is a PNG). Checks ``sample``."""
+        from trtflow.decode.header import ImageProblem, check_rgb, inspect
+
+        loc = ("inputs", io.name)
+        batch = c_opt[0]
+        codec = spec.encoding
+        if spec.sample is not None:
+            path = self.loaded.resolve(spec.sample, loc + ("sample",))
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise self.err(loc + ("sample",), f"cannot read sample {spec.sample!r}: {exc.strerror}") from None
+            try:
+                head = inspect(data, expect=spec.encoding)
+                check_rgb(head)
+            except ImageProblem as exc:
+                raise self.err(loc + ("sample",), f"sample {spec.sample!r}: {exc}") from None
+            (h_lo, w_lo), (h_hi, w_hi) = c_lo[1:3], c_hi[1:3]
+            if not (h_lo <= head.height <= h_hi and w_lo <= head.width <= w_hi):
+                want = f"{w_lo}x{h_lo}" if (h_lo, w_lo) == (h_hi, w_hi) else f"{w_lo}..{w_hi} x {h_lo}..{h_hi}"
+                raise self.err(loc + ("sample",), f"sample {spec.sample!r} is {head.width}x{head.height} (WxH), "
+                               f"the engine input takes {want}",
+                               hint="add `resize: {mode: bilinear}`" if not resized else "widen resize.min/max")
+            return ({"encoding": spec.encoding, "encoded_bytes": head.nbytes * batch,
+                     "encoded_source": f"sample {Path(spec.sample).name} ({head.describe()}, {head.nbytes} B)"},
+                    head.codec)
+        codec = "png" if codec == "png" else "jpeg"
+        if spec.typical_bytes is not None:
+            return ({"encoding": spec.encoding, "encoded_bytes": spec.typical_bytes * batch,
+                     "encoded_source": f"typical_bytes {spec.typical_bytes} per image"}, codec)
+        est = math.prod(c_opt[:3]) * (3 if codec == "png" else 0.1875)  # PNG ~1 B/channel; JPEG q90 ~1.5 bit/pixel
+        what = "8 bits/channel (PNG)" if codec == "png" else "1.5 bits/pixel (a JPEG photo at quality 90)"
+        self.warnings.append(f"{io.name}: encoded bytes estimated at {what}; declare `sample:` or "
+                             "`typical_bytes:` for the plan's bytes")
+        return ({"encoding": spec.encoding, "encoded_bytes": int(est),
+                 "encoded_source": "estimate " + ("(PNG, 8 bits/channel)" if codec == "png" else "(JPEG, 1.5 bits/pixel)")},
+                codec)
 
     def check_format(self, loc: tuple[str | int, ...], fmt: str, dtype: str, rank: int,
                      shape: tuple[int, ...]) -> None:
@@ -302,6 +403,16 @@ class _Planner:
             if opt[ax] > 256 and red.dtype == "uint8":
                 raise self.err(loc + ("reduce", "dtype"), f"{opt[ax]} classes do not fit uint8", hint="use int32")
             items = [(io.name, red.dtype, drop(lo, ax), drop(opt, ax), drop(hi, ax), drop(exprs, ax))]
+        elif red.op == "threshold" and red.pack == "bits":
+            if lo[-1] != hi[-1]:
+                raise self.err(loc + ("reduce", "pack"), f"pack: bits packs the last axis, which is dynamic "
+                               f"({lo[-1]}..{hi[-1]}) in {io.name!r}", hint="fix the last dimension, or drop pack")
+
+            def packed(s: tuple[int, ...]) -> tuple[int, ...]:
+                return s[:-1] + (-(-s[-1] // 8),)
+
+            items = [(io.name, "uint8", packed(lo), packed(opt), packed(hi),
+                      exprs[:-1] + (str(-(-lo[-1] // 8)),))]
         elif red.op == "threshold":
             items = [(io.name, red.dtype, lo, opt, hi, exprs)]
         else:

@@ -27,6 +27,7 @@ TensorFormatName = Literal[
     "linear", "chw2", "hwc8", "chw4", "chw16", "chw32", "dhwc8", "cdhw32", "hwc", "hwc16", "dhwc",
 ]
 BackendName = Literal["auto", "tensorrt", "tensorrt_rtx", "onnxruntime", "torch"]
+Encoding = Literal["raw", "jpeg", "png", "image"]
 
 
 class _Strict(BaseModel):
@@ -119,6 +120,29 @@ class Preprocess(_Strict):
         return v
 
 
+class Resize(_Strict):
+    """Resize in the engine: any image size within ``min``..``max`` (H, W) -> the model's fixed H x W.
+
+    Fused into the engine as an ONNX ``Resize`` after the boundary cast (and transpose): the engine input
+    takes the decoded (or handed-over) size, so no resized copy is ever made on the host.
+    """
+
+    mode: Literal["bilinear", "nearest"] = Field(
+        default="bilinear", description="bilinear: half-pixel centres, no antialias (OpenCV INTER_LINEAR, torch "
+        "interpolate(align_corners=False)); nearest: floor of asymmetric coordinates (OpenCV INTER_NEAREST).")
+    min: list[Dim] = Field(default_factory=lambda: [1, 1], min_length=2, max_length=2,
+                           description="Smallest accepted image [H, W].")
+    max: list[Dim] | None = Field(default=None, min_length=2, max_length=2,
+                                  description="Largest accepted image [H, W] (sizes the input buffer). "
+                                  "Default: twice the model's H and W.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Resize:
+        if self.max is not None and any(lo > hi for lo, hi in zip(self.min, self.max)):
+            raise ValueError(f"need min <= max in both dims, got min {self.min}, max {self.max}")
+        return self
+
+
 class InputSpec(_Strict):
     """The contract of one engine input: what the caller hands over and where it lives."""
 
@@ -130,6 +154,15 @@ class InputSpec(_Strict):
     format: TensorFormatName = Field(default="linear", description="TensorRT I/O format of the engine tensor.")
     memory: MemoryStrategy = Field(default="pinned", description="Host memory strategy for this tensor.")
     preprocess: Preprocess | None = Field(default=None, description="Normalization fused into the engine.")
+    encoding: Encoding = Field(
+        default="raw", description="raw: an array. jpeg | png | image (JPEG or PNG): the caller hands over the "
+        "file's bytes; the runner decodes them (JPEG on the GPU with nvImageCodec, PNG and CPU-only runs on the "
+        "host) into the engine's uint8 NHWC input.")
+    resize: Resize | None = Field(default=None, description="Resize any image size to the model's H x W in the engine.")
+    sample: str | None = Field(default=None, description="An encoded file (relative to the recipe) the planner "
+                               "reads for the bytes per inference and checks against the shape.")
+    typical_bytes: int | None = Field(default=None, ge=1, description="Typical encoded file size in bytes, "
+                                      "for the plan's bytes per inference when no `sample` is given.")
 
     _dtype = field_validator("dtype", mode="before")(classmethod(lambda cls, v: _canonical_dtype(v)))
 
@@ -137,6 +170,10 @@ class InputSpec(_Strict):
     def _shape_xor_profile(self) -> InputSpec:
         if self.shape is not None and self.profile is not None:
             raise ValueError("give either `shape` or `profile`, not both")
+        if self.encoding == "raw" and (self.sample is not None or self.typical_bytes is not None):
+            raise ValueError("`sample` and `typical_bytes` describe encoded files: set `encoding` (jpeg, png, image)")
+        if self.sample is not None and self.typical_bytes is not None:
+            raise ValueError("give either `sample` or `typical_bytes`, not both")
         return self
 
 
@@ -150,6 +187,15 @@ class ThresholdReduce(_Strict):
     op: Literal["threshold"]
     value: float = 0.5
     dtype: Literal["uint8", "bool"] = "uint8"
+    pack: Literal["bits"] | None = Field(
+        default=None, description="bits: 8 mask values per byte along the last axis (MSB first, like "
+        "numpy.packbits), 8x fewer D2H bytes than uint8; `runner.unpack(name, array)` restores the mask.")
+
+    @model_validator(mode="after")
+    def _packed_bytes(self) -> ThresholdReduce:
+        if self.pack == "bits" and self.dtype != "uint8":
+            raise ValueError("pack: bits returns uint8 bytes; drop `dtype: bool`")
+        return self
 
 
 class TopKReduce(_Strict):
