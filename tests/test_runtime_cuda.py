@@ -442,7 +442,7 @@ def test_contract_no_graph_replays_after_the_context_shapes_changed(tmp_path: Pa
             np.testing.assert_allclose(r(image=x).logits, sup.reference(model, {"image": x})["logits"], rtol=1e-6)
         assert r.graph_stats["replays"] >= 3 and r.graph_stats["dropped"] >= 5, r.graph_stats
     with sup.load_runner(art).NetRunner() as r:
-        monkeypatch.setattr(r, "_graphs_bake_shapes", False)  # a runner that keeps graphs across shapes
+        monkeypatch.setattr(r._graphs, "bake_shapes", False)  # a runner that keeps graphs across shapes
         with pytest.raises(AssertionError, match="captured before the context's input shapes changed"):
             for i, b in enumerate(batches):
                 r(image=_inputs(1, (b, 3, 16, 16), seed=i)[0])

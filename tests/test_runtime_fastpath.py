@@ -18,7 +18,7 @@ import pytest
 import test_runtime_support as sup
 
 from trtflow.errors import InputError
-from trtflow.runtime import memory, runner
+from trtflow.runtime import memory, trace
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
 
@@ -296,8 +296,8 @@ def test_nvtx_ranges_are_built_once(tmp_path: Path, fake: Any, monkeypatch: pyte
     class Nvtx:
         annotate = Annotate
 
-    monkeypatch.setattr(runner, "_nvtx", Nvtx())
-    monkeypatch.setattr(runner, "_ranges", {})
+    monkeypatch.setattr(trace, "nvtx", Nvtx())
+    monkeypatch.setattr(trace, "ranges", {})
     for streams in ({"topology": "sync"}, {"topology": "sync", "cuda_graph": True}):
         art, _ = _mlp(tmp_path / str(len(streams)), streams)
         with sup.load_runner(art).NetRunner() as r:

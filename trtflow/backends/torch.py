@@ -276,7 +276,7 @@ class TorchCudaEngine(CudaEngine):
 
     def capture_graph(self, stream: int, body: Callable[[], None]) -> _TorchGraph:
         """Capture ``body`` (copies + :meth:`enqueue`) on ``stream`` with torch's graph machinery."""
-        from trtflow.runtime.runner import GraphCaptureFailed
+        from trtflow.runtime.graphs import GraphCaptureFailed
 
         torch = self._torch
         s = self._stream(int(stream))
