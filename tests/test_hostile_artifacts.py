@@ -327,3 +327,72 @@ def test_live_holders_leftovers_are_left_alone(built: Path, project: Path) -> No
 def test_staging_outside_the_lock_is_a_bug(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="artifact.locked"):
         art.staging_dir(tmp_path / "x")
+
+
+# -- item 11: Ctrl-C during a real TensorRT-RTX build ----------------------------------------------------
+INTERRUPT_SCRIPT = """
+import sys
+from pathlib import Path
+from trtflow.build import build
+flag = Path(sys.argv[2])
+def progress(phase, step, total):
+    flag.touch()
+try:
+    build(sys.argv[1], out_root=Path(sys.argv[3]), force=True, progress=progress)
+except KeyboardInterrupt:
+    print("INTERRUPTED")
+    sys.exit(130)
+print("BUILT")
+"""
+
+
+@pytest.fixture
+def rtx_built(project: Path) -> Path:
+    pytest.importorskip("tensorrt_rtx")
+    from ecosystem_helpers import add_model
+
+    add_model(project, "lraspp_mobilenet_v3.onnx")
+    (project / "r.yaml").write_text("model: models/lraspp_mobilenet_v3.onnx\nbuild: {backend: tensorrt_rtx}\n")
+    return build(project / "r.yaml", out_root=project / "build").artifact
+
+
+def _interrupt(proc: subprocess.Popen[str], ready: Any, delay: float) -> tuple[str, str]:
+    import signal
+
+    deadline = time.time() + 120
+    while not ready():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=120)
+
+
+@pytest.mark.rtx
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_rtx_build_through_its_progress_monitor(rtx_built: Path, project: Path) -> None:
+    before = art.read_report(rtx_built)
+    flag = project / "flag"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPT_SCRIPT, str(project / "r.yaml"), str(flag),
+                             str(project / "build")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = _interrupt(proc, flag.exists, 0.0)  # SIGINT while the builder is between two steps
+    assert proc.returncode == 130 and "INTERRUPTED" in out, (out, err[-3000:])
+    assert "BuildCanceled" in err  # the builder stopped at its next step (step_complete returned False)
+    assert art.read_report(rtx_built)["built_at"] == before["built_at"]
+    art.verify(rtx_built)
+    assert sorted(p.name for p in (project / "build").iterdir()) == ["r"]
+
+
+@pytest.mark.rtx
+@pytest.mark.slow
+def test_ctrl_c_on_a_quiet_cli_build_keeps_the_previous_artifact(rtx_built: Path, project: Path) -> None:
+    """`trtflow build` in a pipe shows no progress bar; Ctrl-C still cancels (the monitor is always installed)."""
+    before = art.read_report(rtx_built)
+    proc = subprocess.Popen([sys.executable, "-m", "trtflow", "build", "r.yaml", "--force", "-o", "build"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staged = project / "build"
+    _, err = _interrupt(proc, lambda: any(staged.glob(".r.tmp-*/model.onnx")), 0.5)
+    assert proc.returncode == 130 and "interrupted" in err, err[-3000:]
+    assert art.read_report(rtx_built)["built_at"] == before["built_at"]
+    art.verify(rtx_built)
+    assert sorted(p.name for p in staged.iterdir()) == ["r"]

@@ -6,13 +6,16 @@ with the same key is a cache hit and rebuilds nothing. ``force=True`` rebuilds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +109,39 @@ def _cached(final: Path, key: str) -> dict[str, Any] | None:
     return report
 
 
+@contextlib.contextmanager
+def _cancel_on_sigint(progress: Progress | None) -> Iterator[Progress]:
+    """Ctrl-C during a backend build cancels it; the previous artifact stays (nothing is committed).
+
+    A KeyboardInterrupt cannot be relied on inside the builder: Python raises it at the next bytecode,
+    which may be the first line of the progress monitor's callback, outside any ``try``, and TensorRT
+    swallows exceptions that escape a callback, so the build ran to the end and was committed. Instead a
+    SIGINT handler only sets a flag; the progress callback (always installed, so quiet builds cancel
+    too) raises at the builder's next step, which the TensorRT monitor turns into step_complete() ->
+    False; and the flag is checked again when the builder returns. Main thread only (where Python can
+    install signal handlers); elsewhere the caller's progress is used as is.
+    """
+    flag = threading.Event()
+
+    def cancellable(phase: str, step: int, total: int) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        if progress is not None:
+            progress(phase, step, total)
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, None):
+        yield cancellable if progress is None else progress
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield cancellable
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if flag.is_set():  # interrupted after the builder's last step: still nothing is committed
+        raise KeyboardInterrupt
+
+
 def _check_out_root(out_root: Path) -> None:
     if out_root.exists() and not out_root.is_dir():
         raise OutputError(f"--out {out_root} is a file, not a folder", hint="pass a folder (it is created if missing)",
@@ -181,7 +217,8 @@ def _build_into(final: Path, plan: Plan, builder: type[Backend], key: str, progr
         timings["passes"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        info = builder().build(tmp / art.MODEL, plan, tmp, progress=progress)
+        with _cancel_on_sigint(progress) as cancellable:
+            info = builder().build(tmp / art.MODEL, plan, tmp, progress=cancellable)
         timings["backend_build"] = time.perf_counter() - t
 
         art.atomic_write(tmp / art.PLAN, plan.to_json())
