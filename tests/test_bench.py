@@ -55,6 +55,24 @@ def test_bench_json_budget_gate_and_plot(recipe: Path, project: Path) -> None:
     assert rep["card"].startswith("CPU") and res["iterations"] >= 20 and res["samples_per_s"] > 0
     assert res["wall"]["p99"] >= res["wall"]["p50"] > 0 and res["batch"] == 2
     assert png.stat().st_size > 1000
+    # cold vs warm start (open + first inference); onnxruntime has no runtime cache
+    assert rep["start"]["cold_ms"] > 0 and rep["start"]["warm_ms"] > 0 and rep["start"]["runtime_cache"] == "n/a"
+
+
+def test_start_measurement_moves_a_runtime_cache_aside_and_keeps_it(recipe: Path, project: Path) -> None:
+    """Cold start runs without the artifact's runtime cache; a cache the engine did not replace is put back."""
+    from trtflow.bench.run import measure_start
+    from trtflow.plan.model import Plan
+
+    r = trtflow("build", str(recipe), "--out", str(project / "build"), "--json")
+    assert r.returncode == 0, r.stderr
+    art = Path(json.loads(r.stdout)[0]["artifact"])
+    (art / "runtime_cache").mkdir()
+    (art / "runtime_cache" / "gpu.bin").write_bytes(b"kernels")
+    st = measure_start(art, Plan.from_json((art / "plan.json").read_text()), backend="onnxruntime", device="cpu")
+    assert st["runtime_cache"] == "n/a" and st["cold_ms"] > 0
+    assert (art / "runtime_cache" / "gpu.bin").read_bytes() == b"kernels"
+    assert not (art / ".runtime_cache.bench").exists()
 
 
 def test_batch_sweep_marks_the_knee(recipe: Path, project: Path) -> None:

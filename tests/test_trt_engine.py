@@ -230,6 +230,17 @@ def test_contract_shape_tensor_values_live_in_host_memory(fake_cuda: sup.FakeCud
 
 # -- items 5 and 8: CUDA graphs -----------------------------------------------------------------------------
 
+def test_contract_no_output_allocator_before_the_input_shapes_are_set(fake_cuda: sup.FakeCudart,
+                                                                      tmp_path: Path) -> None:
+    """Before set_input_shape every dynamic dim reads -1: that is not data-dependence (the runner asks
+    `capturable` right after opening)."""
+    e = _engine(tmp_path, trt_fake.Model(scratch=0))
+    assert e.capturable and not e._dynamic_outputs
+    assert e._ctx.allocators == {}  # type: ignore[union-attr,attr-defined]
+    e.set_input_shape("x", (2, 3, 16, 16))
+    assert e.output_shape("y") == (2, 8, 16, 16) and not e._dynamic_outputs
+
+
 def test_contract_capturable_asks_is_stream_capturable_for_the_enqueue_stream(fake_cuda: sup.FakeCudart,
                                                                               tmp_path: Path) -> None:
     e = _engine(tmp_path, trt_fake.Model(scratch=0))

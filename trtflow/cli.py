@@ -510,6 +510,10 @@ def _print_bench(rep: Any) -> None:
             console.print(f"  [yellow]{r.label}:[/] {d}")
         if r.graph_status and r.cuda_graph:
             console.print(f"  {r.label}: CUDA graph: {r.graph_status}")
+    if rep.start:
+        st = rep.start
+        console.print(f"  start (open + first inference): cold {st['cold_ms']:.1f} ms, warm {st['warm_ms']:.1f} ms "
+                      f"(runtime cache: {st['runtime_cache']})")
     for f in rep.budget_failures:
         console.print(f"  [red]budget:[/] {f}")
 

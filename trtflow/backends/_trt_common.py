@@ -951,6 +951,7 @@ class TrtEngine(CudaEngine):
         self._allocator: Any = None
         self._dynamic_outputs: set[str] = set()  # outputs with -1 dims at the shapes set (allocator bound)
         self._shapes_dirty = True
+        self._unshaped = {t.name for t in plan.inputs if t.dynamic}  # dynamic inputs without a shape yet
         # Shape tensors: inputs whose values TensorRT reads on the host (TensorLocation.HOST).
         host = trt.TensorLocation.HOST
         self.host_inputs = frozenset(t.name for t in plan.inputs
@@ -1025,6 +1026,7 @@ class TrtEngine(CudaEngine):
             raise InputError(f"input {name!r}: shape {tuple(shape)} is outside the engine's profile "
                              f"[{t.min_shape} .. {t.max_shape}]")
         self._shapes_dirty = True
+        self._unshaped.discard(name)
 
     def set_input_values(self, name: str, values: Any) -> None:
         """The values of shape-tensor input ``name`` (:attr:`host_inputs`), kept in host memory this
@@ -1062,8 +1064,9 @@ class TrtEngine(CudaEngine):
 
     def _refresh(self) -> None:
         """After input shapes/values changed: which outputs have dims the context cannot tell yet
-        (data-dependent, -1): those get the output allocator."""
-        if not self._shapes_dirty:
+        (data-dependent, -1): those get the output allocator. Not before every dynamic input has a shape
+        (until then every dynamic dim reads -1)."""
+        if not self._shapes_dirty or self._unshaped:
             return
         _, ctx = self._live()
         dynamic = {n for n in self._outputs if -1 in dims(ctx.get_tensor_shape(n))}
@@ -1142,7 +1145,7 @@ class TrtEngine(CudaEngine):
         the warm-up run); else True."""
         _, ctx = self._live()
         self._refresh()
-        if self._dynamic_outputs:
+        if self._dynamic_outputs or any(t.data_dependent for t in self.plan.outputs):
             return False
         check = getattr(ctx, "is_stream_capturable", None)  # TensorRT-RTX 1.2+
         if check is not None and self._stream is not None:

@@ -17,6 +17,7 @@ from trtflow.bench.run import (
     check_budgets,
     finish,
     knee,
+    measure_start,
     write_best,
 )
 from trtflow.errors import BackendMissing, UsageError
@@ -61,6 +62,7 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
         return rep
     if sweep is None:
         results.append(bench_config(artifact, plan, label="recipe", memory=None, topology=None, cuda_graph=None, **kw))
+        rep.start = measure_start(artifact, plan, backend=backend, device=device)
     elif sweep == "memory":
         configs = MEMORY_TOPOLOGY_SWEEP if gpu else MEMORY_TOPOLOGY_SWEEP[:1]
         for label, memory, topology, graph in configs:

@@ -52,13 +52,48 @@ class BenchReport:
     links: dict[int, dict[str, float]] = field(default_factory=dict)  # devices sweep: each GPU's link
     host_h2d_gbps: float | None = None                       # devices sweep: H2D to every GPU at once
     limit: str | None = None                                  # devices sweep: what bounds the total
+    start: dict[str, Any] = field(default_factory=dict)       # cold vs warm start (measure_start)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "card": self.card, "link_gbps": self.link, "best": self.best,
                 "results": [r.to_dict() for r in self.results], "timeline": self.timeline,
                 "budget_failures": self.budget_failures, "load": [r.to_dict() for r in self.load],
                 "links_gbps": {str(k): v for k, v in self.links.items()}, "host_h2d_gbps": self.host_h2d_gbps,
-                "limit": self.limit}
+                "limit": self.limit, "start": self.start}
+
+
+def measure_start(artifact: Path, plan: Plan, *, backend: str, device: str) -> dict[str, Any]:
+    """Cold and warm start: open a runner and run one inference, twice, in this process.
+
+    TensorRT-RTX compiles its kernels when a context is created and at new shapes (JIT); its runtime cache,
+    saved in the artifact on close, skips that next time. Cold: the artifact's cache moved aside; warm: the
+    cache the cold run just saved. Other engines have no such cache (``runtime_cache: n/a``): their two
+    rows differ only by what the process and the OS keep warm.
+    """
+    import time
+
+    from trtflow.backends._trt_common import RUNTIME_CACHE_DIR
+    from trtflow.bench.measure import input_sets
+    from trtflow.runtime.runner import Runner
+
+    feeds = input_sets(plan, 1)[0]
+    cache = artifact / RUNTIME_CACHE_DIR
+    aside = cache.with_name(f".{RUNTIME_CACHE_DIR}.bench")
+    if cache.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        cache.rename(aside)
+    out: dict[str, Any] = {}
+    try:
+        for kind in ("cold", "warm"):
+            t0 = time.perf_counter()
+            with Runner(artifact, backend=backend, device=device) as r:
+                r.submit_feeds(feeds).result_dict()
+                out[f"{kind}_ms"] = (time.perf_counter() - t0) * 1e3
+                out["runtime_cache"] = str(getattr(r._engine, "runtime_cache", "n/a"))
+    finally:
+        if aside.exists():  # the cold run saved a fresh cache for this GPU; an old one is not needed
+            shutil.rmtree(aside, ignore_errors=True) if cache.exists() else aside.rename(cache)
+    return out
 
 
 def variant_artifact(artifact: Path, memory: str) -> Path:
