@@ -170,6 +170,25 @@ def test_contract_output_allocator_grows_through_runtime_cuda_and_copies_back(fa
     assert cuda.live_handles().get("device", 0) == live - 1 and not mem.grown
 
 
+def test_contract_result_in_grown_memory_is_copied_into_the_runtime_buffer(fake_cuda: sup.FakeCudart,
+                                                                           tmp_path: Path) -> None:
+    """TensorRT asks for more than the runtime's buffer (an upper bound beyond the plan's): the engine grows its
+    own memory, and the result (which fits) lands in the runtime's buffer anyway."""
+    e = _engine(tmp_path, trt_fake.Model(dds=True, ask=1 << 20))
+    bufs = Buffers(e)
+    e.set_input_shape("x", (1, 3, 16, 16))
+    x = np.random.default_rng(1).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    bufs.write("x", x)
+    s = cuda.stream_create()
+    e.enqueue(s)
+    cuda.stream_synchronize(s)
+    want = np.flatnonzero(x.reshape(-1) > 0)
+    assert e._out_memory.grown["idx"][1] == 1 << 20
+    np.testing.assert_array_equal(bufs.read("idx", (want.size,), np.int64), want)
+    e.close()
+    assert not e._out_memory.grown  # freed with the engine
+
+
 def test_contract_allocator_error_surfaces_from_enqueue(fake_cuda: sup.FakeCudart, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     e = _engine(tmp_path, trt_fake.Model(dds=True))

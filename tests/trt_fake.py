@@ -145,6 +145,7 @@ class Model:
     dds: bool = False            # add the NonZero-like output ``idx``
     shape_input: bool = False    # add the shape-tensor input ``shape`` and output ``r``
     scratch: int = 4096          # device_memory_size_v2
+    ask: int | None = None       # bytes the allocator is asked for (None: the exact result size)
     max_batch: int = 8
 
     @property
@@ -250,7 +251,7 @@ class IExecutionContext:
                 return False
             FAKE.run_until(lambda: not FAKE.stream(stream_handle).queue)  # TensorRT syncs to learn the size
             found = np.flatnonzero(x().reshape(-1) > 0).astype(np.int64)
-            size = max(found.nbytes, 1)
+            size = m.ask or max(found.nbytes, 1)
             ptr = alloc.reallocate_output_async("idx", self.addresses.get("idx", 0), size, 256, stream_handle)
             if not ptr:
                 return False

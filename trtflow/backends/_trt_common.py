@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from trtflow.artifact import atomic_write
 from trtflow.backends.base import CudaEngine, Progress
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, CudaError, InputError, TrtflowError
-from trtflow.plan.model import BuildInfo, Plan
+from trtflow.plan.model import BuildInfo, Plan, TensorPlan
 
 if TYPE_CHECKING:
     import tensorrt
@@ -878,6 +878,25 @@ class _OutputMemory:
         self.used[name] = ptr
         return ptr
 
+    def copy_back(self, t: TensorPlan, *, stream: int) -> None:
+        """A result TensorRT wrote into memory grown here goes into the runtime's buffer (stream-ordered D2D),
+        so the runtime reads every output where it bound it. Too big for that buffer: an ArtifactError."""
+        from trtflow.plan.formats import nbytes
+        from trtflow.runtime import cuda
+
+        used, bound = self.used.get(t.name), self.bound.get(t.name)
+        if used is None or bound is None or used == bound:
+            return
+        shape = self.shapes.get(t.name)
+        cap = self.capacity[t.name]
+        need = nbytes(shape, t.dtype, t.format) if shape is not None else cap + 1
+        if need > cap:
+            raise ArtifactError(f"output {t.name!r}: the result of shape {list(shape or [])} needs {need} bytes; "
+                                f"the runner's buffer holds {cap} (the plan's bound {list(t.max_shape)})",
+                                hint="raise the output's upper bound in the recipe and rebuild")
+        if need:
+            cuda.memcpy_async(bound, used, need, "d2d", stream=stream)
+
     def close(self) -> None:
         from trtflow.runtime import cuda
 
@@ -1118,25 +1137,8 @@ class TrtEngine(CudaEngine):
         self._copy_back(int(stream))
 
     def _copy_back(self, stream: int) -> None:
-        """A data-dependent result TensorRT wrote into memory grown here goes into the runtime's buffer
-        (stream-ordered D2D), so the runtime reads every output where it bound it."""
-        from trtflow.plan.formats import nbytes
-        from trtflow.runtime import cuda
-
-        mem = self._out_memory
         for name in self._dynamic_outputs:
-            used, bound = mem.used.get(name), mem.bound.get(name)
-            if used is None or bound is None or used == bound:
-                continue
-            shape = mem.shapes.get(name)
-            t = self.plan.tensor(name)
-            need = nbytes(shape, t.dtype, t.format) if shape is not None else mem.capacity[name] + 1
-            if need > mem.capacity[name]:
-                raise ArtifactError(f"output {name!r}: the result of shape {list(shape or [])} needs {need} bytes; "
-                                    f"the runner's buffer holds {mem.capacity[name]} (the plan's bound {list(t.max_shape)})",
-                                    hint="raise the output's upper bound in the recipe and rebuild")
-            if need:
-                cuda.memcpy_async(bound, used, need, "d2d", stream=stream)
+            self._out_memory.copy_back(self.plan.tensor(name), stream=stream)
 
     @property
     def capturable(self) -> bool:
