@@ -49,9 +49,9 @@ def test_dynamic_batch_model_gets_a_profile_and_plans(project: Path) -> None:
     assert loaded.recipe.model == "../models/mobilenet_v3_small.onnx"
     prof = loaded.recipe.inputs["images"].profile
     assert prof is not None
-    assert (prof.min, prof.opt, prof.max) == ([1, 3, 224, 224], [8, 3, 224, 224], [32, 3, 224, 224])
+    assert (prof.min, prof.opt, prof.max) == ([1, 3, 224, 224], [4, 3, 224, 224], [16, 3, 224, 224])
     plan = make_plan(loaded)
-    assert [t.name for t in plan.outputs] == ["logits"] and plan.outputs[0].max_shape == (32, 1000)
+    assert [t.name for t in plan.outputs] == ["logits"] and plan.outputs[0].max_shape == (16, 1000)
     assert loaded.recipe.inputs["images"].memory == "pinned" and loaded.recipe.outputs["logits"].memory == "pinned"
     # The commented top-k suggestion is valid when uncommented.
     edited = _uncomment(text, ("reduce",))
@@ -148,8 +148,8 @@ def test_other_dynamic_dims_get_a_checked_guess(project: Path) -> None:
     res = init_recipe(m, project / "img.yaml")
     assert res.plan_error is None
     prof = load_recipe(res.path).recipe.inputs["pixels"].profile
-    assert prof is not None and prof.min == [1, 3, 128, 128] and prof.opt == [8, 3, 512, 512]
-    assert prof.max == [32, 3, 1024, 1024]
+    assert prof is not None and prof.min == [1, 3, 128, 128] and prof.opt == [4, 3, 512, 512]
+    assert prof.max == [16, 3, 1024, 1024]
     assert len(res.notes) == 2 and all("guessed" in n for n in res.notes)
     assert "CHECK" in res.text
 
@@ -160,7 +160,7 @@ def test_shared_symbols_share_one_range(project: Path) -> None:
     assert res.plan_error is None, res.plan_error
     rec = load_recipe(res.path).recipe
     pa, pb = rec.inputs["a"].profile, rec.inputs["b"].profile
-    assert pa == pb and pa is not None and pa.min == [1, 1] and pa.opt == [8, 128] and pa.max == [32, 512]
+    assert pa == pb and pa is not None and pa.min == [1, 1] and pa.opt == [4, 128] and pa.max == [16, 512]
     assert len(res.notes) == 1  # "seq" is guessed once
 
 
@@ -223,3 +223,17 @@ def test_cli_init_plans(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["init", "models/tiny_mlp.onnx", "-o", "recipes/u.yaml", "--name", "bad name"])
     assert isinstance(res.exception, UsageError)
+
+
+def test_placeholder_dims_are_distinct_and_minus_one_is_dynamic(project: Path) -> None:
+    """`?` dims of two inputs are two dims (not one shared symbol); a -1 dim is dynamic, never a size."""
+    m = _model(project / "ph.onnx", [("a", ["?", "?"]), ("b", ["?", "?"])], [("c", ["?", "?"])], op="Add")
+    mp = onnx.load(str(m))
+    mp.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    mp.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    onnx.save(mp, str(m))
+    res = init_recipe(m, project / "ph.yaml")
+    assert res.plan_error is None, res.plan_error
+    assert "fixed to -1" not in res.text
+    rec = load_recipe(res.path).recipe
+    assert rec.inputs["a"].profile is not None and rec.inputs["b"].profile is not None

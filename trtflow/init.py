@@ -19,13 +19,13 @@ from typing import Any
 import yaml
 
 from trtflow.errors import OutputError, UsageError
-from trtflow.plan.onnxmeta import IOInfo, ModelInfo, read_model_info
+from trtflow.plan.onnxmeta import IOInfo, ModelInfo, is_named_dim, read_model_info
 
 SCHEMA_REL = Path("schemas") / "recipe.schema.json"
 FLOATS = ("float32", "float16", "bfloat16")
 
-# Profile defaults for dynamic dims (min, opt, max). Batch: small to large, tuned at 8.
-BATCH_RANGE = (1, 8, 32)
+# Profile defaults for dynamic dims (min, opt, max). Batch: small to moderate, tuned at 4.
+BATCH_RANGE = (1, 4, 16)
 # Spatial dims of [N, C, H, W] / [N, C, D, H, W]: multiples of 32, so strided backbones stay exact.
 SPATIAL_RANGE = (128, 512, 1024)
 # Anything else (sequence length, number of boxes, ...): a guess the user must confirm.
@@ -77,31 +77,111 @@ def _is_batch(symbol: Any, index: int) -> bool:
 
 
 class _Dims:
-    """Chooses (min, opt, max) per dynamic dim; a symbol shared by several inputs gets one range."""
+    """Chooses (min, opt, max) per dynamic dim, then checks them against symbolic shape inference.
+
+    A name shared by several inputs gets one range; placeholders (``?``, unnamed, ``-1``) are each their
+    own dim. ``fit`` then moves guesses the model cannot run with (an output dim below 1, two dims the
+    model combines that disagree) to the nearest sizes it can, and ties dims the model forces equal.
+    """
 
     def __init__(self) -> None:
-        self.by_symbol: dict[str, tuple[int, int, int]] = {}
+        self.ranges: dict[tuple[str, int], tuple[int, int, int]] = {}
+        self.whys: dict[tuple[str, int], str] = {}
         self.notes: list[str] = []
 
-    def pick(self, io: IOInfo, index: int) -> tuple[tuple[int, int, int], str]:
+    def prepare(self, info: ModelInfo) -> None:
+        by_symbol: dict[str, tuple[str, int]] = {}
+        for io in info.inputs:
+            for i, d in enumerate(io.dims):
+                if not _dynamic(d):
+                    continue
+                key = (io.name, i)
+                if is_named_dim(d) and d in by_symbol:
+                    self.ranges[key] = self.ranges[by_symbol[d]]
+                    self.whys[key] = f"dim {i} {c(d)}: shared with another input"
+                    continue
+                self.ranges[key], self.whys[key] = self._guess(io, i)
+                if is_named_dim(d):
+                    by_symbol[str(d)] = key
+
+    def _guess(self, io: IOInfo, index: int) -> tuple[tuple[int, int, int], str]:
         d = io.dims[index]
-        if isinstance(d, str) and d in self.by_symbol:
-            return self.by_symbol[d], f"dim {index} {c(d)}: shared with another input"
         rank = len(io.dims)
         if _is_batch(d, index):
-            rng, why = BATCH_RANGE, f"dim {index} {c(d)} looks like the batch: tuned for 8, up to 32"
-        elif rank >= 4 and index >= 2:
+            return BATCH_RANGE, f"dim {index} {c(d)} looks like the batch: tuned for {BATCH_RANGE[1]}, up to {BATCH_RANGE[2]}"
+        if rank >= 4 and index >= 2:
             rng, why = SPATIAL_RANGE, (f"dim {index} {c(d)} is spatial and dynamic: CHECK this range "
                                        "(engines are fastest at opt)")
-            self.notes.append(f"input {c(io.name)} dim {index} {c(d)}: guessed {list(rng)} "
-                              "(min/opt/max); set the sizes you serve")
         else:
             rng, why = OTHER_RANGE, f"dim {index} {c(d)} is dynamic: CHECK this range (a guess)"
-            self.notes.append(f"input {c(io.name)} dim {index} {c(d)}: guessed {list(rng)} "
-                              "(min/opt/max); set the sizes you serve")
-        if isinstance(d, str):
-            self.by_symbol[d] = rng
+        self.notes.append(f"input {c(io.name)} dim {index} {c(d)}: guessed {list(rng)} "
+                          "(min/opt/max); set the sizes you serve")
         return rng, why
+
+    def fit(self, info: ModelInfo) -> None:
+        """Check the guesses against the model's shape arithmetic (symbolic shape inference)."""
+        if not self.ranges or not info.path.is_file():
+            return
+        from trtflow.errors import TrtflowError
+        from trtflow.plan.planner import sanitize_identifiers
+        from trtflow.plan.shape_expr import ShapeExprError, parse
+        from trtflow.plan.symbolic import InputDims, infer
+
+        idents = sanitize_identifiers([io.name for io in info.inputs])
+        key_of = {(idents[io.name], i): (io.name, i) for io in info.inputs for i in range(len(io.dims))}
+
+        def shape_of(io: IOInfo, k: int) -> tuple[int, ...]:
+            return tuple(self.ranges[(io.name, i)][k] if (io.name, i) in self.ranges else int(d)  # type: ignore[arg-type]
+                         for i, d in enumerate(io.dims))
+
+        try:
+            inferred = infer(info.path, [InputDims(io.name, idents[io.name], shape_of(io, 0), shape_of(io, 2),
+                                                   tuple(range(len(io.dims)))) for io in info.inputs],
+                             [o.name for o in info.outputs])
+        except TrtflowError as exc:
+            self.notes.append(f"symbolic shape inference failed, the ranges are unchecked guesses: {exc}")
+            return
+        single = re.compile(r"^(\w+)\[(\d+)\]$")
+        for a, b in inferred.constraints:  # dims the model forces equal (audio batch and state batch)
+            ma, mb = single.match(a), single.match(b)
+            if ma and mb:
+                ka, kb = key_of[(ma[1], int(ma[2]))], key_of[(mb[1], int(mb[2]))]
+                if ka in self.ranges and kb in self.ranges and self.ranges[ka] != self.ranges[kb]:
+                    self.ranges[kb] = self.ranges[ka]
+                    self.whys[kb] = f"dim {kb[1]}: the model combines it with {c(ka[0])} dim {ka[1]}: same range"
+        outs = [parse(e) for dims in inferred.outputs.values() for e in dims or () if isinstance(e, str)]
+        # dims tied above share a range, so they agree at every corner: only the other constraints limit sizes
+        cons = [(parse(a), parse(b)) for a, b in inferred.constraints if not (single.match(a) and single.match(b))]
+
+        def runs(key: tuple[str, int], v: int) -> bool:
+            shapes = {idents[io.name]: list(shape_of(io, 1)) for io in info.inputs}
+            shapes[idents[key[0]]][key[1]] = v
+            try:
+                return all((e(shapes) or 0) >= 1 for e in outs if not e.data_dependent) and \
+                    all(a(shapes) == b(shapes) for a, b in cons)
+            except ShapeExprError:
+                return False
+
+        for key, (lo, opt, hi) in list(self.ranges.items()):
+            if runs(key, lo) and runs(key, opt) and runs(key, hi):
+                continue
+            valid = [v for v in range(1, 4097) if runs(key, v)]
+            if not valid:
+                self.notes.append(f"input {c(key[0])} dim {key[1]}: no size up to 4096 runs the model; set it by hand")
+                continue
+            step = next(g for g in (32, 16, 8, 1) if len([v for v in valid if v % g == 0]) >= 3 or g == 1)
+            vv = [v for v in valid if v % step == 0]
+            new_lo = lo if runs(key, lo) else next((v for v in vv if v >= lo), vv[0])
+            above = [v for v in vv if v >= new_lo]
+            new_opt = opt if runs(key, opt) and opt >= new_lo else min(above, key=lambda v: abs(v - opt))
+            new_hi = hi if runs(key, hi) and hi >= new_opt else max(v for v in above if v <= max(hi, 4 * new_opt))
+            if new_hi == new_lo and len(above) > 1:  # keep the dim dynamic: up to 4x its smallest size
+                new_hi = max(v for v in above if v <= 4 * new_lo)
+            self.ranges[key] = (new_lo, new_opt, new_hi)
+            self.whys[key] = (f"dim {key[1]}: moved from {[lo, opt, hi]}: the model's shape arithmetic (symbolic "
+                              f"shape inference) runs at {valid[0]}..{valid[-1]} here (checked in steps of {step})")
+            self.notes.append(f"input {c(key[0])} dim {key[1]}: the model does not run at the guessed "
+                              f"{[lo, opt, hi]}; picked {list(self.ranges[key])}")
 
 
 def _dynamic(d: Any) -> bool:
@@ -115,10 +195,10 @@ def _input_lines(io: IOInfo, dims: _Dims) -> list[str]:
         lo, opt, hi = [], [], []
         whys = []
         for i, d in enumerate(io.dims):
-            if isinstance(d, int) and d > 0:
-                a = b = m = d
+            if not _dynamic(d):
+                a = b = m = int(d)  # type: ignore[arg-type]
             else:
-                (a, b, m), why = dims.pick(io, i)
+                (a, b, m), why = dims.ranges[(io.name, i)], dims.whys[(io.name, i)]
                 whys.append(why)
             lo.append(a)
             opt.append(b)
@@ -165,6 +245,8 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
     schema_rel = _rel(schema_path.resolve(), folder)
     model_rel = _rel(info.path.resolve(), folder)
     dims = _Dims()
+    dims.prepare(info)
+    dims.fit(info)
     any_dynamic = any(_dynamic(d) for io in info.inputs for d in io.dims)
     out: list[str] = [
         f"# yaml-language-server: $schema={schema_rel}",

@@ -7,6 +7,7 @@ only its graph.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,15 @@ ONNX_DTYPES: dict[int, str] = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 
 DTYPE_TO_ONNX: dict[str, int] = {v: k for k, v in ONNX_DTYPES.items()}
 
 Dim = int | str | None  # int, symbolic name, or unknown
+
+
+# Placeholders exporters write for "some dynamic dim": each is its own dim, never a name shared by inputs.
+_PLACEHOLDER = re.compile(r"^(\?|-1|None|unk__\d+|(p2o\.)?DynamicDimension\.\d+)?$")
+
+
+def is_named_dim(d: Dim) -> bool:
+    """A dim name the model author chose (``batch``): only such names tie dims of several inputs together."""
+    return isinstance(d, str) and not _PLACEHOLDER.match(d)
 
 
 @dataclass(frozen=True)

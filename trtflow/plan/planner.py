@@ -14,7 +14,7 @@ from trtflow import __version__
 from trtflow.errors import ModelError
 from trtflow.plan.formats import ITEMSIZE, check_format, inflation, nbytes
 from trtflow.plan.model import Plan, TensorPlan
-from trtflow.plan.onnxmeta import IOInfo, ModelInfo, read_model_info
+from trtflow.plan.onnxmeta import IOInfo, ModelInfo, is_named_dim, read_model_info
 from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, identity, parse
 from trtflow.plan.symbolic import Unresolved
 from trtflow.recipe.loader import LoadedRecipe
@@ -161,8 +161,9 @@ class _Planner:
             if t.layout == "NHWC":  # back to the model's axes
                 model = {k: (v[0], v[3], v[1], v[2]) for k, v in model.items()}
             for axis, d in enumerate(io.dims):
-                if not isinstance(d, str):
+                if not is_named_dim(d):
                     continue
+                assert isinstance(d, str)
                 rng = (model["min_shape"][axis], model["shape"][axis], model["max_shape"][axis])
                 if d in seen and seen[d][2] != rng:
                     other, other_axis, other_rng = seen[d]
