@@ -76,6 +76,13 @@ def _trtflow(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedP
     return r
 
 
+@pytest.fixture(autouse=True)
+def _tier_enabled(request: pytest.FixtureRequest) -> None:
+    """The tier runs in CI (CI=true) and when asked for (`-m corpus`); a plain `make test` skips it."""
+    if os.environ.get("CI") != "true" and "corpus" not in (request.config.getoption("-m") or ""):
+        pytest.skip("corpus tier: `python scripts/corpus.py fetch` then `pytest -m corpus tests/corpus`")
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
