@@ -2,7 +2,8 @@
 # The GPU suite: run on the GPU machine from the repository root.
 #   bash scripts/gpu_suite.sh            (logs and timing.json go to $OUT, default ./out)
 # Installs the wheels the GPU image lacks (.whl/, from ../shared/device/fetch-wheels.sh), runs the GPU
-# tests (pytest -m gpu tests/gpu), then the per-strategy timing script, and prints a short table last.
+# tests (pytest -m gpu tests/gpu), then the per-strategy timing script and the serving measurements
+# (scripts/gpu_serving.py), and prints short tables last.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -22,7 +23,14 @@ timeout "${TIMING_TIMEOUT:-1200}" python3 scripts/gpu_timing.py --out "$OUT/timi
   | tee "$OUT/timing.txt"
 timing_rc=${PIPESTATUS[0]}
 
+# serving: asyncio overhead, instances/devices sweeps, the HTTP example on the seed scenario (~3-4 min);
+# needs starlette + uvicorn in .whl/ (bash ../shared/device/fetch-wheels.sh starlette uvicorn)
+timeout "${SERVING_TIMEOUT:-480}" python3 scripts/gpu_serving.py --out "$OUT/serving.json" ${SERVING_ARGS:-} 2>&1 \
+  | tee "$OUT/serving.txt"
+serving_rc=${PIPESTATUS[0]}
+
 echo
 echo "GPU tests: $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$OUT/pytest_gpu.txt" | tail -n 1) (exit $tests_rc)"
 sed -n '/^.* | torch /,$p' "$OUT/timing.txt"
-[ "$tests_rc" -eq 0 ] && [ "$timing_rc" -eq 0 ]
+sed -n '/^## Serving/,$p' "$OUT/serving.txt"
+[ "$tests_rc" -eq 0 ] && [ "$timing_rc" -eq 0 ] && [ "$serving_rc" -eq 0 ]

@@ -192,10 +192,12 @@ class TorchCudaEngine(CudaEngine):
 
     graphs_outlive_shape_changes = True
 
-    def __init__(self, torch: Any, module: Any, plan: Plan, order: tuple[list[str], list[str]]) -> None:
+    def __init__(self, torch: Any, module: Any, plan: Plan, order: tuple[list[str], list[str]],
+                 device: Any = None) -> None:
         self._torch = torch
         self._module: Any = module
         self.plan = plan
+        self._device = device if device is not None else torch.device("cuda", torch.cuda.current_device())
         self._in_order, self._out_order = order
         missing = (set(self._in_order) | set(self._out_order)) ^ {t.name for t in plan.tensors}
         if missing:
@@ -233,7 +235,7 @@ class TorchCudaEngine(CudaEngine):
     def _stream(self, handle: int) -> Any:
         s = self._streams.get(handle)
         if s is None:
-            s = self._streams[handle] = self._torch.cuda.ExternalStream(handle)
+            s = self._streams[handle] = self._torch.cuda.ExternalStream(handle, device=self._device)
         return s
 
     def _view(self, t: TensorPlan, shape: tuple[int, ...]) -> Any:
@@ -246,7 +248,7 @@ class TorchCudaEngine(CudaEngine):
         if v is None:
             torch = self._torch
             nbytes = math.prod(phys) * ITEMSIZE[t.dtype]
-            raw = torch.as_tensor(_RawCuda(ptr, nbytes), device="cuda")
+            raw = torch.as_tensor(_RawCuda(ptr, nbytes), device=self._device)
             v = raw.view(_torch_dtype(torch, t.dtype)).view(phys)
             if len(self._views) > 64:
                 self._views.clear()
@@ -396,7 +398,9 @@ class TorchBackend(Backend):
             if not torch.cuda.is_available():
                 raise BackendMissing("torch sees no CUDA GPU", hint="open with device='cpu'")
             _set_tf32(torch, bool(plan.tf32))
-            engine = TorchCudaEngine(torch, module.to("cuda"), plan, order)
+            # the runner made its device current (Runner(device_index=i)): the module lives there
+            dev = torch.device("cuda", torch.cuda.current_device())
+            engine = TorchCudaEngine(torch, module.to(dev), plan, order, dev)
         else:
             engine = TorchCpuEngine(torch, module, plan, order)
         engine.static_modules = static

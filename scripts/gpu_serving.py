@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Serving measurements on the GPU machine (called by scripts/gpu_suite.sh; about 3-4 minutes).
+
+1. asyncio host overhead against the synchronous ``submit`` path (tiny recipe, torch engine): per
+   request, wall time and CPU time of the calling / event-loop thread, for one awaiting client, for
+   1,000 concurrent awaits, and for ``submit().result()`` in a loop; sync and pipelined topologies.
+2. ``trtflow bench --sweep instances`` (1, 2, 4 instances under C concurrent clients) on the tiny, the
+   classifier and the seed recipes, each row against the single instance and 1/max(stage).
+3. ``trtflow bench --sweep devices`` on the seed recipe: 1..N GPUs, each GPU's link and the host's
+   total H2D measured in the same run, and which of them limits.
+4. The HTTP example on the seed scenario (examples/serve/loadtest.py) at concurrency 1, 8 and 32,
+   next to the runner pool's own figures.
+
+Prints markdown tables last (the serving section of docs/benchmarks.md) and writes $OUT/serving.json.
+
+    python3 scripts/gpu_serving.py --out out/serving.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CLI = [sys.executable, "-m", "trtflow.cli"]
+
+
+def sh(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    print("$", " ".join(args), flush=True)
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    if r.returncode:
+        print(r.stdout[-3000:], r.stderr[-3000:], sep="\n", flush=True)
+    return r
+
+
+def async_overhead(artifact: Path, topology: str, n: int, backend: str = "torch") -> dict[str, Any]:
+    """Per-request wall and thread-CPU microseconds: sync submit().result(), one awaiting client, 1,000 in flight."""
+    from trtflow.runtime.runner import Runner
+
+    depth = 3 if topology == "pipelined" else None
+    with Runner(artifact, topology=topology, depth=depth, backend=backend) as r:
+        name = r.plan.inputs[0].name
+        x = np.random.default_rng(0).standard_normal(r.plan.inputs[0].shape).astype(np.float32)
+        feeds = {name: x}
+        for _ in range(200):
+            r.submit_feeds(feeds).result_dict()
+
+        def timed(fn: Any) -> tuple[float, float, float]:
+            w0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+            fn()
+            return ((time.perf_counter() - w0) / n * 1e6, (time.thread_time() - c0) / n * 1e6,
+                    (time.process_time() - p0) / n * 1e6)
+
+        sync = timed(lambda: [r.submit_feeds(feeds).result_dict() for _ in range(n)])
+        stream = timed(lambda: [None for _ in r.stream(feeds for _ in range(n))])
+
+        async def one_client() -> None:
+            for _ in range(n):
+                await r.infer_feeds(feeds)
+
+        async def many() -> None:
+            for k in range(0, n, 1000):
+                await asyncio.gather(*(r.infer_feeds(feeds) for _ in range(min(1000, n - k))))
+
+        async def both() -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+            for _ in range(200):
+                await r.infer_feeds(feeds)
+            w0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+            await one_client()
+            seq = ((time.perf_counter() - w0) / n * 1e6, (time.thread_time() - c0) / n * 1e6,
+                   (time.process_time() - p0) / n * 1e6)
+            w0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+            await many()
+            return seq, ((time.perf_counter() - w0) / n * 1e6, (time.thread_time() - c0) / n * 1e6,
+                         (time.process_time() - p0) / n * 1e6)
+
+        seq, conc = asyncio.run(both())
+    row: dict[str, Any] = {"topology": topology, "n": n}
+    for key, (wall, cpu, proc) in (("sync", sync), ("stream", stream), ("await", seq), ("await1000", conc)):
+        row.update({f"{key}_wall_us": wall, f"{key}_cpu_us": cpu, f"{key}_proc_us": proc})
+    row["ratio_cpu"] = conc[1] / sync[1] if sync[1] else None  # loop-thread CPU per request vs sync submit
+    row["ratio_wall"] = conc[0] / sync[0] if sync[0] else None
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("out/serving.json"))
+    ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the script)")
+    args = ap.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    dur = "1" if args.quick else "3"
+    rep: dict[str, Any] = {"overhead": [], "instances": {}, "devices": None, "http": None}
+    for recipe in ("tiny", "cls", "seg_hd"):
+        sh([*CLI, "build", f"recipes/{recipe}.yaml"], 600)
+
+    for topo in ("sync", "pipelined"):
+        rep["overhead"].append(async_overhead(ROOT / "build" / "tiny", topo, 2000 if args.quick else 5000))
+
+    for recipe, c in (("tiny", 16), ("cls", 16), ("seg_hd", 8)):
+        r = sh([*CLI, "bench", f"recipes/{recipe}.yaml", "--sweep", "instances", "--concurrency", str(c),
+                "--duration", dur, "--warmup", "3", "--json"], 600)
+        if r.returncode == 0:
+            rep["instances"][recipe] = json.loads(r.stdout)
+    r = sh([*CLI, "bench", "recipes/seg_hd.yaml", "--sweep", "devices", "--concurrency", "8", "--duration", dur,
+            "--warmup", "3", "--json"], 900)
+    if r.returncode == 0:
+        rep["devices"] = json.loads(r.stdout)
+    http_json = args.out.with_name("serving_http.json")
+    r = sh([sys.executable, "examples/serve/loadtest.py", "build/seg_hd", "--concurrency", "1", "8", "32",
+            "--requests", "100" if args.quick else "300", "--seconds", "8" if args.quick else "15",
+            "--json", str(http_json)], 900)
+    print(r.stdout[-2500:])
+    if http_json.is_file():
+        rep["http"] = json.loads(http_json.read_text())
+    args.out.write_text(json.dumps(rep, indent=2, default=float))
+    print_tables(rep)
+    return 0
+
+
+def _f(v: Any, fmt: str = ".1f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _x(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def print_tables(rep: dict[str, Any]) -> None:
+    print("\n## Serving (scripts/gpu_serving.py)\n")
+    print("asyncio host overhead per request, tiny recipe, us: wall / CPU of the calling (event-loop) thread / CPU of "
+          "the process (completion threads included):\n")
+    print("| topology | sync submit().result() | stream() | 1 awaiting client | 1,000 awaits in flight "
+          "| loop-thread CPU ratio (target <= 1.5) |")
+    print("|---|---|---|---|---|---|")
+    for o in rep["overhead"]:
+        cells = [f"{o[k + '_wall_us']:.1f} / {o[k + '_cpu_us']:.1f} / {o[k + '_proc_us']:.1f}"
+                 for k in ("sync", "stream", "await", "await1000")]
+        print(f"| {o['topology']} | {' | '.join(cells)} | {_x(o['ratio_cpu'])} |")
+    print("\ninstances (closed loop, asyncio clients; target: best N >= 1.5x one instance on tiny and cls):\n")
+    print("| recipe | instances | clients | req/s | p50 ms | p99 ms | vs 1 instance | floor/s (1/max stage) | vs floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for recipe, data in rep["instances"].items():
+        for row in data["load"]:
+            rt = row["ratios"]
+            print(f"| {recipe} | {row['instances']} | {row['concurrency']} | {row['requests_per_s']:.1f} | "
+                  f"{row['latency']['p50']:.3f} | {row['latency']['p99']:.3f} | {_x(rt.get('vs_single'))} | "
+                  f"{_f(row['floor_per_s'])} | {_x(rt.get('vs_floor'))} |")
+    dev = rep.get("devices")
+    if dev:
+        print("\ndevices (seg_hd; target on 2 GPUs: >= 1.8x one GPU):\n")
+        print("| GPUs | clients | img/s | p50 ms | p99 ms | vs 1 GPU | vs N x 1 GPU | per GPU |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in dev["load"]:
+            rt = row["ratios"]
+            print(f"| {len(row['devices'] or [0])} | {row['concurrency']} | {row['samples_per_s']:.1f} | "
+                  f"{row['latency']['p50']:.2f} | {row['latency']['p99']:.2f} | {_x(rt.get('vs_single'))} | "
+                  f"{_x(rt.get('vs_linear'))} | {'/'.join(map(str, row['per_instance']))} |")
+        for gpu, lk in dev.get("links_gbps", {}).items():
+            print(f"- GPU {gpu}: pinned H2D {lk['pinned_h2d']:.1f} GB/s, D2H {lk['pinned_d2h']:.1f} GB/s")
+        print(f"- all GPUs at once: H2D {_f(dev.get('host_h2d_gbps'))} GB/s; limit: {dev.get('limit')}")
+    http = rep.get("http")
+    if http:
+        print(f"\nHTTP example on seg_hd ({http['input_bytes']:,} B in per request; check: {http['check']}):\n")
+        print("| clients | HTTP img/s | HTTP p50 ms | HTTP p99 ms | runner img/s | runner p50 ms | runner p99 ms | "
+              "HTTP cost p50 ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for h, r in zip(http["http"], http["runner"]):
+            print(f"| {h['concurrency']} | {h['per_s']:.1f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {r['per_s']:.1f} | "
+                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {h['p50_ms'] - r['p50_ms']:.2f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
