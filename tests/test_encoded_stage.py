@@ -243,3 +243,59 @@ def test_contract_without_nvimgcodec_auto_decodes_on_the_host_and_gpu_refuses(pr
     assert not dec.on_gpu and dec.status.startswith("host (Pillow): no GPU decoder")
     with pytest.raises(BackendMissing, match="trtflow\\[decode-cu13\\]"):
         encoded.Decoders("gpu", device="cuda")
+
+
+# -- the generated runner end to end on the CPU (onnxruntime): files in, the host-decoded result out ---------
+def build_runner(project: Path, body: str, **kw: object) -> tuple[Any, Plan]:
+    from trtflow.build import build
+    from trtflow.validate.run import import_runner
+
+    make_conv_model(project / "m.onnx", **{"hw": 32, **kw})  # type: ignore[arg-type]
+    (project / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\n" + body)
+    res = build(project / "r.yaml", out_root=project / "build")
+    return import_runner(res.artifact), res.plan
+
+
+def expected(plan: Plan, pixels: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    from trtflow.passes.reference import reference_input, reference_outputs
+
+    sess = ort.InferenceSession(plan.model_path, providers=["CPUExecutionProvider"])
+    raw = sess.run(None, {"image": reference_input(plan.inputs[0], pixels)})[0]
+    return reference_outputs(plan, "logits", raw)["logits"]
+
+
+def test_runner_takes_jpeg_bytes_and_returns_what_decoding_first_gives(project: Path) -> None:
+    cls, plan = build_runner(project, "inputs:\n  image:\n    encoding: jpeg\n    preprocess: {scale: 0.0039}\n"
+                             "outputs:\n  logits: {reduce: {op: argmax, axis: 1}}\n")
+    data = jpeg(32, 32, 5)
+    with cls() as run:
+        assert run.decoder.startswith("host (Pillow)")
+        got = run(image=data).logits
+        want = expected(plan, decoded(data)[None])
+        assert np.array_equal(got, want)
+        assert np.array_equal(run.decoded("image"), decoded(data)[None])
+        for bad, words in ((truncated(data), "truncated JPEG"), (png(32, 32), "a PNG file, but the recipe declares")):
+            with pytest.raises(InputError, match=words):
+                run(image=bad)
+        assert np.array_equal(run(image=bytearray(data)).logits, want)  # still usable after bad input
+        with pytest.raises(InputError, match="no runner-owned host staging"):
+            run.input_view("image")
+
+
+def test_runner_resizes_in_the_engine_and_unpacks_bit_masks(project: Path) -> None:
+    cls, plan = build_runner(project, "inputs:\n  image:\n    encoding: image\n    resize: {mode: bilinear, max: [96, 96]}\n"
+                             "    preprocess: {scale: 0.0039, mean: [0.5], std: [0.25]}\n"
+                             "outputs:\n  logits: {reduce: {op: threshold, value: 0.0, pack: bits}}\n", hw=20)
+    with cls() as run:
+        for data in (jpeg(45, 70, 1), png(20, 20, 2), jpeg_progressive(90, 33, 3)):
+            packed = run(image=data).logits
+            assert packed.shape == (1, 5, 20, 3) and packed.dtype == np.uint8
+            want = expected(plan, decoded(data)[None])
+            flips = np.unpackbits(packed, axis=-1, count=20) != np.unpackbits(want, axis=-1, count=20)
+            assert flips.mean() < 1e-3  # near-ties at the threshold only
+            mask = run.unpack("logits", packed)
+            assert mask.dtype == bool and mask.shape == (1, 5, 20, 20)
+        with pytest.raises(InputError, match="the image is 100x20 .WxH., the engine takes 1..96 x 1..96"):
+            run(image=jpeg(20, 100))

@@ -146,11 +146,24 @@ def _wrap(head: str, items: list[str], tail: str, *, tuple_: bool = False) -> st
 
 
 def _param_type(t: TensorPlan) -> str:
+    if t.encoding:  # one file's bytes (bytes, bytearray, memoryview, 1-D uint8 array) or a list of them
+        return "bytes | bytearray | memoryview | np.ndarray | list[Any]"
     return "Any" if t.memory == "device" else "np.ndarray"
+
+
+def _note(t: TensorPlan) -> str:
+    if t.encoding:
+        return (f"{t.encoding} files, decoded into a device buffer ({t.memory} staging of the bytes); "
+                "JPEG on the GPU (nvImageCodec), PNG on the host")
+    return _STRATEGY_NOTE[t.memory]
 
 
 def _tensor_note(t: TensorPlan) -> str:
     fmt = "" if t.format == "linear" else f", format {t.format} (engine layout {_shape(physical_shape(t.max_shape, t.format))})"
+    if t.encoding:
+        return f"{_doc(t.name)}: {t.encoding} file bytes (or a list: a batch), decoded to uint8 {_dims(t)}"
+    if t.packed_bits:
+        return f"{_doc(t.name)}: uint8 {_dims(t)}, a mask packed 8 per byte (run.unpack({_lit(t.name)}, x))"
     return f"{_doc(t.name)}: {t.dtype} {_dims(t)}, {t.memory}{fmt}"
 
 
@@ -178,7 +191,7 @@ def generate_runner(plan: Plan) -> str:
     L.extend(_table(plan))
     add("")
     for t in plan.tensors:
-        add(f"- {_doc(t.name)}: {_STRATEGY_NOTE[t.memory]}.")
+        add(f"- {_doc(t.name)}: {_note(t)}.")
     add("")
     L.extend(_topology_text(plan))
     add("")
@@ -247,7 +260,7 @@ def generate_runner(plan: Plan) -> str:
     add(f"        for _ in range(self.depth):  # buffer sets: {depth} (one per request in flight)")
     add("            self._add_buffer_set({")
     for t in plan.tensors:
-        add(f"                # {_doc(t.name)}: {t.role}, {int(t.max_bytes):,} B, {_STRATEGY_NOTE[t.memory]}")
+        add(f"                # {_doc(t.name)}: {t.role}, {int(t.max_bytes):,} B, {_note(t)}")
         add(f"                {_lit(t.name)}: self._memory({_lit(t.name)}, {_lit(t.memory)}),")
     add("            })  # the base class adds each set's events: h2d/compute/d2h done (+ inputs consumed)")
     add("")

@@ -221,6 +221,7 @@ class EncodedMemory(TensorMemory):
         self._gpu_items: list[tuple[int, Any]] = []   # (file index, bytes view) decoded on the GPU
         self._host_items: list[int] = []              # file indices decoded on the host
         self._files: EncodedFiles | None = None
+        self.last_files: EncodedFiles | None = None   # the request decoded last (Runner.decoded)
         self.gpu_decoded = self.host_decoded = self.extra_copies = 0
 
     @property
@@ -229,7 +230,7 @@ class EncodedMemory(TensorMemory):
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
         files = check_files(self.tensor, array)
-        self._files = files
+        self._files = self.last_files = files
         n, h, w, c = files.shape
         per_image = h * w * c
         gpu = self.decoders.on_gpu
@@ -310,6 +311,10 @@ class EncodedHostMemory(HostMemory):
     def __init__(self, tensor: TensorPlan, *, declared: str) -> None:
         super().__init__(tensor, declared=declared)
         self.host_decoded = 0
+        self.last_files: EncodedFiles | None = None
+
+    def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        return None  # the caller hands over files; there is no array to write into
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
         files = check_files(self.tensor, array)
@@ -318,6 +323,7 @@ class EncodedHostMemory(HostMemory):
         for i, (f, hd) in enumerate(zip(files.files, files.headers)):
             _host_decode(hd, _as_buffer(f), view[i], f"input {self.name!r}" + (f" file {i}" if n > 1 else ""))
         self._feed = view
+        self.last_files = files
         self.host_decoded += n
 
     def decoded(self, shape: tuple[int, ...]) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Every request goes through :meth:`Inputs.check`: feeds keyed by tensor name or identifier, each a
 C-contiguous numpy array (host strategies) or a CUDA array (``memory: device``) of the plan's dtype,
-inside the profile. The answers are cached: the key order of a feeds mapping seen before, and per
+inside the profile; an encoded input (``encoding: jpeg|png|image``) takes file bytes, checked by
+:func:`trtflow.runtime.encoded.check_files` (the shape comes from the headers). The answers are cached: the key order of a feeds mapping seen before, and per
 input the shapes that passed the full check, so a warm request pays one type, dtype, contiguity and
 shape compare per input; anything else takes the full check and its error names the tensor, what was
 expected and what came.
@@ -17,6 +18,7 @@ import numpy as np
 
 from trtflow.errors import InputError
 from trtflow.plan.model import Plan, TensorPlan
+from trtflow.runtime.encoded import check_files
 from trtflow.runtime.memory import cuda_array_info, np_dtype
 from trtflow.runtime.shapes import Shape, ShapeKey
 
@@ -24,12 +26,13 @@ from trtflow.runtime.shapes import Shape, ShapeKey
 class InputSpec:
     """What a valid host array for one input looks like, for the one-compare-each fast check."""
 
-    __slots__ = ("device", "dtype", "shapes_ok", "t")
+    __slots__ = ("device", "dtype", "encoded", "shapes_ok", "t")
 
     def __init__(self, t: TensorPlan, *, device: bool) -> None:
         self.t = t
         self.dtype = np_dtype(t.dtype)
         self.device = device  # a CUDA array is expected: always the full check
+        self.encoded = bool(t.encoding)  # files (JPEG/PNG bytes): their headers are read on every request
         self.shapes_ok: set[Shape] = set()  # shapes that passed the full check (profile bounds)
 
 
@@ -55,7 +58,12 @@ class Inputs:
             order = self._order(feeds)
         values = [feeds[k] for k in order]
         shapes: list[Shape] = []
-        for spec, x in zip(self._specs, values):
+        for i, (spec, x) in enumerate(zip(self._specs, values)):
+            if spec.encoded:  # the checked files (headers parsed once) go on to the input stage
+                files = check_files(spec.t, x)
+                values[i] = files
+                shapes.append(files.shape)
+                continue
             if type(x) is np.ndarray and not spec.device:
                 dt = x.dtype
                 if ((dt is spec.dtype or dt == spec.dtype) and x.shape in spec.shapes_ok and x.flags.c_contiguous

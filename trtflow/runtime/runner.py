@@ -74,6 +74,7 @@ from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClos
 from trtflow.runtime import cuda, devices
 from trtflow.runtime.buffers import BufferSet
 from trtflow.runtime.devices import DeviceLock
+from trtflow.runtime.encoded import Decoders, make_encoded_memory
 from trtflow.runtime.graphs import Graphs
 from trtflow.runtime.inputs import Inputs, describe
 from trtflow.runtime.memory import HostRegistry, RegisteredMemory, TensorMemory, make_memory, np_dtype
@@ -121,7 +122,8 @@ class Runner:
     def __init__(self, artifact_dir: str | Path | None = None, *, backend: str = "auto", device: str = "auto",
                  check_finite: bool = False, timing: bool = False, topology: str | None = None,
                  depth: int | None = None, cuda_graph: bool | None = None, allow_host_code: bool = False,
-                 device_index: int | None = None, share_engine: Runner | None = None) -> None:
+                 device_index: int | None = None, share_engine: Runner | None = None,
+                 decoder: str = "auto") -> None:
         self.device_index = device_index
         self._lock: Any = threading.RLock() if device_index is None else DeviceLock(device_index)
         self._before_close: list[Callable[[], None]] = []  # run first by close(), outside the lock
@@ -171,6 +173,8 @@ class Runner:
             raise BackendMissing(f"device_index={device_index}: the {self.backend} engine runs on the {self.device}",
                                  hint="device_index chooses a GPU; leave it out on the CPU")
         self._inputs = Inputs(self.plan, cuda=self.device == "cuda")
+        self._decoder_choice = decoder
+        self._decoders: Decoders | None = None  # encoded inputs: made with the buffers (the device is current)
         self._out_names = tuple(t.name for t in self.plan.outputs)
         self._graphs = Graphs(wanted=self.cuda_graph, engine=None, backend=self.backend)
 
@@ -242,7 +246,12 @@ class Runner:
         if strategy != tensor.memory:
             raise ArtifactError(f"runner.py allocates {name!r} as {strategy}, plan.json says {tensor.memory}",
                                 hint="runner.py is stale: regenerate it (trtflow build)")
-        mem = make_memory(tensor, strategy, device=self.device, registry=self._registry, graph=self.cuda_graph)
+        if tensor.encoding:
+            if self._decoders is None:
+                self._decoders = Decoders(self._decoder_choice, device=self.device)
+            mem = make_encoded_memory(tensor, device=self.device, decoders=self._decoders)
+        else:
+            mem = make_memory(tensor, strategy, device=self.device, registry=self._registry, graph=self.cuda_graph)
         # Tracked from birth: if a later allocation of the same set fails (out of memory), the set never
         # reaches _add_buffer_set, and close() must still free this one.
         self._allocated.append(mem)
@@ -278,6 +287,10 @@ class Runner:
             if staged:
                 self._graphs.notes.append(f"pageable tensors {staged} are staged through pinned buffers "
                                           "(pageable copies cannot be captured)")
+            decoded = [t.name for t in self.plan.inputs if t.encoding]
+            if decoded:
+                self._graphs.notes.append(f"encoded inputs {decoded} are decoded before each replay, outside the "
+                                          "graph (nvImageCodec does host work per call and cannot be captured)")
             copied = [t.name for t in self.plan.inputs if t.memory == "device"]
             if copied:
                 self._graphs.notes.append(f"device inputs {copied} are copied D2D into the runner's buffers "
@@ -427,11 +440,43 @@ class Runner:
             self._check_open()
             self._wait_idle()
 
+    @property
+    def decoder(self) -> str:
+        """Where encoded inputs (``encoding: jpeg|png|image``) are decoded, and why; ``none`` without any."""
+        return self._decoders.status if self._decoders is not None else "none (no encoded inputs)"
+
+    def decoded(self, name: str) -> np.ndarray:
+        """A host copy of what encoded input ``name`` decoded to in the last request (uint8 NHWC, as the
+        engine read it): the GPU decoder's output for comparisons with a host decoder. Waits for it."""
+        with self._lock:
+            self._check_open()
+            tensor = self._inputs.tensor(name, "input")
+            if not tensor.encoding:
+                raise InputError(f"input {tensor.name!r} is not an encoded input (encoding: raw)")
+            bs = self._sets[(self._seq - 1) % len(self._sets)]
+            mem = bs.mems[tensor.name]
+            files = getattr(mem, "last_files", None)
+            if files is None:
+                raise InputError(f"input {tensor.name!r}: nothing decoded yet", hint="run a request first")
+            self._wait_idle()
+            return mem.decoded(files.shape)  # type: ignore[attr-defined, no-any-return]
+
+    def unpack(self, name: str, packed: np.ndarray) -> np.ndarray:
+        """The boolean mask of output ``name`` from its bit-packed bytes (``reduce: {op: threshold,
+        pack: bits}``): 8 values per byte along the last axis, MSB first, padding dropped."""
+        tensor = self._inputs.tensor(name, "output")
+        if not tensor.packed_bits:
+            raise InputError(f"output {tensor.name!r} is not bit-packed", hint="only threshold masks with pack: bits are")
+        width = tensor.unpacked_shape[-1]
+        return np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=-1, count=width).view(bool)
+
     def describe(self) -> str:
         """What this runner owns: streams, buffer sets, events, bytes per memory strategy."""
         lines = [(f"{type(self).__name__}: backend {self.backend} on {self.device}, topology {self.topology}, "
                   f"{len(self._sets)} buffer set(s), streams {list(self._streams) or ['(cpu)']}, "
                   f"cuda_graph {self.graph_status}")]
+        if self._decoders is not None:
+            lines.append(f"  encoded inputs decoded on the {self.decoder}")
         for bs in self._sets[:1]:
             for name, mem in bs.mems.items():
                 lines.append(f"  {name!r}: {type(mem).__name__} {mem.nbytes} B x {len(self._sets)}")
@@ -467,6 +512,8 @@ class Runner:
             for mem in self._allocated:  # memories of a set whose construction failed midway
                 attempt(mem.close)
             self._allocated.clear()
+            if self._decoders is not None:
+                self._decoders.close()
             self._user_keys.clear()
             if self.device == "cuda":
                 attempt(self._registry.close)

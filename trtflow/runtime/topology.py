@@ -28,6 +28,7 @@ from trtflow.plan.model import TensorPlan
 from trtflow.runtime import cuda, trace
 from trtflow.runtime.buffers import BufferSet
 from trtflow.runtime.graphs import Graphs
+from trtflow.runtime.memory import HostMemory, TensorMemory
 from trtflow.runtime.pending import OutItems, StageTiming
 from trtflow.runtime.shapes import Shape, ShapePlan, reported_items
 
@@ -277,12 +278,18 @@ class HostRun:
             outs[name] = view
         t1 = time.perf_counter()
         with trace.span("trtflow.infer"):
-            got = self.engine.infer(dict(zip(self.in_names, values)), outs)
+            # the arrays each memory staged: the caller's own, or what an encoded input decoded
+            got = self.engine.infer({n: _feed(m) for n, m in zip(self.in_names, bs.in_mems)}, outs)
         timing = StageTiming(None, (time.perf_counter() - t1) * 1e3, None, host_in, None) if self.timing else None
         items = plan.out_items
         if plan.after_run or not plan.checked:
             items = reported_items(plan, self.outputs, got.get, backend=self.backend)
         return host_in, items, timing
+
+
+def _feed(mem: TensorMemory) -> Any:
+    assert isinstance(mem, HostMemory), "a CPU runner stages every input in HostMemory"
+    return mem.feed()
 
 
 __all__ = ["TOPOLOGIES", "CudaSchedule", "EngineBinding", "HostRun", "Pipelined", "SingleStream", "cuda_schedule",
