@@ -50,8 +50,11 @@ def collect(*, measure: bool = True) -> dict[str, Any]:
                          "install": install_hint(b.extra)})
     names = {b["name"]: b for b in backends}
     if names["tensorrt_rtx"]["installed"] and not names["tensorrt_rtx"]["executes_here"]:
+        from trtflow.backends.tensorrt_rtx import FLAVOR as RTX
+
         notes.append("tensorrt_rtx builds plans here, but its runtime needs a GPU of compute capability "
-                     "8.0/8.6/8.9/12.x (it refuses 9.0, the H100/H200); the lowered ONNX runs on torch/onnxruntime")
+                     f"{'/'.join(RTX.runs_on)} (it refuses 9.0, the H100/H200); the lowered ONNX runs on "
+                     "torch/onnxruntime")
     if not names["tensorrt"]["installed"]:
         notes.append("tensorrt (full TensorRT) is not installed: pip install 'trtflow[trt]' on a CUDA host")
     return {
