@@ -190,6 +190,7 @@ def test_contract_jpeg_decodes_on_the_input_stream_into_the_engine_buffer(projec
         mem.prepare(encoded.check_files(t, files[:2]), (2, 32, 32, 3), stream=stream)
         mem.enqueue_in((2, 32, 32, 3), stream=stream)
     assert mem.staging.grown == 1 and fake.is_pinned(mem.staging.ptr, 16)
+    cuda.stream_synchronize(stream)  # as Runner.close does before freeing buffers
     mem.close()
     cuda.stream_destroy(stream)
     assert not cuda.live_handles()
@@ -226,6 +227,7 @@ def test_contract_a_file_the_decoder_refuses_is_an_input_error(project: Path, gp
     nv.fail = False  # the next request works
     mem.prepare(jpeg(32, 32), (1, 32, 32, 3), stream=s)
     mem.enqueue_in((1, 32, 32, 3), stream=s)
+    cuda.stream_synchronize(s)
     mem.close()
     cuda.stream_destroy(s)
     assert not cuda.live_handles()
