@@ -7,6 +7,7 @@ The project-root policy is run on plain temporary folders (no .git, no pyproject
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,33 @@ def test_validate_data_follows_the_same_policy(capsys: pytest.CaptureFixture[str
     r.write_text("model: ../models/m.onnx\nvalidate: {data: missing.npz}\n")
     code, o, _ = run(capsys, "plan", str(r), "--json")
     assert code == 2 and "not found" in one_error(o)["message"]
+
+
+# ------------------------------------------------------------------------------- bench --write-best
+def test_write_best_keeps_comments_and_writes_a_new_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A real CPU memory sweep; the written recipe differs from the input only where the best config does."""
+    r = _layout(tmp_path / "proj")
+    text = ("# yaml-language-server: $schema=../schemas/recipe.schema.json\n"
+            "# my segmentation service\n"
+            "model: ../models/m.onnx   # exported by me\n"
+            "inputs:\n  image:\n    memory: pinned        # page-locked staging\n\n"
+            "streams: {topology: async}\n"
+            "build: {backend: onnxruntime}\n"
+            "validate:\n  metrics:\n    logits:\n      - {kind: agreement, min: 0.9}   # loose\n")
+    r.write_text(text)
+    (tmp_path / "proj" / "recipes" / "tuned").mkdir()
+    best = tmp_path / "proj" / "recipes" / "tuned" / "fast.yaml"  # one level deeper: paths are rewritten
+    out = str(tmp_path / "proj" / "artifacts")
+    code, _, err = run(capsys, "bench", str(r), "--out", out, "--sweep", "memory", "--iterations", "3",
+                       "--warmup", "1", "--write-best", str(best))
+    assert code == 0, err
+    written = best.read_text()
+    assert written.startswith("# yaml-language-server: $schema=../../schemas/recipe.schema.json\n# my segmentation")
+    assert re.search(r"\nmodel: \.\./\.\./models/m\.onnx +# exported by me\n", written), written
+    assert "# loose" in written and "(was pinned)" in written
+    loaded = load_recipe(best)
+    assert loaded.name == "fast" and loaded.recipe.streams.topology == "sync"  # the CPU sweep's best: baseline
+    assert make_plan(loaded).model_path == make_plan(load_recipe(r)).model_path
+    code, _, _ = run(capsys, "bench", str(r), "--out", out, "--sweep", "memory", "--iterations", "2",
+                     "--warmup", "0", "--write-best", str(r))
+    assert code == 10 and r.read_text() == text  # never over the input

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -328,6 +329,31 @@ def _show_progress(json_out: bool) -> bool:
     return err_console.is_terminal and not (json_out or _State.quiet or _State.verbose)
 
 
+@contextlib.contextmanager
+def _steps(label: str, json_out: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar for long loops (samples, benchmark configurations) on a terminal; None elsewhere.
+
+    The bar starts at the first step, so a build before it (with its own bar) is not overlapped."""
+    if not _show_progress(json_out):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err_console, transient=True)
+    task = bar.add_task(label, total=None)
+
+    def step(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield step
+    finally:
+        bar.stop()
+
+
 def _build_one(loaded: Any, out: Path, ropts: RecipeOptions, *, force: bool = False, backend: str | None = None,
                json_out: bool = False) -> Any:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -386,8 +412,9 @@ def validate(
             artifact = _build_one(loaded, out, ropts, json_out=json_out).artifact
         else:  # planning checks the recipe's paths (model, validate.data) under the project policy
             artifact = out / make_plan(loaded, allow_outside=ropts.allow_outside).name
-        rep = validate_artifact(artifact, backend=backend or "auto", device=device, samples=samples,
-                                allow_host_code=allow_host_code)
+        with _steps(f"validating {escape(path.name)}", json_out) as step:
+            rep = validate_artifact(artifact, backend=backend or "auto", device=device, samples=samples,
+                                    allow_host_code=allow_host_code, progress=step)
         write_report(rep, report or artifact / "validation.json")
         reports.append(rep)
         if not json_out:
@@ -406,19 +433,35 @@ def validate(
 
 
 def _print_validation(rep: Any) -> None:
-    tbl = Table(title=f"{rep.name}: {rep.backend} on {rep.device} vs {rep.reference}, {rep.samples} sample(s)",
-                title_justify="left")
-    for col in ("output", "max abs", "mean abs", "p99 abs", "max rel", "p99 rel", "failing", "atol/rtol",
-                "metrics", "result"):
+    title = (f"{escape(rep.name)}: {escape(rep.candidate or f'{rep.backend} on {rep.device}')} vs {rep.reference}, "
+             f"{rep.samples} sample(s)")
+    if rep.engine_file and not rep.engine_validated:
+        title = f"[yellow]{title}[/]"
+    tbl = Table(title=title, title_justify="left")
+    for col in ("output", "max abs", "mean abs", "p99 abs", "max rel", "p99 rel", "failing", "gate", "metrics",
+                "result"):
         tbl.add_column(col)
+    by_metric = False
     for o in rep.outputs:
         metrics = ", ".join(f"{m.kind} {m.value:.4f} (>= {m.min})" for m in o.metrics) or "-"
-        gate = f"{o.atol:g}/{o.rtol:g}" if o.numeric_gate else "(metrics only)"
-        tbl.add_row(o.name, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.p99_abs:.3g}", f"{o.max_rel:.3g}",
-                    f"{o.p99_rel:.3g}", f"{o.failing}/{o.total}", gate, metrics,
-                    "[green]pass[/]" if o.passed else "[red]FAIL[/]")
+        if o.numeric_gate:
+            errs = [f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.p99_abs:.3g}", f"{o.max_rel:.3g}", f"{o.p99_rel:.3g}",
+                    f"{o.failing}/{o.total}"]
+            gate = f"atol {o.atol:g} / rtol {o.rtol:g}"
+            result = "[green]pass[/]" if o.passed else "[red]FAIL[/]"
+        else:  # class ids, masks, indices: differences of values are not errors; the task metric decides
+            by_metric = True
+            errs = ["-"] * 5 + [f"{o.failing}/{o.total} differ"]
+            gate = "metric"
+            bad = [m for m in o.metrics if not m.passed]
+            result = ("[green]pass[/] by " + ", ".join(m.kind for m in o.metrics) if not bad else
+                      "[red]FAIL[/]: " + ", ".join(f"{m.kind} {m.value:.4f} < {m.min}" for m in bad))
+        tbl.add_row(escape(o.name), *errs, gate, metrics, result)
     console.print(tbl)
     console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}")
+    if by_metric:
+        console.print("  gate 'metric': integer outputs (class ids, masks, top-k indices) are judged by their task "
+                      "metrics, not by the difference of their values")
 
 
 # -------------------------------------------------------------------------------------- bench
@@ -456,11 +499,12 @@ def bench(
 
     extras.require({**({"matplotlib": "--plot"} if plot else {}),
                     **(extras.for_precision("fp16") if sweep == "precision" else {})})
-    rep = run_bench(ropts.load(recipe), out=out, backend=backend or "auto", device=device, sweep=sweep,
-                    warmup=warmup, iterations=iterations, duration_s=duration, measure_link_=link,
-                    write_best_to=write_best, allow_outside=ropts.allow_outside,
-                    build_progress=lambda loaded: _build_one(loaded, out, ropts, json_out=json_out),
-                    concurrency=concurrency)
+    with _steps(f"benchmarking {escape(recipe.name)}", json_out) as step:
+        rep = run_bench(ropts.load(recipe), out=out, backend=backend or "auto", device=device, sweep=sweep,
+                        warmup=warmup, iterations=iterations, duration_s=duration, measure_link_=link,
+                        write_best_to=write_best, allow_outside=ropts.allow_outside,
+                        build_progress=lambda loaded: _build_one(loaded, out, ropts, json_out=json_out),
+                        concurrency=concurrency, progress=step)
     if plot:
         from trtflow.bench.plot import plot_report
 
@@ -488,34 +532,50 @@ def _print_bench(rep: Any) -> None:
         _print_load(rep)
         return
     link = rep.link
-    tbl = Table(title=f"{rep.name} on {rep.card}" + (
+    title = f"{escape(rep.name)} on {rep.card}" + (
         f"  (link: pinned H2D {link['pinned_h2d']:.1f} / D2H {link['pinned_d2h']:.1f} GB/s, pageable H2D "
-        f"{link['pageable_h2d']:.1f} / D2H {link['pageable_d2h']:.1f} GB/s)" if link else ""), title_justify="left")
-    for col in ("config", "batch", "H2D ms", "compute ms", "D2H ms", "stage sum", "wall p50", "wall p99",
-                "host ms", "samples/s", "xfer floor ms", "pipe floor/s", "io ms", "vs baseline"):
+        f"{link['pageable_h2d']:.1f} / D2H {link['pageable_d2h']:.1f} GB/s)" if link else "")
+    if rep.measured:
+        title += f"\n{'' if rep.gpu else '[yellow]'}measured: {escape(rep.measured)}{'' if rep.gpu else '[/]'}"
+    tbl = Table(title=title, title_justify="left")
+    # On the CPU there are no copies and no CUDA events: only the host-timed columns mean something.
+    cols = (("config", "batch", "H2D ms", "compute ms", "D2H ms", "stage sum", "wall p50", "wall p99", "host ms",
+             "samples/s", "xfer floor ms", "pipe floor/s", "io ms", "vs baseline") if rep.gpu else
+            ("config", "batch", "run ms", "wall p50", "wall p99", "samples/s", "vs baseline"))
+    for col in cols:
         tbl.add_column(col, justify="left" if col == "config" else "right")
     for r in rep.results:
         ratio = r.ratios.get("wall_speedup")
-        label = r.label + (" *" if r.label == rep.best else "") + (" [graph]" if r.cuda_graph else "")
+        label = r.label + (" *" if r.label == rep.best else "") + (" [graph]" if r.cuda_graph and rep.gpu else "")
+        vs = "-" if ratio is None else f"{ratio:.2f}x"
+        if not rep.gpu:
+            tbl.add_row(label, str(r.batch), _ms(r.compute), _ms(r.wall, "p50"), _ms(r.wall, "p99"),
+                        f"{r.samples_per_s:.1f}", vs)
+            continue
         tbl.add_row(label, str(r.batch), _ms(r.h2d), _ms(r.compute), _ms(r.d2h), f"{r.stage_sum_ms:.3f}",
                     _ms(r.wall, "p50"), _ms(r.wall, "p99"), _ms(r.host, "p50"), f"{r.samples_per_s:.1f}",
                     "-" if r.transfer_floor_ms is None else f"{r.transfer_floor_ms:.3f}",
                     "-" if r.pipeline_floor_per_s is None else f"{r.pipeline_floor_per_s * r.batch:.1f}",
-                    "-" if r.io_ms is None else f"{r.io_ms:.3f}", "-" if ratio is None else f"{ratio:.2f}x")
+                    "-" if r.io_ms is None else f"{r.io_ms:.3f}", vs)
     console.print(tbl)
-    console.print("  * best by samples/s. stage times: CUDA events; wall: as the caller sees it; host: until submit "
-                  "returns; floors: bytes / measured pinned bandwidth and 1/max(stage).")
+    if rep.gpu:
+        console.print("  * best by samples/s. stage times: CUDA events; wall: as the caller sees it; host: until "
+                      "submit returns; floors: bytes / measured pinned bandwidth and 1/max(stage).")
+    else:
+        console.print("  * best by samples/s. On the CPU: run = the engine call (host timer), wall = as the caller "
+                      "sees it; nothing crosses a PCIe link, so transfer columns, floors and GPU advice are left out. "
+                      "Run on a GPU host for the numbers that matter for deployment.")
     for r in rep.results:
         for d in r.diagnostics:
-            console.print(f"  [yellow]{r.label}:[/] {d}")
-        if r.graph_status and r.cuda_graph:
-            console.print(f"  {r.label}: CUDA graph: {r.graph_status}")
+            console.print(f"  [yellow]{escape(r.label)}:[/] {escape(d)}")
+        if r.graph_status and r.cuda_graph and rep.gpu:
+            console.print(f"  {escape(r.label)}: CUDA graph: {escape(r.graph_status)}")
     if rep.start:
         st = rep.start
         console.print(f"  start (open + first inference): cold {st['cold_ms']:.1f} ms, warm {st['warm_ms']:.1f} ms "
-                      f"(runtime cache: {st['runtime_cache']})")
+                      f"(runtime cache: {escape(str(st['runtime_cache']))})")
     for f in rep.budget_failures:
-        console.print(f"  [red]budget:[/] {f}")
+        console.print(f"  [red]budget:[/] {escape(f)}")
 
 
 def _print_load(rep: Any) -> None:
@@ -711,8 +771,11 @@ def export_triton(
     max_batch_size comes from the profile's batch range, instance_group from the pipelining depth, CUDA
     graphs from the recipe; tensors with non-linear formats are flagged is_non_linear_format_io.
     """
+    from trtflow import extras
     from trtflow.errors import UsageError
     from trtflow.export.triton import export_artifact, export_recipe, is_artifact
+
+    extras.require({"tritonclient": "writing Triton's config.pbtxt"})  # before building anything
 
     if kind not in ("gpu", "cpu"):
         raise UsageError(f"--kind must be gpu or cpu, not {kind!r}")

@@ -168,7 +168,8 @@ def measure(runner: Any, plan: Plan, *, label: str, memory: str, warmup: int = 1
     if stages and not graph_any:
         res.pipeline_floor_per_s = 1e3 / max(stages)
     on_gpu = runner.device == "cuda"  # on the CPU the host does the compute: enqueue-bound means nothing
-    res.diagnostics = diagnostics(wall=wall, h2d=s_h2d, compute=s_c, d2h=s_d2h, host=res.host if on_gpu else None)
+    res.diagnostics = diagnostics(wall=wall, h2d=s_h2d, compute=s_c, d2h=s_d2h, host=res.host if on_gpu else None,
+                                  gpu=on_gpu)
     return res
 
 

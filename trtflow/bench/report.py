@@ -38,6 +38,7 @@ def _card() -> tuple[str, bool]:
 def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, sweep: str | None, warmup: int,
               iterations: int, duration_s: float | None, measure_link_: bool, write_best_to: Path | None,
               build_progress: Callable[[LoadedRecipe], Any], allow_outside: bool = False,
+              progress: Callable[[int, int], None] | None = None,
               concurrency: int | None = None) -> BenchReport:
     """``build_progress(loaded)`` builds (or hits the cache) and returns the BuildResult; overrides applied."""
     card, gpu = _card()
@@ -53,9 +54,10 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
                           "iterations": iterations, "duration_s": duration_s}
 
     res = build_progress(loaded)
+    built = res.report
     artifact, plan = res.artifact, Plan.from_json((res.artifact / art.PLAN).read_text())
-    results: list[BenchResult] = []
-    rep = BenchReport(name=plan.name, card=card, link=link, results=results)
+    results = _Results(progress, _n_configs(plan, sweep, gpu))
+    rep = BenchReport(name=plan.name, card=card, link=link, results=results, gpu=gpu)
     if sweep in ("instances", "devices") or concurrency is not None:
         _load(rep, artifact, plan, sweep=sweep, concurrency=concurrency, gpu=gpu, backend=backend, device=device,
               warmup=warmup, iterations=iterations, duration_s=duration_s)
@@ -94,6 +96,11 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
                                         cuda_graph=None, **kw))
     else:
         raise UsageError(f"unknown sweep {sweep!r}", hint="--sweep memory | batch | precision | instances | devices")
+    if results:
+        from trtflow.validate.run import describe_candidate
+
+        rep.measured = describe_candidate(built, results[0].backend, results[0].device)[0].replace(
+            "is NOT validated", "is NOT measured")
     if sweep != "batch":
         rep.best = finish(results)
     if gpu and (plan.streams["topology"] == "pipelined" or sweep == "memory"):
@@ -109,8 +116,29 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
         rep.budget_failures += check_budgets(plan, r) if (sweep is None or r.label == rep.best) else []
     if write_best_to and rep.best:
         best = next(r for r in results if r.label == rep.best)
-        write_best(Path(plan.recipe_path), best, write_best_to)
+        write_best(Path(plan.recipe_path), best, write_best_to, plan)
     return rep
+
+
+class _Results(list[BenchResult]):
+    """The results list of a report; each append reports progress(done, total) for the CLI's bar."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+        super().__init__()
+        self.progress, self.total = progress, total
+
+    def append(self, r: BenchResult) -> None:
+        super().append(r)
+        if self.progress is not None:
+            self.progress(len(self), max(self.total, len(self)))
+
+
+def _n_configs(plan: Plan, sweep: str | None, gpu: bool) -> int:
+    if sweep == "memory":
+        return len(MEMORY_TOPOLOGY_SWEEP) + len(IN_PLACE_SWEEP) if gpu else 1
+    if sweep == "batch":
+        return len(batch_sizes(plan))
+    return 2 if sweep == "precision" else 1
 
 
 def _load(rep: BenchReport, artifact: Path, plan: Plan, *, sweep: str | None, concurrency: int | None, gpu: bool,

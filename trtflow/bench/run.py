@@ -53,13 +53,15 @@ class BenchReport:
     host_h2d_gbps: float | None = None                       # devices sweep: H2D to every GPU at once
     limit: str | None = None                                  # devices sweep: what bounds the total
     start: dict[str, Any] = field(default_factory=dict)       # cold vs warm start (measure_start)
+    gpu: bool = True                                          # False: measured on the CPU engine
+    measured: str = ""                                        # what ran, said plainly (engine or model.onnx)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "card": self.card, "link_gbps": self.link, "best": self.best,
                 "results": [r.to_dict() for r in self.results], "timeline": self.timeline,
                 "budget_failures": self.budget_failures, "load": [r.to_dict() for r in self.load],
                 "links_gbps": {str(k): v for k, v in self.links.items()}, "host_h2d_gbps": self.host_h2d_gbps,
-                "limit": self.limit, "start": self.start}
+                "limit": self.limit, "start": self.start, "gpu": self.gpu, "measured": self.measured}
 
 
 def measure_start(artifact: Path, plan: Plan, *, backend: str, device: str) -> dict[str, Any]:
@@ -197,15 +199,85 @@ def knee(results: list[BenchResult]) -> str | None:
     return next(r.label for r in results if r.samples_per_s >= 0.9 * top)
 
 
-def write_best(recipe_path: Path, r: BenchResult, out: Path) -> None:
-    """Write the recipe with the best memory strategy and topology applied (YAML, comments not kept)."""
-    import yaml
+def write_best(recipe_path: Path, r: BenchResult, out: Path, plan: Plan | None = None) -> str:
+    """Write the recipe with the best memory strategy and topology applied; returns the new recipe's name.
 
-    data = yaml.safe_load(recipe_path.read_text())
-    for section in ("inputs", "outputs"):
-        for spec in (data.get(section) or {}).values():
-            spec["memory"] = "pinned" if (r.memory == "write_combined" and section == "outputs") else r.memory
-    data["streams"] = {**(data.get("streams") or {}), "topology": r.topology, "cuda_graph": r.cuda_graph}
+    A ruamel.yaml round trip: comments, the ``$schema`` line, key order and quoting survive; only the
+    changed values differ. The copy gets its own ``name:`` (the output file's stem, else ``<name>-best``)
+    so building it never replaces the input's artifact, and paths relative to the recipe (model,
+    validate.data, build.timing_cache, the ``$schema`` line) are rewritten when ``out`` is in another folder.
+    """
+    import io
+    import os
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    from trtflow.errors import OutputError
+    from trtflow.recipe.schema import name_problem
+
+    if out.resolve() == recipe_path.resolve():
+        raise OutputError(f"--write-best {out}: that is the input recipe", hint="write the best config to a new file",
+                          file=out)
+    text = recipe_path.read_text(encoding="utf-8")
+    rt = YAML()  # round-trip mode; block sequences indented under their key, as trtflow's recipes are
+    rt.preserve_quotes = True
+    rt.width = 4096
+    rt.indent(mapping=2, sequence=4, offset=2)
+    data = rt.load(text)
+
+    def put(m: Any, key: str, value: Any) -> None:
+        """Set ``m[key]``; a changed value's end-of-line comment (it described the old value) says so."""
+        old = m.get(key)
+        m[key] = value
+        token = (m.ca.items.get(key) or [None, None, None])[2]
+        if old is not None and old != value and token is not None and token.value.lstrip(" ").startswith("#"):
+            shown = str(old).lower() if isinstance(old, bool) else old
+            _, nl, rest = token.value.partition("\n")  # keep the blank lines that follow the comment
+            token.value = f"# set by `trtflow bench --write-best` (was {shown}){nl}{rest}"
+    old_name = str(data.get("name") or recipe_path.stem)
+    new_name = out.stem if out.stem != old_name and not name_problem(out.stem) else f"{old_name}-best"[:64]
+    if "name" in data:
+        data["name"] = new_name
+    else:
+        data.insert(list(data).index("model") if "model" in data else 0, "name", new_name)
+    for section, names in (("inputs", [t.name for t in plan.inputs] if plan else []),
+                           ("outputs", list(dict.fromkeys(t.source for t in plan.outputs)) if plan else [])):
+        if data.get(section) is None:
+            data[section] = CommentedMap()
+        specs = data[section]
+        for key in dict.fromkeys([*specs, *names]):
+            if specs.get(key) is None:
+                specs[key] = CommentedMap()
+            put(specs[key], "memory", "pinned" if (r.memory == "write_combined" and section == "outputs")
+                else r.memory)
+    if data.get("streams") is None:
+        data["streams"] = CommentedMap()
+    put(data["streams"], "topology", r.topology)
+    put(data["streams"], "cuda_graph", r.cuda_graph)
     if r.topology == "pipelined":
-        data["streams"]["depth"] = r.depth
-    art.atomic_write(out, "# written by `trtflow bench --sweep --write-best`\n" + yaml.safe_dump(data, sort_keys=False))
+        put(data["streams"], "depth", r.depth)
+    src, dst = recipe_path.resolve().parent, out.resolve().parent
+    buf = io.StringIO()
+    rt.dump(data, buf)
+    written = buf.getvalue()
+    if src != dst:
+        def moved(rel: str) -> str:
+            return rel if os.path.isabs(rel) or "://" in rel else Path(os.path.relpath(src / rel, dst)).as_posix()
+
+        if isinstance(data.get("model"), str):
+            data["model"] = moved(data["model"])
+        elif isinstance(data.get("model"), dict) and "path" in data["model"]:
+            data["model"]["path"] = moved(data["model"]["path"])
+        for section, key in (("validate", "data"), ("build", "timing_cache")):
+            if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
+                data[section][key] = moved(data[section][key])
+        buf = io.StringIO()
+        rt.dump(data, buf)
+        written = buf.getvalue()
+        first, sep, rest = written.partition("\n")
+        marker = "# yaml-language-server: $schema="
+        if first.startswith(marker):
+            written = marker + moved(first[len(marker):].strip()) + sep + rest
+    art.atomic_write(out, written)
+    return new_name

@@ -37,8 +37,10 @@ class Stats:
 
 
 def diagnostics(*, wall: Stats, h2d: Stats | None, compute: Stats | None, d2h: Stats | None,
-                host: Stats | None) -> list[str]:
-    """trtexec's warnings: enqueue-bound, transfer-bound, unstable; plus where the time goes."""
+                host: Stats | None, gpu: bool = True) -> list[str]:
+    """trtexec's warnings: enqueue-bound, transfer-bound, unstable; plus where the time goes.
+
+    ``gpu=False`` (the CPU engine): no GPU advice (clocks, graphs); only what helps on a CPU."""
     out = []
     if host is not None and compute is not None and compute.mean > 0 and host.mean > 0.8 * compute.mean:
         out.append(f"enqueue-bound: host time per call {host.mean:.3f} ms > 0.8 x GPU compute {compute.mean:.3f} ms "
@@ -50,5 +52,6 @@ def diagnostics(*, wall: Stats, h2d: Stats | None, compute: Stats | None, d2h: S
                            "(move fewer bytes: uint8/fp16 I/O, reducers; or pipeline to hide it)")
     if wall.cv > 0.025:
         out.append(f"unstable: coefficient of variation of latency {wall.cv:.1%} > 2.5% "
-                   "(lock clocks, close other GPU work, or run longer)")
+                   + ("(lock clocks, close other GPU work, or run longer)" if gpu else
+                      "(close other work on this machine, or run longer: --iterations / --duration)"))
     return out

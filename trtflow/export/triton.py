@@ -3,9 +3,10 @@
 Writes ``<repo>/<name>/config.pbtxt`` and ``<repo>/<name>/1/model.plan`` (the artifact's TensorRT engine),
 or ``1/model.onnx`` for Triton's onnxruntime backend when the artifact holds no plan Triton can load
 (no TensorRT builder was installed, or the plan is a TensorRT-RTX one, which Triton's TensorRT backend
-cannot deserialize). ``config.pbtxt`` is produced by a small protobuf-text writer: tensor names are
-escaped like protobuf's own ``text_format``; field names and enum values come from this module only.
-The model folder is assembled beside its final place and swapped in, like an artifact.
+cannot deserialize). ``config.pbtxt`` is Triton's own ``ModelConfig`` message (tritonclient's
+``model_config_pb2``), filled field by field and written by protobuf's ``text_format``: an unknown
+field or enum fails here, and tensor names from the ONNX file are escaped by protobuf itself. The model
+folder is assembled beside its final place and swapped in, like an artifact.
 """
 
 from __future__ import annotations
@@ -29,82 +30,18 @@ TRITON_DTYPES: dict[str, str] = {
 }
 # Triton model names become folder names and URL path segments.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_FIELD = re.compile(r"[a-z][a-z0-9_]*")
-_ENUM = re.compile(r"[A-Z][A-Z0-9_]*")
 
 Platform = Literal["tensorrt_plan", "onnxruntime"]
 
 
-# ------------------------------------------------------------------------------- protobuf text writer
-class Enum(str):
-    """A bare protobuf enum identifier (``TYPE_FP32``, ``KIND_GPU``), written unquoted."""
+def _model_config() -> Any:
+    """tritonclient's ``model_config_pb2`` (the `triton` extra), imported only when a config is written."""
+    from trtflow import extras
 
-    __slots__ = ()
+    extras.require({"tritonclient": "writing Triton's config.pbtxt"})
+    from tritonclient.grpc import model_config_pb2
 
-
-def quote(s: str) -> str:
-    """A protobuf text-format string literal: UTF-8 bytes, with quotes, backslashes and non-printables escaped."""
-    out = ['"']
-    for b in s.encode("utf-8"):
-        if b == 0x22:
-            out.append('\\"')
-        elif b == 0x5C:
-            out.append("\\\\")
-        elif b == 0x0A:
-            out.append("\\n")
-        elif b == 0x0D:
-            out.append("\\r")
-        elif b == 0x09:
-            out.append("\\t")
-        elif 0x20 <= b < 0x7F:
-            out.append(chr(b))
-        else:  # control characters and every byte of a multi-byte character: octal, as text_format does
-            out.append(f"\\{b:03o}")
-    out.append('"')
-    return "".join(out)
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, Enum):
-        if not _ENUM.fullmatch(v):
-            raise ValueError(f"not an enum identifier: {v!r}")
-        return str(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str):
-        return quote(v)
-    raise TypeError(f"cannot write {type(v).__name__} as a protobuf scalar")
-
-
-def to_pbtxt(msg: dict[str, Any], indent: int = 0) -> list[str]:
-    """Lines of protobuf text format for ``msg``: dict = message, list = repeated field, None = unset."""
-    pad = "  " * indent
-    lines: list[str] = []
-    for key, value in msg.items():
-        if not _FIELD.fullmatch(key):
-            raise ValueError(f"not a field name: {key!r}")
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            lines += [f"{pad}{key} {{", *to_pbtxt(value, indent + 1), f"{pad}}}"]
-        elif isinstance(value, list):
-            if not value:
-                continue
-            if all(isinstance(v, dict) for v in value):
-                lines.append(f"{pad}{key} [")
-                for i, item in enumerate(value):
-                    lines += [f"{pad}  {{", *to_pbtxt(item, indent + 2), f"{pad}  }}" + ("," if i + 1 < len(value)
-                                                                                        else "")]
-                lines.append(f"{pad}]")
-            else:
-                lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
-        else:
-            lines.append(f"{pad}{key}: {_scalar(value)}")
-    return lines
+    return model_config_pb2
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -137,56 +74,59 @@ def _dims(t: TensorPlan, drop_batch: bool) -> list[int]:
 
 
 def triton_config(plan: Plan, *, name: str, platform: Platform, kind: Literal["gpu", "cpu"] = "gpu"
-                  ) -> tuple[dict[str, Any], list[str]]:
-    """The ModelConfig (as nested dicts for :func:`to_pbtxt`) and notes on the choices made."""
+                  ) -> tuple[Any, list[str]]:
+    """The ``ModelConfig`` message for ``plan`` and notes on the choices made."""
+    mc = _model_config()
     notes: list[str] = []
     b = batching(plan)
     if b.why_not and any(t.dynamic for t in plan.inputs):
         notes.append(f"max_batch_size 0: {b.why_not}; dims carry -1 for dynamic dims")
     is_plan = platform == "tensorrt_plan"
+    cfg = mc.ModelConfig(name=name, max_batch_size=b.max_batch_size)
+    if is_plan:
+        cfg.platform = "tensorrt_plan"
+    else:
+        cfg.backend = "onnxruntime"
 
-    def tensor(t: TensorPlan) -> dict[str, Any]:
+    def tensor(t: TensorPlan, io: Any) -> None:
         dims = _dims(t, b.max_batch_size > 0)
-        d: dict[str, Any] = {"name": t.name, "data_type": Enum(TRITON_DTYPES[t.dtype]), "dims": dims or [1]}
+        io.name = t.name
+        io.data_type = mc.DataType.Value(TRITON_DTYPES[t.dtype])
+        io.dims.extend(dims or [1])
         if not dims:  # one value per batch item ([batch] in the engine): Triton's documented [1] + empty reshape
-            d["reshape"] = {"shape": []}
+            io.reshape.SetInParent()
         if is_plan and t.format != "linear":
-            d["is_non_linear_format_io"] = True
-        return d
+            io.is_non_linear_format_io = True
 
+    for t in plan.inputs:
+        tensor(t, cfg.input.add())
+    for t in plan.outputs:
+        tensor(t, cfg.output.add())
     if not is_plan and any(t.format != "linear" for t in plan.tensors):
         notes.append("I/O formats other than linear apply to TensorRT plans only; the ONNX model takes "
                      "and returns linear (logical) arrays")
     streams = plan.streams
     count = int(streams.get("depth", 1)) if streams.get("topology") == "pipelined" else 1
-    cfg: dict[str, Any] = {"name": name}
-    if is_plan:
-        cfg["platform"] = "tensorrt_plan"
-    else:
-        cfg["backend"] = "onnxruntime"
-    cfg["max_batch_size"] = b.max_batch_size
-    cfg["input"] = [tensor(t) for t in plan.inputs]
-    cfg["output"] = [tensor(t) for t in plan.outputs]
-    cfg["instance_group"] = [{"count": count, "kind": Enum("KIND_GPU" if kind == "gpu" else "KIND_CPU")}]
+    cfg.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu"
+                           else mc.ModelInstanceGroup.KIND_CPU)
     if count > 1:
         notes.append(f"instance_group count {count}: one execution context per pipelined buffer set "
                      "(streams.depth)")
     if streams.get("cuda_graph"):
         if is_plan:
-            cuda: dict[str, Any] = {"graphs": True}
-            if any(lo != hi for t in plan.inputs for lo, hi in zip(t.min_shape[1 if b.max_batch_size else 0:],
-                                                                   t.max_shape[1 if b.max_batch_size else 0:])):
+            cfg.optimization.cuda.graphs = True
+            skip = 1 if b.max_batch_size else 0
+            if any(lo != hi for t in plan.inputs for lo, hi in zip(t.min_shape[skip:], t.max_shape[skip:])):
                 # Dynamic non-batch dims: capture the graph at the profile's opt shape.
-                cuda["graph_spec"] = [{
-                    "batch_size": b.opt if b.max_batch_size else None,
-                    "input": [{"key": t.name, "value": {"dim": _opt_dims(t, b.max_batch_size > 0)}}
-                              for t in plan.inputs],
-                }]
-            cfg["optimization"] = {"cuda": cuda}
+                spec = cfg.optimization.cuda.graph_spec.add()
+                if b.max_batch_size and b.opt:
+                    spec.batch_size = b.opt
+                for t in plan.inputs:
+                    spec.input[t.name].dim.extend(_opt_dims(t, b.max_batch_size > 0))
         else:
             notes.append("streams.cuda_graph is not carried over: Triton's CUDA graphs apply to TensorRT plans")
-    if b.max_batch_size:
-        cfg["dynamic_batching"] = {"preferred_batch_size": [b.opt]}
+    if b.max_batch_size and b.opt:
+        cfg.dynamic_batching.preferred_batch_size.append(b.opt)
     return cfg, notes
 
 
@@ -194,9 +134,12 @@ def _opt_dims(t: TensorPlan, drop_batch: bool) -> list[int]:
     return list(t.shape[1:] if drop_batch else t.shape)
 
 
-def config_text(cfg: dict[str, Any], header: list[str]) -> str:
+def config_text(cfg: Any, header: list[str]) -> str:
+    """``config.pbtxt``: ``header`` as comment lines, then ``cfg`` in protobuf text format (ASCII, escaped)."""
+    from google.protobuf import text_format
+
     comments = [f"# {line}" for h in header for line in h.splitlines()]
-    return "\n".join(comments + to_pbtxt(cfg)) + "\n"
+    return "\n".join([*comments, text_format.MessageToString(cfg, as_utf8=False).rstrip("\n")]) + "\n"
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -297,5 +240,5 @@ def export_recipe(recipe: Any, repo: Path, *, out_root: Path = art.DEFAULT_ROOT,
     return export_artifact(result.artifact, repo, **kw), result
 
 
-__all__ = ["Batching", "Enum", "TritonExport", "batching", "config_text", "export_artifact", "export_recipe",
-           "is_artifact", "quote", "to_pbtxt", "triton_config"]
+__all__ = ["Batching", "TritonExport", "batching", "config_text", "export_artifact", "export_recipe",
+           "is_artifact", "triton_config"]

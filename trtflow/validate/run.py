@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ class ValidationReport:
     samples: int
     outputs: list[OutputComparison] = field(default_factory=list)
     seconds: float = 0.0
+    # What ran as the candidate, said plainly: the engine plan, or the lowered model.onnx in its place
+    candidate: str = ""
+    engine_file: str | None = None       # the artifact's engine (engine.plan) if its builder wrote one
+    engine_validated: bool = False       # False: engine_file did not run here; model.onnx was checked instead
 
     @property
     def passed(self) -> bool:
@@ -50,7 +55,8 @@ class ValidationReport:
             "name": self.name, "artifact": self.artifact, "backend": self.backend, "device": self.device,
             "reference": self.reference, "formula": self.formula, "formula_text": self.formula_text,
             "statistic": self.statistic, "samples": self.samples, "passed": self.passed,
-            "seconds": self.seconds, "outputs": [o.to_dict() for o in self.outputs],
+            "seconds": self.seconds, "candidate": self.candidate, "engine_file": self.engine_file,
+            "engine_validated": self.engine_validated, "outputs": [o.to_dict() for o in self.outputs],
         }
 
 
@@ -146,10 +152,25 @@ def _as_dict(result: Any) -> dict[str, np.ndarray]:
     return dict(result)
 
 
+def describe_candidate(report: dict[str, Any], backend: str, device: str) -> tuple[str, str | None, bool]:
+    """(what ran, the engine file, whether that engine is what ran): said plainly, for tables and JSON."""
+    engine = report.get("engine_file")
+    built = str(report.get("backend"))
+    if engine and backend == built:
+        return f"{engine} ({built}) on {device}", engine, True
+    if engine:
+        why = (f"model.onnx (the lowered model) on {backend} {device}: {engine} ({built}) cannot run here, "
+               "so the engine itself is NOT validated")
+        return why, engine, False
+    return f"model.onnx (the lowered model) on {backend} {device}", None, False
+
+
 def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "auto",
-                      samples: int | None = None, allow_host_code: bool = False) -> ValidationReport:
+                      samples: int | None = None, allow_host_code: bool = False,
+                      progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+    """Compare the artifact's runner with the reference; ``progress(done, total)`` after each sample."""
     t0 = time.perf_counter()
-    plan, _ = art.load(artifact)  # a truncated or replaced file or a bad plan fails here, before anything runs
+    plan, built = art.load(artifact)  # a truncated or replaced file or a bad plan fails here, before anything runs
     v = plan.validate
     n = samples or int(v.get("samples", 1))
     runner_cls = import_runner(artifact)
@@ -171,6 +192,8 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
             for name, seen in cand.items():
                 seen.append(np.array(got[name], copy=True))
                 refs[name].append(ref[name])
+            if progress is not None:
+                progress(i + 1, n)
     tol = v.get("tolerances", {})
     out = []
     for name, t in by_name.items():
@@ -178,11 +201,13 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
         tl = tol.get(name) or tol.get(t.source) or v["default"]
         out.append(compare(name, np.stack(cand[name]), np.stack(refs[name]), atol=tl["atol"], rtol=tl["rtol"],
                            formula=v["formula"], statistic=v["statistic"], metrics=metrics, numeric_gate=gate))
+    candidate, engine_file, engine_validated = describe_candidate(built, str(used_backend), str(used_device))
     return ValidationReport(
         name=plan.name, artifact=str(artifact), backend=str(used_backend), device=str(used_device),
         reference="onnxruntime CPU fp32, original model", formula=v["formula"],
         formula_text=FORMULA_TEXT[v["formula"]], statistic=v["statistic"], samples=n, outputs=out,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, candidate=candidate, engine_file=engine_file,
+        engine_validated=engine_validated)
 
 
 def write_report(rep: ValidationReport, path: Path) -> None:
