@@ -24,7 +24,7 @@ timeout "${TIMING_TIMEOUT:-1200}" python3 scripts/gpu_timing.py --out "$OUT/timi
 timing_rc=${PIPESTATUS[0]}
 
 # serving: asyncio overhead, instances/devices sweeps, the HTTP example on the seed scenario (~3-4 min);
-# needs starlette + uvicorn in .whl/ (bash ../shared/device/fetch-wheels.sh starlette uvicorn)
+# needs starlette + uvicorn in .whl/ (bash ../shared/device/fetch-wheels.sh starlette uvicorn anyio)
 timeout "${SERVING_TIMEOUT:-480}" python3 scripts/gpu_serving.py --out "$OUT/serving.json" ${SERVING_ARGS:-} 2>&1 \
   | tee "$OUT/serving.txt"
 serving_rc=${PIPESTATUS[0]}

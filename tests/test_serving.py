@@ -441,3 +441,16 @@ def test_docs_serving_snippets_run(tmp_path: Path) -> None:
         run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                              check=False)
         assert run.returncode == 0, code + run.stderr
+
+
+def test_a_loop_closed_with_requests_in_flight_leaves_no_stale_counts(mlp: tuple[Path, type]) -> None:
+    async def leave_early(pool: RunnerPool) -> None:
+        for i in range(6):
+            asyncio.ensure_future(pool.infer(x=_x(i)))
+        await asyncio.sleep(0)  # asyncio.run cancels the rest when main returns
+
+    with RunnerPool(mlp[1], instances=1, max_queue=4) as pool:
+        asyncio.run(leave_early(pool))
+        asyncio.run(leave_early(pool))  # a new loop: the old dispatcher is closed, its counts reset
+        assert pool.stats()[0].in_flight == 0
+        pool(x=_x(0))  # the sync path is not refused as overloaded by stale counts

@@ -222,6 +222,8 @@ class Dispatcher:
                 self.loop.call_soon_threadsafe(fail_queued)
         for lane in self.lanes:
             lane.stop()
+            if self.loop.is_closed():  # completions that could not reach a closed loop: nothing is in flight now
+                lane.stats.in_flight = 0
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

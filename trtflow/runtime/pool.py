@@ -164,8 +164,15 @@ class RunnerPool:
         self._convert = head._convert_outputs
 
     # -- dispatch ------------------------------------------------------------------------------------
+    def _reap(self) -> None:
+        """Close the asyncio dispatcher of an event loop that is gone (its in-flight counts are stale)."""
+        d = self._aio
+        if d is not None and not d.closed and d.loop.is_closed():
+            d.close()
+
     def _acquire(self) -> int:
         """The instance with the fewest requests outstanding; Overloaded when too many already wait."""
+        self._reap()
         with self._lock:
             if self._closed:
                 raise RunnerClosed("RunnerPool is closed", hint="create a new pool")
@@ -271,6 +278,7 @@ class RunnerPool:
 
     def stats(self) -> list[InstanceStats]:
         """Per instance: completed requests, errors and requests in flight (sync and asyncio together)."""
+        self._reap()
         out = []
         with self._lock:
             for i, (r, s, a) in enumerate(zip(self.runners, self._sync, self._async)):
