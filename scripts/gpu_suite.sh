@@ -12,6 +12,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# nvImageCodec's nvJPEG runtime (wheel from ../shared/device/fetch-nvimgcodec.sh) is found through this path
+if [ -d /tmp/site/nvidia/cu13/lib ]; then export LD_LIBRARY_PATH="/tmp/site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
 
@@ -29,8 +31,16 @@ timeout "${SERVING_TIMEOUT:-480}" python3 scripts/gpu_serving.py --out "$OUT/ser
   | tee "$OUT/serving.txt"
 serving_rc=${PIPESTATUS[0]}
 
+# encoded inputs (#13): JPEG bytes -> mask on the seed scenario, configurations (a)-(g) side by side (~2-3 min)
+timeout "${ENCODING_TIMEOUT:-420}" python3 -m trtflow.cli bench recipes/seg_hd_jpeg.yaml --sweep encoding \
+  --warmup "${ENCODING_WARMUP:-5}" --iterations "${ENCODING_ITER:-30}" --out "${ENCODING_ART:-/tmp/trtflow-encoding}" --allow-outside \
+  --json > "$OUT/encoding.json" 2> "$OUT/encoding.log"
+encoding_rc=$?
+python3 -m trtflow.bench.encoding "$OUT/encoding.json" > "$OUT/encoding.md" 2>> "$OUT/encoding.log" || tail -n 20 "$OUT/encoding.log"
+
 echo
 echo "GPU tests: $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$OUT/pytest_gpu.txt" | tail -n 1) (exit $tests_rc)"
 sed -n '/^.* | torch /,$p' "$OUT/timing.txt"
 sed -n '/^## Serving/,$p' "$OUT/serving.txt"
-[ "$tests_rc" -eq 0 ] && [ "$timing_rc" -eq 0 ] && [ "$serving_rc" -eq 0 ]
+cat "$OUT/encoding.md" 2>/dev/null; echo "(encoding sweep exit $encoding_rc)"
+[ "$tests_rc" -eq 0 ] && [ "$timing_rc" -eq 0 ] && [ "$serving_rc" -eq 0 ] && [ "$encoding_rc" -eq 0 ]

@@ -473,7 +473,8 @@ def bench(
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     sweep: Annotated[str | None, typer.Option(
-        help="memory (strategies x topologies, with the hand-written baseline), batch, precision, "
+        help="memory (strategies x topologies, with the hand-written baseline), batch, precision, encoding "
+             "(JPEG bytes -> mask: host vs GPU decode, configurations a-g), "
              "instances (1, 2, 4 engine instances under load) or devices (1..N GPUs, links measured).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up requests per configuration.")] = 10,
     iterations: Annotated[int, typer.Option(min=1, help="Timed requests per configuration (at least).")] = 100,
@@ -499,6 +500,10 @@ def bench(
 
     extras.require({**({"matplotlib": "--plot"} if plot else {}),
                     **(extras.for_precision("fp16") if sweep == "precision" else {})})
+    if sweep == "encoding":
+        _bench_encoding(ropts.load(recipe), out, ropts, backend=backend or "auto", warmup=warmup,
+                        iterations=iterations, link=link, json_out=json_out)
+        return
     with _steps(f"benchmarking {escape(recipe.name)}", json_out) as step:
         rep = run_bench(ropts.load(recipe), out=out, backend=backend or "auto", device=device, sweep=sweep,
                         warmup=warmup, iterations=iterations, duration_s=duration, measure_link_=link,
@@ -521,6 +526,31 @@ def bench(
         _print_bench(rep)
     if error:
         raise error
+
+
+def _bench_encoding(loaded: Any, out: Path, ropts: Any, *, backend: str, warmup: int, iterations: int, link: bool,
+                    json_out: bool) -> None:
+    """--sweep encoding (trtflow.bench.encoding): JPEG bytes -> mask, configurations (a)-(g) side by side."""
+    from trtflow.bench.encoding import render, sweep_encoding
+    from trtflow.bench.report import _card
+    from trtflow.errors import BackendMissing
+
+    card, gpu = _card()
+    if not gpu:
+        raise BackendMissing("--sweep encoding compares GPU decoding with host decoding: it needs a CUDA GPU",
+                             hint="run it on the GPU machine; on the CPU, `trtflow validate` runs the encoded path")
+    measured: dict[str, float] = {}
+    if link:
+        from trtflow.bench.link import measure_link
+
+        measured = measure_link(seconds=1.0)
+    rep = sweep_encoding(loaded, build=lambda v: _build_one(v, out, ropts, json_out=json_out), backend=backend,
+                         warmup=warmup, iterations=iterations, link=measured, card=card,
+                         variants_dir=out / ".variants")
+    if json_out:
+        _print_json(rep.to_dict())
+    else:
+        console.print(escape(render(rep.to_dict())))
 
 
 def _ms(st: Any, attr: str = "mean") -> str:
