@@ -16,12 +16,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from trtflow import __version__
 from trtflow.artifact import DEFAULT_ROOT as DEFAULT_ARTIFACTS
 from trtflow.errors import TrtflowError
+from trtflow.terminal import markup, plain
 
 app = typer.Typer(
     name="trtflow",
@@ -50,6 +50,9 @@ BackendOpt = Annotated[str | None, typer.Option(
 AllowOutsideOpt = Annotated[bool, typer.Option(
     "--allow-outside", help="Allow model and validate.data paths that resolve outside the project folder "
     "(see docs/getting-started.md, 'The project root').")]
+AllowStaleOpt = Annotated[bool, typer.Option(
+    "--allow-stale", help="Use an artifact that no longer matches its recipe, model or libraries "
+    "(otherwise stale is exit 6).")]
 AllowHostCodeOpt = Annotated[bool, typer.Option(
     "--allow-host-code", help="Load plans that embed host code (TensorRT version-compatible plans). "
     "Only for plans you trust.")]
@@ -153,7 +156,7 @@ def _say(message: str) -> None:
 
 
 def _warn(message: str) -> None:
-    _say(f"  [yellow]warning:[/] {escape(message)}")
+    _say(f"  [yellow]warning:[/] {markup(message)}")
 
 
 def _version(value: bool) -> None:
@@ -206,6 +209,74 @@ def _recipes(target: Path) -> list[Path]:
     return discover_recipes(target)
 
 
+@dataclass
+class _Outcome:
+    """One recipe of a command: its result, or the error it failed with (folders of recipes only)."""
+
+    path: Path
+    result: Any = None
+    error: TrtflowError | None = None
+    summary: str = ""
+
+
+def _each(target: Path, run: Callable[[Path], tuple[Any, str]]) -> list[_Outcome]:
+    """Run ``run(path) -> (result, summary)`` on every recipe of ``target``.
+
+    One recipe file: its error propagates as is. A folder: every recipe runs even when some fail; each
+    error is printed as it happens, a summary table follows, and :func:`_batch_done` raises
+    :class:`~trtflow.errors.BatchFailed` (exit code of the first failure) once the command has printed
+    its output. An internal error in one recipe is reported as such (exit 70) and the rest still run.
+    """
+    from trtflow.errors import INTERNAL, from_os_error
+
+    def outcome(p: Path) -> _Outcome:
+        result, summary = run(p)
+        return _Outcome(p, result, summary=summary)
+
+    paths = _recipes(target)
+    if not target.is_dir():
+        return [outcome(p) for p in paths]
+    outcomes = []
+    for p in paths:
+        try:
+            outcomes.append(outcome(p))
+        except Exception as exc:  # noqa: BLE001 - one recipe's failure must not stop the others
+            err = from_os_error(exc) if isinstance(exc, OSError) and not isinstance(exc, TrtflowError) else exc
+            if not isinstance(err, TrtflowError):
+                err = TrtflowError(f"internal error: {type(exc).__name__}: {exc}",
+                                   hint="this is a trtflow bug: run with --debug for the traceback and report it")
+                err.exit_code = INTERNAL
+                if _State.debug:
+                    import traceback
+
+                    traceback.print_exception(exc)
+            print(plain(f"error: {p.name}: {err}", newlines=True), file=sys.stderr)
+            outcomes.append(_Outcome(p, error=err, summary=f"error {err.exit_code}: {err.message.splitlines()[0]}"))
+    tbl = Table(title=f"{len(outcomes)} recipe(s) in {markup(target)}", title_justify="left")
+    for col in ("recipe", "result"):
+        tbl.add_column(col)
+    for o in outcomes:
+        tbl.add_row(markup(o.path.name), ("[red]" if o.error else "[green]") + markup(o.summary) + "[/]")
+    if not _State.quiet:
+        err_console.print(tbl)
+    return outcomes
+
+
+def _batch_json(outcomes: list[_Outcome], ok: Callable[[Any], Any]) -> list[Any]:
+    """The --json list of a folder: each recipe's document, or ``{"recipe": path, "error": {...}}``."""
+    from trtflow.errors import error_object
+
+    return [ok(o.result) if o.error is None else {"recipe": str(o.path), **error_object(o.error)} for o in outcomes]
+
+
+def _batch_done(outcomes: list[_Outcome]) -> None:
+    from trtflow.errors import BatchFailed
+
+    failures = [(str(o.path), o.error) for o in outcomes if o.error is not None]
+    if failures:
+        raise BatchFailed(failures, len(outcomes))
+
+
 # --------------------------------------------------------------------------------------- plan
 @app.command()
 @recipe_command
@@ -229,13 +300,17 @@ def plan(
     link = tuple((f"link.{k}", v) for k, v in (("h2d_gbps", h2d_gbps), ("d2h_gbps", d2h_gbps)) if v is not None)
     if link:
         ropts = replace(ropts, overrides=replace(ropts.overrides, sets=link + ropts.overrides.sets))
-    plans = [make_plan(ropts.load(path), allow_outside=ropts.allow_outside) for path in _recipes(recipe)]
+    def one(path: Path) -> tuple[Any, str]:
+        p = make_plan(ropts.load(path), allow_outside=ropts.allow_outside)
+        if not json_out:
+            _print_plan(p)
+        return p, f"{p.name}: planned, {_fmt_bytes(p.bytes_in + p.bytes_out)} per inference"
+
+    outcomes = _each(recipe, one)
     if json_out:
-        _print_json([p.to_dict() | {"totals": _totals(p)} for p in plans] if len(plans) > 1
-                    else plans[0].to_dict() | {"totals": _totals(plans[0])})
-        return
-    for p in plans:
-        _print_plan(p)
+        docs = _batch_json(outcomes, lambda p: p.to_dict() | {"totals": _totals(p)})
+        _print_json(docs if len(docs) > 1 or recipe.is_dir() else docs[0])
+    _batch_done(outcomes)
 
 
 def _totals(p: Any) -> dict[str, Any]:
@@ -258,9 +333,7 @@ def _encoded_note(t: Any) -> str:
 
 
 def _print_plan(p: Any) -> None:
-    from rich.markup import escape
-
-    tbl = Table(title=f"{p.name}: {Path(p.model_path).name}, precision {p.precision}"
+    tbl = Table(title=f"{markup(p.name)}: {markup(Path(p.model_path).name)}, precision {p.precision}"
                 + (" (TF32 on)" if p.tf32 else ""), title_justify="left")
     for col in ("tensor", "io", "shape", "dtype", "format", "memory", "bytes", "naive bytes", "pred. ms", "naive ms"):
         tbl.add_column(col, justify="right" if col in ("bytes", "naive bytes", "pred. ms", "naive ms") else "left")
@@ -276,7 +349,7 @@ def _print_plan(p: Any) -> None:
             extra.append(f"resize {t.resize['mode']} to {t.resize['to'][0]}x{t.resize['to'][1]}")
         if t.reduce:
             extra.append(t.reduce["op"] + (" packed bits" if t.packed_bits else ""))
-        tbl.add_row(t.name, escape(("in " if t.role == "input" else "out") + (f" [{', '.join(extra)}]" if extra else "")),
+        tbl.add_row(markup(t.name), markup(("in " if t.role == "input" else "out") + (f" [{', '.join(extra)}]" if extra else "")),
                     _shape(t), t.dtype, t.format, t.memory, _fmt_bytes(t.bytes), _fmt_bytes(t.naive_bytes),
                     f"{t.predicted_ms:.3f}", f"{t.naive_predicted_ms:.3f}")
     tot = _totals(p)
@@ -292,9 +365,9 @@ def _print_plan(p: Any) -> None:
                   + (", CUDA graph" if p.streams["cuda_graph"] else ""))
     for t in p.inputs:
         if t.encoding:
-            console.print(escape(_encoded_note(t)))
+            console.print(markup(_encoded_note(t)))
     for w in p.warnings:
-        console.print(f"  [yellow]warning:[/] {escape(w)}")
+        console.print(f"  [yellow]warning:[/] {markup(w)}")
 
 
 # -------------------------------------------------------------------------------------- build
@@ -313,10 +386,14 @@ def build(
     A second build with nothing changed is a cache hit (keyed on model, recipe, builder version and
     target GPU); --force rebuilds. An interrupted build leaves the previous artifact intact.
     """
-    results = [_build_one(ropts.load(path), out, ropts, force=force, backend=backend, json_out=json_out)
-               for path in _recipes(recipe)]
+    def one(path: Path) -> tuple[Any, str]:
+        r = _build_one(ropts.load(path), out, ropts, force=force, backend=backend, json_out=json_out)
+        return r, f"{r.name}: " + ("cache hit" if r.cache_hit else f"built in {r.seconds:.1f} s") + f" with {r.backend}"
+
+    outcomes = _each(recipe, one)
     if json_out:
-        _print_json([_result_json(r) for r in results])
+        _print_json(_batch_json(outcomes, _result_json))
+    _batch_done(outcomes)
 
 
 def _result_json(r: Any) -> dict[str, Any]:
@@ -360,7 +437,7 @@ def _build_one(loaded: Any, out: Path, ropts: RecipeOptions, *, force: bool = Fa
 
     from trtflow.build import build as do_build
 
-    label = escape(loaded.path.name)
+    label = markup(loaded.path.name)
     if not _show_progress(json_out):
         result = do_build(loaded, out_root=out, force=force, backend=backend, allow_outside=ropts.allow_outside)
     else:
@@ -369,12 +446,12 @@ def _build_one(loaded: Any, out: Path, ropts: RecipeOptions, *, force: bool = Fa
             task = bar.add_task(f"building {label}", total=None)
 
             def progress(phase: str, step: int, total: int) -> None:
-                bar.update(task, description=f"{label}: {escape(phase)}", completed=step, total=total or None)
+                bar.update(task, description=f"{label}: {markup(phase)}", completed=step, total=total or None)
 
             result = do_build(loaded, out_root=out, force=force, backend=backend, allow_outside=ropts.allow_outside,
                               progress=progress)
     state = "cache hit, nothing rebuilt" if result.cache_hit else f"built in {result.seconds:.1f} s"
-    _say(f"[green]{escape(result.name)}[/]: {state} with {result.backend} -> {escape(str(result.artifact))}/")
+    _say(f"[green]{markup(result.name)}[/]: {state} with {result.backend} -> {markup(str(result.artifact))}/")
     for w in () if result.cache_hit else result.plan.warnings:
         _warn(w)
     return result
@@ -393,47 +470,75 @@ def validate(
     build_first: Annotated[bool, typer.Option("--build/--no-build", help="Build (or hit the cache) first.")] = True,
     json_out: JsonOpt = False,
     allow_host_code: AllowHostCodeOpt = False,
+    allow_stale: AllowStaleOpt = False,
     *, ropts: RecipeOptions,
 ) -> None:
     """Run the artifact's generated runner and the fp32 onnxruntime reference; compare every output.
 
-    Exits 4 when an output fails its tolerance or task metric. The table names the formula used.
+    Exits 4 when an output fails its tolerance or task metric. The table names the formula used. With
+    --no-build the artifact must be what building the recipe would produce (else exit 6, stale), unless
+    --allow-stale. A folder of recipes validates each one, then exits non-zero if any failed.
     """
     from trtflow import extras
+    from trtflow.inspect import require_fresh
     from trtflow.plan import make_plan
     from trtflow.validate.run import validate_artifact, write_report
 
     extras.require({"onnxruntime": "validate's fp32 reference"})
-    failed = []
-    reports = []
-    for path in _recipes(recipe):
+
+    def one(path: Path) -> tuple[Any, str]:
         loaded = ropts.load(path)
         if build_first:
             artifact = _build_one(loaded, out, ropts, json_out=json_out).artifact
         else:  # planning checks the recipe's paths (model, validate.data) under the project policy
             artifact = out / make_plan(loaded, allow_outside=ropts.allow_outside).name
-        with _steps(f"validating {escape(path.name)}", json_out) as step:
+            if not allow_stale:
+                require_fresh(artifact, loaded)
+        dest = report or artifact / "validation.json"
+        _check_writable(dest)  # before the run: a result computed and then lost helps nobody
+        with _steps(f"validating {markup(path.name)}", json_out) as step:
             rep = validate_artifact(artifact, backend=backend or "auto", device=device, samples=samples,
                                     allow_host_code=allow_host_code, progress=step)
-        write_report(rep, report or artifact / "validation.json")
-        reports.append(rep)
         if not json_out:
             _print_validation(rep)
-        if not rep.passed:
-            failed.append(rep.name)
+        write_report(rep, dest)
+        return rep, f"{rep.name}: " + ("pass" if rep.passed else "FAIL") + f" ({rep.backend} on {rep.device})"
+
+    outcomes = _each(recipe, one)
+    failed = [o.result.name for o in outcomes if o.error is None and not o.result.passed]
     from trtflow.errors import AccuracyFailure
 
     error = AccuracyFailure(f"validation failed for {', '.join(failed)}",
                             hint="see the table above; loosen tolerances in the recipe only if the error is "
                             "expected") if failed else None
     if json_out:
-        _print_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict(), error=error)
+        docs = _batch_json(outcomes, lambda r: r.to_dict())
+        _print_json(docs if len(docs) > 1 or recipe.is_dir() else docs[0], error=error)
+    if any(o.error for o in outcomes):
+        for o in outcomes:  # an accuracy failure in a folder counts as that recipe's failure (code 4)
+            if o.error is None and not o.result.passed:
+                o.error = AccuracyFailure(f"validation failed for {o.result.name}")
+        _batch_done(outcomes)
     if error:
         raise error
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse early when ``path`` (a report to write later) cannot be written: OutputError, exit 10."""
+    import os
+
+    from trtflow.errors import OutputError
+
+    folder = path.parent if path.parent != Path("") else Path(".")
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; the report is a file", hint="pass --report FILE", file=path)
+    if not folder.is_dir() or not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"cannot write the report {path}: its folder is missing or read-only",
+                          hint="pass --report with a writable path", file=path)
+
+
 def _print_validation(rep: Any) -> None:
-    title = (f"{escape(rep.name)}: {escape(rep.candidate or f'{rep.backend} on {rep.device}')} vs {rep.reference}, "
+    title = (f"{markup(rep.name)}: {markup(rep.candidate or f'{rep.backend} on {rep.device}')} vs {rep.reference}, "
              f"{rep.samples} sample(s)")
     if rep.engine_file and not rep.engine_validated:
         title = f"[yellow]{title}[/]"
@@ -456,7 +561,7 @@ def _print_validation(rep: Any) -> None:
             bad = [m for m in o.metrics if not m.passed]
             result = ("[green]pass[/] by " + ", ".join(m.kind for m in o.metrics) if not bad else
                       "[red]FAIL[/]: " + ", ".join(f"{m.kind} {m.value:.4f} < {m.min}" for m in bad))
-        tbl.add_row(escape(o.name), *errs, gate, metrics, result)
+        tbl.add_row(markup(o.name), *errs, gate, metrics, result)
     console.print(tbl)
     console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}")
     if by_metric:
@@ -504,7 +609,7 @@ def bench(
         _bench_encoding(ropts.load(recipe), out, ropts, backend=backend or "auto", warmup=warmup,
                         iterations=iterations, link=link, json_out=json_out)
         return
-    with _steps(f"benchmarking {escape(recipe.name)}", json_out) as step:
+    with _steps(f"benchmarking {markup(recipe.name)}", json_out) as step:
         rep = run_bench(ropts.load(recipe), out=out, backend=backend or "auto", device=device, sweep=sweep,
                         warmup=warmup, iterations=iterations, duration_s=duration, measure_link_=link,
                         write_best_to=write_best, allow_outside=ropts.allow_outside,
@@ -514,7 +619,7 @@ def bench(
         from trtflow.bench.plot import plot_report
 
         plot_report(rep, plot)
-        _say(f"wrote {escape(str(plot))}")
+        _say(f"wrote {markup(str(plot))}")
     from trtflow.errors import BudgetExceeded
 
     error = BudgetExceeded("performance budget not met:\n  " + "\n  ".join(rep.budget_failures),
@@ -550,7 +655,7 @@ def _bench_encoding(loaded: Any, out: Path, ropts: Any, *, backend: str, warmup:
     if json_out:
         _print_json(rep.to_dict())
     else:
-        console.print(escape(render(rep.to_dict())))
+        console.print(markup(render(rep.to_dict())))
 
 
 def _ms(st: Any, attr: str = "mean") -> str:
@@ -562,11 +667,11 @@ def _print_bench(rep: Any) -> None:
         _print_load(rep)
         return
     link = rep.link
-    title = f"{escape(rep.name)} on {rep.card}" + (
+    title = f"{markup(rep.name)} on {rep.card}" + (
         f"  (link: pinned H2D {link['pinned_h2d']:.1f} / D2H {link['pinned_d2h']:.1f} GB/s, pageable H2D "
         f"{link['pageable_h2d']:.1f} / D2H {link['pageable_d2h']:.1f} GB/s)" if link else "")
     if rep.measured:
-        title += f"\n{'' if rep.gpu else '[yellow]'}measured: {escape(rep.measured)}{'' if rep.gpu else '[/]'}"
+        title += f"\n{'' if rep.gpu else '[yellow]'}measured: {markup(rep.measured)}{'' if rep.gpu else '[/]'}"
     tbl = Table(title=title, title_justify="left")
     # On the CPU there are no copies and no CUDA events: only the host-timed columns mean something.
     cols = (("config", "batch", "H2D ms", "compute ms", "D2H ms", "stage sum", "wall p50", "wall p99", "host ms",
@@ -597,19 +702,19 @@ def _print_bench(rep: Any) -> None:
                       "Run on a GPU host for the numbers that matter for deployment.")
     for r in rep.results:
         for d in r.diagnostics:
-            console.print(f"  [yellow]{escape(r.label)}:[/] {escape(d)}")
+            console.print(f"  [yellow]{markup(r.label)}:[/] {markup(d)}")
         if r.graph_status and r.cuda_graph and rep.gpu:
-            console.print(f"  {escape(r.label)}: CUDA graph: {escape(r.graph_status)}")
+            console.print(f"  {markup(r.label)}: CUDA graph: {markup(r.graph_status)}")
     if rep.start:
         st = rep.start
         console.print(f"  start (open + first inference): cold {st['cold_ms']:.1f} ms, warm {st['warm_ms']:.1f} ms "
-                      f"(runtime cache: {escape(str(st['runtime_cache']))})")
+                      f"(runtime cache: {markup(str(st['runtime_cache']))})")
     for f in rep.budget_failures:
-        console.print(f"  [red]budget:[/] {escape(f)}")
+        console.print(f"  [red]budget:[/] {markup(f)}")
 
 
 def _print_load(rep: Any) -> None:
-    tbl = Table(title=f"{rep.name} on {rep.card}: closed-loop load (asyncio clients against a RunnerPool)",
+    tbl = Table(title=markup(f"{rep.name} on {rep.card}: closed-loop load (asyncio clients against a RunnerPool)"),
                 title_justify="left")
     for col in ("config", "clients", "requests", "req/s", "samples/s", "p50 ms", "p99 ms", "vs single",
                 "vs N x single", "floor/s", "vs floor", "per instance"):
@@ -619,7 +724,7 @@ def _print_load(rep: Any) -> None:
         return f"{r.ratios[key]:.2f}x" if key in r.ratios else "-"
 
     for r in rep.load:
-        tbl.add_row(r.label, str(r.concurrency), str(r.requests), f"{r.requests_per_s:.1f}", f"{r.samples_per_s:.1f}",
+        tbl.add_row(markup(r.label), str(r.concurrency), str(r.requests), f"{r.requests_per_s:.1f}", f"{r.samples_per_s:.1f}",
                     _ms(r.latency, "p50"), _ms(r.latency, "p99"), ratio(r, "vs_single"), ratio(r, "vs_linear"),
                     "-" if r.floor_per_s is None else f"{r.floor_per_s:.1f}", ratio(r, "vs_floor"),
                     "/".join(str(n) for n in r.per_instance))
@@ -629,10 +734,10 @@ def _print_load(rep: Any) -> None:
     for gpu, lk in rep.links.items():
         console.print(f"  GPU {gpu} link: pinned H2D {lk['pinned_h2d']:.1f} / D2H {lk['pinned_d2h']:.1f} GB/s")
     if rep.limit:
-        console.print(f"  limit: {rep.limit}")
+        console.print(markup(f"  limit: {rep.limit}"))
     for r in rep.load:
         for d in r.diagnostics:
-            console.print(f"  [yellow]{r.label}:[/] {d}")
+            console.print(f"  [yellow]{markup(r.label)}:[/] {markup(d)}")
 
 
 # ------------------------------------------------------------------------------- schema, docs
@@ -645,7 +750,7 @@ def _generated(text: str, out: Path | None, check: bool, default: Path, command:
 
             raise CheckFailed(f"{path} is stale", hint=f"run `trtflow {command} --out {path}` and commit the result",
                               file=path)
-        _say(f"{escape(str(path))} is up to date")
+        _say(f"{markup(str(path))} is up to date")
         return
     if out is None:
         print(text, end="")
@@ -653,7 +758,7 @@ def _generated(text: str, out: Path | None, check: bool, default: Path, command:
     from trtflow.artifact import atomic_write
 
     atomic_write(out, text)
-    _say(f"wrote {escape(str(out))}")
+    _say(f"wrote {markup(str(out))}")
 
 
 GenOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file (default: print to stdout).",
@@ -694,19 +799,19 @@ def doctor(json_out: JsonOpt = False) -> None:
     if json_out:
         _print_json(info)
         return
-    console.print(f"trtflow {info['trtflow']} on Python {info['python']} ({info['platform']})")
+    console.print(markup(f"trtflow {info['trtflow']} on Python {info['python']} ({info['platform']})"))
     gpu = info["gpu"]
-    console.print(escape(f"GPU: {gpu.get('summary') or 'none'}" + (f"  ({gpu['why']})" if gpu.get("why") else "")))
+    console.print(markup(f"GPU: {gpu.get('summary') or 'none'}" + (f"  ({gpu['why']})" if gpu.get("why") else "")))
     tbl = Table(title="backends", title_justify="left")
     for col in ("backend", "installed", "version", "builds", "executes here", "install"):
         tbl.add_column(col)
     for b in info["backends"]:
-        tbl.add_row(b["name"], "yes" if b["installed"] else "no", b["version"] or "-",
+        tbl.add_row(b["name"], "yes" if b["installed"] else "no", markup(b["version"] or "-"),
                     "engine" if b["builds_engine"] else "runs ONNX", "yes" if b["executes_here"] else "no",
-                    escape(b["install"]))
+                    markup(b["install"]))
     console.print(tbl)
     for note in info["notes"]:
-        console.print(f"  {escape(note)}")
+        console.print(f"  {markup(note)}")
     if info.get("bandwidth"):
         bw = info["bandwidth"]
         console.print("link: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw.items()))
@@ -734,16 +839,16 @@ def init_(
         _print_json({"recipe": str(res.path), "schema_written": res.schema_written and str(res.schema_written),
                      "notes": list(res.notes), "plan_error": res.plan_error})
         return
-    _say(f"wrote {escape(str(res.path))}")
+    _say(f"wrote {markup(str(res.path))}")
     if res.schema_written:
-        _say(f"wrote {escape(str(res.schema_written))} (for the editor's `yaml-language-server` line)")
+        _say(f"wrote {markup(str(res.schema_written))} (for the editor's `yaml-language-server` line)")
     for note in res.notes:
-        _say(f"  [yellow]check:[/] {escape(note)}")
+        _say(f"  [yellow]check:[/] {markup(note)}")
     if res.plan_error:  # not an error of init's: the recipe was written; say why it does not plan yet
-        err_console.print(f"  [yellow]`trtflow plan {escape(str(res.path))}` fails as written:[/]", highlight=False)
+        err_console.print(f"  [yellow]`trtflow plan {markup(str(res.path))}` fails as written:[/]", highlight=False)
         print(res.plan_error, file=sys.stderr)
     else:
-        _say(f"next: trtflow plan {escape(str(res.path))}")
+        _say(f"next: trtflow plan {markup(str(res.path))}")
 
 
 @app.command("inspect")
@@ -755,17 +860,23 @@ def inspect_(
     open_engine: Annotated[bool, typer.Option(
         "--open/--no-open", help="Ask the engine's backend for its I/O and layers where it can run here.")] = True,
     layers: Annotated[bool, typer.Option("--layers", help="List every layer, not the first 15.")] = False,
+    allow_stale: AllowStaleOpt = False,
 ) -> None:
     """Show an artifact's I/O (shapes, formats, strides, bytes), its engine, build report and staleness.
 
-    Exits 6 when a file of the artifact is missing or does not match its hash in report.json.
+    Exits 6 when a file of the artifact is missing or does not match its hash in report.json, or when the
+    artifact is stale (its recipe, model or builder changed), unless --allow-stale.
     """
     from trtflow.errors import ArtifactError
     from trtflow.inspect import inspect_artifact, render, resolve_artifact
 
     info = inspect_artifact(resolve_artifact(artifact, out), open_engine=open_engine)
-    error = None if info["integrity"]["ok"] else ArtifactError(
-        str(info["integrity"]["error"]), hint=info["integrity"].get("hint") or "rebuild with `trtflow build --force`")
+    st = info["staleness"]
+    error = ArtifactError(
+        str(info["integrity"]["error"]), hint=info["integrity"].get("hint") or "rebuild with `trtflow build --force`"
+    ) if not info["integrity"]["ok"] else ArtifactError(
+        f"{info['artifact']} is stale: " + "; ".join(st["reasons"]),
+        hint="rebuild it (trtflow build), or pass --allow-stale") if st["stale"] and not allow_stale else None
     if json_out:
         _print_json(info, error=error)
     else:
@@ -820,7 +931,7 @@ def export_triton(
         for path in paths:
             exp, built = export_recipe(ropts.load(path), repo, out_root=build_out, backend=backend,
                                        allow_outside=ropts.allow_outside, **opts)
-            _say(f"{escape(built.name)}: " + ("cache hit" if built.cache_hit else f"built in {built.seconds:.1f} s")
+            _say(f"{markup(built.name)}: " + ("cache hit" if built.cache_hit else f"built in {built.seconds:.1f} s")
                  + f" with {built.backend}")
             results.append(exp)
     if json_out:
@@ -828,10 +939,10 @@ def export_triton(
                       "platform": e.platform, "notes": list(e.notes)} for e in results])
         return
     for exp in results:
-        _say(f"[green]{escape(exp.model_dir.name)}[/]: wrote {escape(str(exp.config_path))} and "
-             f"{escape(str(exp.model_file))} ({exp.platform})")
+        _say(f"[green]{markup(exp.model_dir.name)}[/]: wrote {markup(str(exp.config_path))} and "
+             f"{markup(str(exp.model_file))} ({exp.platform})")
         for note in exp.notes:
-            _say(f"  note: {escape(note)}")
+            _say(f"  note: {markup(note)}")
 
 
 def _print_json(obj: Any, *, error: TrtflowError | None = None) -> None:
@@ -890,8 +1001,8 @@ def _fail(exc: BaseException, *, want_json: bool) -> int:
                 + ("the traceback is above" if _State.debug else "run with --debug for a traceback") + " and report it")
     if _State.debug:
         traceback.print_exception(exc)
-    if text:
-        print(text, file=sys.stderr)
+    if text:  # messages quote names from models and files: control codes are shown, never sent
+        print(plain(text, newlines=True), file=sys.stderr)
     if want_json and not _State.json_emitted:
         obj = error_object(exc, code=code)
         if _usage_error(exc):

@@ -150,6 +150,19 @@ class OutputError(TrtflowError):
     exit_code = 10
 
 
+class BatchFailed(TrtflowError):
+    """Some recipes of a folder failed (each was reported as it happened, the rest still ran). The exit
+    code is the first failing recipe's; ``details`` lists every failure (file, code, class, message)."""
+
+    def __init__(self, failures: list[tuple[str, TrtflowError]], total: int) -> None:
+        names = ", ".join(f"{Path(f).name} ({e.exit_code})" for f, e in failures)
+        super().__init__(f"{len(failures)} of {total} recipes failed: {names}",
+                         hint="each error is printed above, with the summary table",
+                         details=[{"file": f, "code": e.exit_code, "class": type(e).__name__, "message": e.message,
+                                   "line": e.line, "column": e.column, "field": e.field} for f, e in failures])
+        self.exit_code = failures[0][1].exit_code if failures else INTERNAL
+
+
 class UsageError(TrtflowError):
     """The command line is wrong (an option value out of range, options that exclude each other)."""
 
@@ -212,6 +225,6 @@ def error_object(exc: BaseException, *, code: int | None = None) -> dict[str, An
 
 
 __all__ = ["EXIT_CODES", "INTERNAL", "INTERRUPTED", "USAGE", "AccuracyFailure", "ArtifactError", "BackendMissing",
-           "BudgetExceeded", "BuildError", "CheckFailed", "CudaError", "ExitCode", "InputError", "ModelError",
+           "BatchFailed", "BudgetExceeded", "BuildError", "CheckFailed", "CudaError", "ExitCode", "InputError", "ModelError",
            "OutputError", "RecipeError", "RunnerClosed", "TrtflowError", "UsageError", "error_object",
            "from_os_error"]

@@ -19,6 +19,8 @@ from trtflow import __version__
 from trtflow import artifact as art
 from trtflow.errors import ArtifactError, TrtflowError
 from trtflow.plan.formats import FORMATS, ITEMSIZE, physical_shape
+from trtflow.recipe.loader import LoadedRecipe
+from trtflow.terminal import markup
 
 # pip distribution of each backend's library (report.json "versions" is keyed by distribution)
 BACKEND_DIST = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx", "onnxruntime": "onnxruntime",
@@ -50,32 +52,45 @@ def tensor_layout(t: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sha256_text(path: Path) -> str:
-    # Same digest as the recipe loader: the text as read (universal newlines), UTF-8 encoded.
-    return hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
+def _sha256_text(path: Path) -> str | None:
+    """The recipe loader's digest of the text (read the loader's way); None when it cannot be read."""
+    from trtflow.recipe.loader import read_recipe_text
+
+    try:
+        return hashlib.sha256(read_recipe_text(path).encode()).hexdigest()
+    except TrtflowError:
+        return None
 
 
 def _normalized(d: Any) -> Any:
     return json.loads(json.dumps(d, default=str))
 
 
-def check_staleness(report: dict[str, Any], plan_dict: dict[str, Any] | None) -> dict[str, Any]:
+def check_staleness(report: dict[str, Any], plan_dict: dict[str, Any] | None, *,
+                    loaded: LoadedRecipe | None = None) -> dict[str, Any]:
     """Is the artifact still what a build of its recipe would produce here?
 
     ``stale`` is True when the model, the resolved plan, trtflow or the builder's library version differ
     (a build would not be a cache hit); an edit of the recipe that leaves the plan identical (comments,
-    formatting, defaults spelled out) is reported but is not stale.
+    formatting, defaults spelled out) is reported but is not stale. ``loaded``: compare with this recipe
+    (as the command line loaded it, overrides applied) instead of the one the report names; an artifact
+    built from another recipe file is then stale too.
     """
     from trtflow.plan.onnxmeta import sha256_file
 
     reasons: list[str] = []
     notes: list[str] = []
-    recipe_path = Path(str(report.get("recipe_path", "")))
+    built_from = str(report.get("recipe_path") or "")
+    recipe_path = loaded.path if loaded is not None else Path(built_from)
     model_path = Path(str(report.get("model_path", "")))
     recipe_sha = model_sha = None
-    if report.get("recipe_path") and recipe_path.is_file():
+    if loaded is not None:
+        recipe_sha = loaded.text_sha256
+        if built_from != str(loaded.path):
+            reasons.append(f"built from {built_from or 'an unknown recipe'}, not from {loaded.path}")
+    elif built_from and recipe_path.is_file():
         recipe_sha = _sha256_text(recipe_path)
-    else:
+    if recipe_sha is None:
         notes.append(f"recipe not found at {recipe_path}: cannot compare it")
     if report.get("model_path") and model_path.is_file():
         model_sha = sha256_file(model_path)
@@ -83,11 +98,12 @@ def check_staleness(report: dict[str, Any], plan_dict: dict[str, Any] | None) ->
         notes.append(f"model not found at {model_path}: cannot compare it")
     changed = art.staleness(report, recipe_sha256=recipe_sha, model_sha256=model_sha)
     reasons += [r for r in changed if "model" in r]
-    if any("recipe" in r for r in changed):
-        why = _replan_difference(recipe_path, plan_dict)
+    if loaded is not None or any("recipe" in r for r in changed):
+        why = _replan_difference(loaded or recipe_path, plan_dict)
         if why is None:
-            notes.append("the recipe text changed since the build, but it resolves to the same plan "
-                         "(a build is a cache hit)")
+            if any("recipe" in r for r in changed):
+                notes.append("the recipe text changed since the build, but it resolves to the same plan "
+                             "(a build is a cache hit)")
         else:
             reasons.append(f"the recipe changed since the build: {why}")
     built_versions = report.get("versions") or {}
@@ -109,8 +125,8 @@ def check_staleness(report: dict[str, Any], plan_dict: dict[str, Any] | None) ->
     return {"stale": bool(reasons) if (checked or reasons) else None, "reasons": reasons, "notes": notes}
 
 
-def _replan_difference(recipe_path: Path, plan_dict: dict[str, Any] | None) -> str | None:
-    """None if the recipe on disk resolves to the plan of the artifact, else what differs."""
+def _replan_difference(recipe: Path | LoadedRecipe, plan_dict: dict[str, Any] | None) -> str | None:
+    """None if the recipe resolves to the plan of the artifact, else what differs."""
     from trtflow.build import _plan_key_material
     from trtflow.plan import Plan, make_plan
     from trtflow.recipe import load_recipe
@@ -118,10 +134,13 @@ def _replan_difference(recipe_path: Path, plan_dict: dict[str, Any] | None) -> s
     if plan_dict is None:
         return "plan.json is unreadable, so the plans cannot be compared"
     try:
-        new = make_plan(load_recipe(recipe_path), allow_outside=True)
+        new = make_plan(recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe), allow_outside=True)
     except TrtflowError as exc:
         return f"it no longer plans ({str(exc).splitlines()[0]})"
-    old_key = _normalized(_plan_key_material(Plan.from_dict(plan_dict)))
+    try:
+        old_key = _normalized(_plan_key_material(Plan.from_dict(plan_dict)))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "plan.json is not a valid plan, so the plans cannot be compared"
     new_key = _normalized(_plan_key_material(new))
     old_key.pop("trtflow_version", None)
     new_key.pop("trtflow_version", None)
@@ -315,21 +334,20 @@ def _dims(shape: Any) -> str:
 
 
 def render(info: dict[str, Any], console: Any, *, all_layers: bool = False) -> None:
-    """Print ``info`` (from :func:`inspect_artifact`) as rich tables."""
-    from rich.markup import escape
+    """Print ``info`` (from :func:`inspect_artifact`) as rich tables (every name through terminal.markup)."""
     from rich.table import Table
 
     rep = info["report"]
     ok = info["integrity"]["ok"]
-    console.print(f"[bold]{escape(str(info['name']))}[/]  {escape(info['artifact'])}  "
-                  f"backend {escape(str(rep['backend']))}, precision {rep['precision']}"
-                  + (" (TF32 on)" if rep.get("tf32") else "") + f", built {rep.get('built_at') or '?'}")
+    console.print(f"[bold]{markup(str(info['name']))}[/]  {markup(info['artifact'])}  "
+                  + markup(f"backend {rep['backend']}, precision {rep['precision']}"
+                           + (" (TF32 on)" if rep.get("tf32") else "") + f", built {rep.get('built_at') or '?'}"))
     console.print("integrity: " + ("[green]every file matches its hash[/]" if ok
-                                   else f"[red]CORRUPT[/] {escape(str(info['integrity']['error']))}"))
+                                   else f"[red]CORRUPT[/] {markup(str(info['integrity']['error']))}"))
     st = info["staleness"]
     state = {True: "[red]stale[/]", False: "[green]fresh[/]", None: "[yellow]unknown[/]"}[st["stale"]]
-    console.print(f"staleness: {state}" + "".join(f"\n  - {escape(r)}" for r in st["reasons"])
-                  + "".join(f"\n  [dim]note: {escape(n)}[/]" for n in st["notes"]))
+    console.print(f"staleness: {state}" + "".join(f"\n  - {markup(r)}" for r in st["reasons"])
+                  + "".join(f"\n  [dim]note: {markup(n)}[/]" for n in st["notes"]))
 
     tbl = Table(title="I/O (plan.json; strides in elements over the physical buffer shape)", title_justify="left")
     for col in ("tensor", "io", "dtype", "format", "shape", "physical", "strides", "bytes", "max bytes", "memory"):
@@ -339,11 +357,11 @@ def render(info: dict[str, Any], console: Any, *, all_layers: bool = False) -> N
         if t.get("min_shape") != t.get("max_shape"):
             shape += f" [{_dims(t['min_shape'])}..{_dims(t['max_shape'])}]"
         extra = [x for x in (t.get("layout"), (t.get("reduce") or {}).get("op")) if x]
-        tbl.add_row(escape(t["name"]), ("in" if t["role"] == "input" else "out") + (f" [{', '.join(extra)}]"
-                                                                                      if extra else ""),
-                    t["dtype"], t["format"], shape, _dims(t.get("physical_shape")),
-                    "(" + ", ".join(map(str, t.get("strides") or [])) + ")", _fmt_bytes(t["bytes"]),
-                    _fmt_bytes(t["max_bytes"]), t["memory"])
+        cells = [("in" if t["role"] == "input" else "out") + (f" [{', '.join(map(str, extra))}]" if extra else ""),
+                 t["dtype"], t["format"], shape, _dims(t.get("physical_shape")),
+                 "(" + ", ".join(map(str, t.get("strides") or [])) + ")", _fmt_bytes(t["bytes"]),
+                 _fmt_bytes(t["max_bytes"]), t["memory"]]
+        tbl.add_row(markup(t["name"]), *(markup(c) for c in cells))  # plan.json is data: every cell escaped
     console.print(tbl)
 
     eng = info.get("engine")
@@ -356,26 +374,26 @@ def render(info: dict[str, Any], console: Any, *, all_layers: bool = False) -> N
     ftbl.add_column("file")
     ftbl.add_column("bytes", justify="right")
     for f in info["files"]:
-        ftbl.add_row(escape(f["name"]), _fmt_bytes(f["bytes"]))
+        ftbl.add_row(markup(f["name"]), _fmt_bytes(f["bytes"]))
     console.print(ftbl)
 
-    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()))
+    console.print(markup("versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items())))
     if rep["timings_s"]:
-        console.print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in rep["timings_s"].items()
-                                              if isinstance(v, (int, float))))
+        console.print(markup("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in rep["timings_s"].items()
+                                                     if isinstance(v, (int, float)))))
     if rep["passes"]:
         ptbl = Table(title="graph passes", title_justify="left")
         for col in ("pass", "nodes", "added", "removed", "s", "notes"):
             ptbl.add_column(col)
         for p in rep["passes"]:
-            ptbl.add_row(escape(str(p.get("name"))), f"{p.get('nodes_before')} -> {p.get('nodes_after')}",
-                         escape(_counts(p.get("nodes_added"))), escape(_counts(p.get("nodes_removed"))),
-                         f"{p.get('seconds', 0):.3f}", escape("; ".join(p.get("notes") or [])) or "-")
+            ptbl.add_row(markup(str(p.get("name"))), markup(f"{p.get('nodes_before')} -> {p.get('nodes_after')}"),
+                         markup(_counts(p.get("nodes_added"))), markup(_counts(p.get("nodes_removed"))),
+                         f"{p.get('seconds', 0):.3f}", markup("; ".join(p.get("notes") or [])) or "-")
         console.print(ptbl)
     for w in rep["warnings"]:
-        console.print(f"[yellow]warning:[/] {escape(str(w))}")
+        console.print(f"[yellow]warning:[/] {markup(str(w))}")
     for n in info["notes"]:
-        console.print(f"[dim]note: {escape(n)}[/]")
+        console.print(f"[dim]note: {markup(n)}[/]")
 
 
 def _counts(d: Any) -> str:
@@ -383,20 +401,19 @@ def _counts(d: Any) -> str:
 
 
 def _render_engine(eng: dict[str, Any], console: Any, *, all_layers: bool) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
-    head = [f"engine ({escape(str(eng.get('source')))})"]
+    head = [f"engine ({markup(str(eng.get('source')))})"]
     for key in ("library", "library_version", "plan_bytes", "device_memory_bytes", "compute_capabilities",
                 "optimization_level", "profiling_verbosity", "io_source"):
         if eng.get(key) is not None:
-            head.append(f"{key} {escape(str(eng[key]))}")
+            head.append(f"{key} {markup(str(eng[key]))}")
     console.print(", ".join(head))
     layers = eng.get("layers")
     if isinstance(layers, dict):
-        console.print("layers: " + ", ".join(f"{k} {v}" for k, v in layers.items() if v is not None))
+        console.print(markup("layers: " + ", ".join(f"{k} {v}" for k, v in layers.items() if v is not None)))
     elif layers is not None:
-        console.print(f"layers: {layers}")
+        console.print(markup(f"layers: {layers}"))
     if eng.get("io"):
         tbl = Table(title="engine I/O (as the engine reports it)", title_justify="left")
         for col in ("tensor", "mode", "dtype", "format", "shape", "profile / allowed"):
@@ -405,8 +422,9 @@ def _render_engine(eng: dict[str, Any], console: Any, *, all_layers: bool) -> No
             prof = t.get("profile")
             extra = (f"{_dims(prof['min'])} / {_dims(prof['opt'])} / {_dims(prof['max'])}" if prof
                      else ", ".join(t.get("allowed_formats") or []) or "-")
-            tbl.add_row(escape(str(t.get("name"))), str(t.get("mode", "-")), str(t.get("dtype", "-")),
-                        escape(str(t.get("format_desc") or t.get("format") or "-")), _dims(t.get("shape")), extra)
+            tbl.add_row(markup(str(t.get("name"))), markup(t.get("mode", "-")), markup(t.get("dtype", "-")),
+                        markup(str(t.get("format_desc") or t.get("format") or "-")), markup(_dims(t.get("shape"))),
+                        markup(extra))
         console.print(tbl)
     names = eng.get("layer_names") or eng.get("engine_layers_log") or []
     if names:
@@ -414,8 +432,29 @@ def _render_engine(eng: dict[str, Any], console: Any, *, all_layers: bool) -> No
         console.print(f"layer list ({len(names)}" + ("" if all_layers or len(names) <= 15 else
                                                      ", first 15; --layers for all") + "):")
         for n in shown:
-            console.print(f"  {escape(str(n))}")
+            console.print(f"  {markup(str(n))}")
 
 
-__all__ = ["check_staleness", "contiguous_strides", "inspect_artifact", "render", "resolve_artifact",
-           "tensor_layout"]
+def require_fresh(artifact: Path, loaded: LoadedRecipe) -> None:
+    """Raise ArtifactError (exit 6) unless ``artifact`` is what building ``loaded`` would produce here
+    (``validate --no-build``: an artifact of another recipe, or from before an edit, is not validated)."""
+    report = art.read_report(artifact)
+    try:
+        plan_dict = json.loads((artifact / art.PLAN).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{artifact / art.PLAN}: unreadable ({exc})", hint="rebuild with `trtflow build`") from None
+    st = check_staleness(report, plan_dict, loaded=loaded)
+    if st["stale"]:
+        raise ArtifactError(f"{artifact} is stale for {loaded.path}:\n  - " + "\n  - ".join(st["reasons"]),
+                            hint="build it first (drop --no-build), or pass --allow-stale to use it as it is")
+
+
+__all__ = [
+    "check_staleness",
+    "contiguous_strides",
+    "inspect_artifact",
+    "render",
+    "require_fresh",
+    "resolve_artifact",
+    "tensor_layout",
+]
