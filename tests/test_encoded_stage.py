@@ -301,3 +301,21 @@ def test_runner_resizes_in_the_engine_and_unpacks_bit_masks(project: Path) -> No
             assert mask.dtype == bool and mask.shape == (1, 5, 20, 20)
         with pytest.raises(InputError, match="the image is 100x20 .WxH., the engine takes 1..96 x 1..96"):
             run(image=jpeg(20, 100))
+
+
+def test_validate_feeds_files_checks_the_decoder_and_compares_on_the_decoded_pixels(project: Path) -> None:
+    from trtflow.build import build
+    from trtflow.validate.run import validate_artifact
+
+    make_conv_model(project / "m.onnx", hw=32)
+    (project / "s.jpg").write_bytes(jpeg(32, 32, 9))
+    (project / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\ninputs:\n  image:\n"
+                                    "    encoding: jpeg\n    sample: s.jpg\n    preprocess: {scale: 0.0039}\n"
+                                    "validate: {samples: 3}\n")
+    res = build(project / "r.yaml", out_root=project / "build")
+    assert res.plan.inputs[0].sample == str(project / "s.jpg")
+    rep = validate_artifact(res.artifact, device="cpu")
+    assert rep.passed and rep.samples == 3
+    (d,) = rep.decoders
+    assert (d["input"], d["max_abs"], d["passed"]) == ("image", 0, True)  # the same libjpeg-turbo on both sides
+    assert rep.to_dict()["decoders"][0]["fraction_allowed"] == 0.01

@@ -563,6 +563,11 @@ def _print_validation(rep: Any) -> None:
                       "[red]FAIL[/]: " + ", ".join(f"{m.kind} {m.value:.4f} < {m.min}" for m in bad))
         tbl.add_row(markup(o.name), *errs, gate, metrics, result)
     console.print(tbl)
+    for d in getattr(rep, "decoders", []):
+        ok = "[green]pass[/]" if d["passed"] else "[red]FAIL[/]"
+        console.print(f"  decoded input {escape(d['input'])} vs the host decoder (libjpeg-turbo/libpng): max "
+                      f"|diff| {d['max_abs']} (<= {d['max_abs_allowed']}), {d['fraction_differing']:.3%} of values "
+                      f"differ (<= {d['fraction_allowed']:.0%}): {ok}; outputs are compared on the decoded pixels")
     console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}")
     if by_metric:
         console.print("  gate 'metric': integer outputs (class ids, masks, top-k indices) are judged by their task "

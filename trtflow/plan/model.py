@@ -47,6 +47,7 @@ class TensorPlan:
     encoded_bytes: int | None = None   # typical encoded bytes per inference (all images of a batch)
     encoded_source: str | None = None  # where encoded_bytes comes from (sample file, typical_bytes, estimate)
     resize: dict[str, Any] | None = None  # {mode, min, max, to}: any H x W in min..max -> the model's ``to``
+    sample: str | None = None      # the recipe's sample file (absolute path): validation's first input
 
     @property
     def dynamic(self) -> bool:

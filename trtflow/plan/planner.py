@@ -246,7 +246,7 @@ class _Planner:
                 raise self.err(loc + ("sample",), f"sample {spec.sample!r} is {head.width}x{head.height} (WxH), "
                                f"the engine input takes {want}",
                                hint="add `resize: {mode: bilinear}`" if not resized else "widen resize.min/max")
-            return ({"encoding": spec.encoding, "encoded_bytes": head.nbytes * batch,
+            return ({"encoding": spec.encoding, "encoded_bytes": head.nbytes * batch, "sample": str(path),
                      "encoded_source": f"sample {Path(spec.sample).name} ({head.describe()}, {head.nbytes} B)"},
                     head.codec)
         codec = "png" if codec == "png" else "jpeg"

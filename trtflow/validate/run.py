@@ -42,16 +42,19 @@ class ValidationReport:
     candidate: str = ""
     engine_file: str | None = None       # the artifact's engine (engine.plan) if its builder wrote one
     engine_validated: bool = False       # False: engine_file did not run here; model.onnx was checked instead
+    # encoded inputs: the runner's decoded pixels against the host decoder's (see check_decoder)
+    decoders: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(o.passed for o in self.outputs)
+        return all(o.passed for o in self.outputs) and all(d["passed"] for d in self.decoders)
 
     def __bool__(self) -> bool:
         return self.passed
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "decoders": self.decoders,
             "name": self.name, "artifact": self.artifact, "backend": self.backend, "device": self.device,
             "reference": self.reference, "formula": self.formula, "formula_text": self.formula_text,
             "statistic": self.statistic, "samples": self.samples, "passed": self.passed,
@@ -165,6 +168,39 @@ def describe_candidate(report: dict[str, Any], backend: str, device: str) -> tup
     return f"model.onnx (the lowered model) on {backend} {device}", None, False
 
 
+# Two conforming JPEG decoders may differ by one step per sample (the IDCT's rounding: JPEG's accuracy
+# test, ITU-T T.83 / IEEE 1180, allows +-1): nvJPEG and libjpeg-turbo were measured at max 1, on 0.017%
+# of the values. The gate is that plus margin; a wrong colour conversion or a truncated decode fails it.
+DECODER_MAX_ABS = 1
+DECODER_MAX_FRACTION = 0.01
+
+
+def encoded_files(t: TensorPlan, sample: int) -> Any:
+    """Validation input of encoded input ``t``: the recipe's sample file first, then seeded photo-like
+    images at the plan shape, encoded as the recipe declares (PNG for ``png``, else JPEG quality 90)."""
+    from trtflow.decode import host, synth
+
+    n, h, w = t.shape[0], t.shape[1], t.shape[2]
+    if t.sample and sample == 0 and n == 1:
+        return Path(t.sample).read_bytes()
+    codec = "png" if t.encoding == "png" else "jpeg"
+    files = [host.encode(synth.photo(h, w, seed=1000 * sample + k), codec) for k in range(n)]
+    return files[0] if n == 1 else files
+
+
+def check_decoder(name: str, seen: np.ndarray, files: Any) -> dict[str, Any]:
+    """The runner's decoded pixels (``Runner.decoded``) against the host decoder (libjpeg-turbo, libpng)."""
+    from trtflow.decode import host, inspect
+
+    items = files if isinstance(files, list) else [files]
+    want = np.stack([host.decode_rgb(f, inspect(f)) for f in items])
+    diff = np.abs(seen.astype(np.int16) - want.astype(np.int16))
+    max_abs, frac = int(diff.max(initial=0)), float((diff > 0).mean()) if diff.size else 0.0
+    return {"input": name, "max_abs": max_abs, "fraction_differing": frac, "max_abs_allowed": DECODER_MAX_ABS,
+            "fraction_allowed": DECODER_MAX_FRACTION,
+            "passed": max_abs <= DECODER_MAX_ABS and frac <= DECODER_MAX_FRACTION}
+
+
 def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "auto",
                       samples: int | None = None, allow_host_code: bool = False,
                       progress: Callable[[int, int], None] | None = None) -> ValidationReport:
@@ -184,10 +220,21 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
     with runner_cls(backend=backend, device=device, allow_host_code=allow_host_code) as runner:
         used_backend = getattr(runner, "backend", backend)
         used_device = getattr(runner, "device", device)
+        encoded = [t for t in plan.inputs if t.encoding]
+        worst: dict[str, dict[str, Any]] = {}
         for i in range(n):
-            feeds = generate_inputs(plan, i, folder)
+            feeds: dict[str, Any] = generate_inputs(plan, i, folder) if len(encoded) < len(plan.inputs) else {}
+            for t in encoded:
+                feeds[t.name] = encoded_files(t, i)
             got = _as_dict(runner(**{plan.tensor(k).ident: x for k, x in feeds.items()}))
             got = {t.name: got[t.ident] if t.ident in got else got[t.name] for t in plan.outputs}
+            for t in encoded:  # the reference sees the pixels the engine saw; the decoder is checked apart
+                seen = runner.decoded(t.name)
+                d = check_decoder(t.name, seen, feeds[t.name])
+                if t.name not in worst or (d["max_abs"], d["fraction_differing"]) > (
+                        worst[t.name]["max_abs"], worst[t.name]["fraction_differing"]):
+                    worst[t.name] = d
+                feeds[t.name] = seen
             ref = reference_outputs(plan, feeds, ref_sess)
             for name, seen in cand.items():
                 seen.append(np.array(got[name], copy=True))
@@ -207,7 +254,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
         reference="onnxruntime CPU fp32, original model", formula=v["formula"],
         formula_text=FORMULA_TEXT[v["formula"]], statistic=v["statistic"], samples=n, outputs=out,
         seconds=time.perf_counter() - t0, candidate=candidate, engine_file=engine_file,
-        engine_validated=engine_validated)
+        engine_validated=engine_validated, decoders=list(worst.values()))
 
 
 def write_report(rep: ValidationReport, path: Path) -> None:
