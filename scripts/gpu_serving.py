@@ -146,13 +146,16 @@ def print_tables(rep: dict[str, Any]) -> None:
         cells = [f"{o[k + '_wall_us']:.1f} / {o[k + '_cpu_us']:.1f} / {o[k + '_proc_us']:.1f}"
                  for k in ("sync", "stream", "await", "await1000")]
         print(f"| {o['topology']} | {' | '.join(cells)} | {_x(o['ratio_cpu'])} |")
-    print("\ninstances (closed loop, asyncio clients; target: best N >= 1.5x one instance on tiny and cls):\n")
-    print("| recipe | instances | clients | req/s | p50 ms | p99 ms | vs 1 instance | floor/s (1/max stage) | vs floor |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\ninstances (closed loop, asyncio clients; target: best N >= 1.5x one instance on tiny and cls; the "
+          "batching rows send batch-1 requests and compare with the first of them):\n")
+    print("| recipe | config | clients | req/s | samples/s | p50 ms | p99 ms | vs first row | floor/s (1/max stage) | "
+          "vs floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for recipe, data in rep["instances"].items():
         for row in data["load"]:
             rt = row["ratios"]
-            print(f"| {recipe} | {row['instances']} | {row['concurrency']} | {row['requests_per_s']:.1f} | "
+            print(f"| {recipe} | {row['label']} | {row['concurrency']} | {row['requests_per_s']:.1f} | "
+                  f"{row['samples_per_s']:.1f} | "
                   f"{row['latency']['p50']:.3f} | {row['latency']['p99']:.3f} | {_x(rt.get('vs_single'))} | "
                   f"{_f(row['floor_per_s'])} | {_x(rt.get('vs_floor'))} |")
     dev = rep.get("devices")

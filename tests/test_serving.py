@@ -256,7 +256,8 @@ def test_serving_section_is_strict(tmp_path: Path) -> None:
     assert ok.recipe.serving.instances == 4 and ok.recipe.serving.devices == [0, 1]
     assert parse_recipe("model: m.onnx\nserving: {devices: all}\n", tmp_path / "r.yaml").recipe.serving.devices == "all"
     for bad, where in (("{instances: 0}", "serving.instances"), ("{devices: [0, 0]}", "serving.devices"),
-                       ("{devices: some}", "serving.devices"), ("{streams: 2}", "serving.streams")):
+                       ("{devices: some}", "serving.devices"), ("{streams: 2}", "serving.streams"),
+                       ("{batching: {window_ms: 0}}", "serving.batching.window_ms")):
         with pytest.raises(RecipeError, match=where.replace(".", r"\.")):
             parse_recipe(f"model: m.onnx\nserving: {bad}\n", tmp_path / "r.yaml")
 
@@ -454,3 +455,41 @@ def test_a_loop_closed_with_requests_in_flight_leaves_no_stale_counts(mlp: tuple
         asyncio.run(leave_early(pool))  # a new loop: the old dispatcher is closed, its counts reset
         assert pool.stats()[0].in_flight == 0
         pool(x=_x(0))  # the sync path is not refused as overloaded by stale counts
+
+
+# -- dynamic batching (CPU engine) ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("batched")
+    model = sup.conv_model(root / "conv.onnx", batch="N", hw=8)
+    recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [8, 3, 8, 8]}}},
+              "serving": {"batching": {"window_ms": 50, "max_batch": 8}}}
+    art, _ = sup.make_artifact(root, model, recipe)
+    return art, model
+
+
+def test_dynamic_batching_joins_requests_and_splits_results(batched: tuple[Path, Path]) -> None:
+    art, model = batched
+    xs = [np.random.default_rng(i).standard_normal((1 + i % 2, 3, 8, 8)).astype(np.float32) for i in range(12)]
+
+    async def main(pool: RunnerPool) -> list[Any]:
+        outs = await asyncio.gather(*(pool.infer_feeds({"image": x}) for x in xs),
+                                    pool.infer_feeds({"image": np.zeros((1, 3, 4, 4), np.float32)}),  # outside
+                                    pool.infer_feeds({"image": np.zeros((9, 3, 8, 8), np.float32)}),  # too big
+                                    return_exceptions=True)
+        return outs
+
+    with RunnerPool(art, instances=1) as pool:
+        assert pool.batching is not None and pool.batching.max_batch == 8
+        outs = asyncio.run(main(pool))
+        for x, out in zip(xs, outs):
+            np.testing.assert_allclose(out["logits"], sup.reference(model, {"image": x})["logits"], rtol=1e-5, atol=1e-5)
+        assert isinstance(outs[12], InputError) and "outside the profile" in str(outs[12])  # its own batch, fails alone
+        assert isinstance(outs[13], InputError) and "1..8" in str(outs[13])
+        assert pool._batcher is not None and 4 <= pool._batcher.batches <= 6  # 18 samples by <= 8, + the bad one
+        assert pool.stats()[0].requests == pool._batcher.batches
+
+
+def test_batching_needs_a_batch_profile(mlp: tuple[Path, type]) -> None:
+    with pytest.raises(Exception, match="no dynamic batch dim"):
+        RunnerPool(mlp[1], batching={"window_ms": 1})

@@ -27,6 +27,7 @@ from trtflow.bench.stats import Stats
 from trtflow.plan.model import Plan
 
 INSTANCES = (1, 2, 4)
+BATCH_WINDOWS_MS = (1.0, 5.0)  # dynamic batching rows of the instances sweep (batch-1 requests)
 
 
 @dataclass
@@ -85,19 +86,22 @@ async def _clients(pool: Any, feeds: list[dict[str, Any]], *, concurrency: int, 
 
 def run_load(artifact: Path, plan: Plan, *, label: str, instances: int, devices: list[int] | None, concurrency: int,
              requests: int | None, duration_s: float | None, warmup: int, backend: str, device: str,
-             floor_per_s: float | None = None) -> LoadResult:
-    """Open a pool of ``instances`` per device on ``devices``, drive it with ``concurrency`` clients."""
+             floor_per_s: float | None = None, batch: int | None = None,
+             batching: dict[str, Any] | None = None) -> LoadResult:
+    """Open a pool of ``instances`` per device on ``devices``, drive it with ``concurrency`` clients
+    (each request of ``batch`` samples, default the plan's; ``batching``: the pool's dynamic batching)."""
     from trtflow.bench.measure import input_sets
     from trtflow.runtime.pool import RunnerPool
 
-    feeds = input_sets(plan, 8)
+    feeds = input_sets(plan, 8, batch=batch)
     if requests is None and duration_s is None:
         requests = 200
     with RunnerPool(artifact, instances=instances, devices=devices, max_queue=max(concurrency, 1),
-                    backend=backend, device=device) as pool:
+                    batching=batching or {}, backend=backend, device=device) as pool:
         lat, seconds, errors, per = asyncio.run(_clients(pool, feeds, concurrency=concurrency, requests=requests,
                                                          duration_s=duration_s, warmup=warmup))
-    batch = plan.inputs[0].shape[0] if plan.inputs and plan.inputs[0].shape else 1
+    if batch is None:
+        batch = plan.inputs[0].shape[0] if plan.inputs and plan.inputs[0].shape else 1
     n = len(lat)
     res = LoadResult(label=label, instances=instances, devices=devices, concurrency=concurrency, requests=n,
                      seconds=seconds, requests_per_s=n / seconds if seconds else 0.0,

@@ -154,10 +154,11 @@ def _load(rep: BenchReport, artifact: Path, plan: Plan, *, sweep: str | None, co
                              iterations=min(iterations, 50)) if gpu else None
     common: dict[str, Any] = {"backend": backend, "device": device, "warmup": min(warmup, 3)}
 
-    def row(label: str, instances: int, devices: list[int] | None, c: int, floor_per_s: float | None) -> None:
+    def row(label: str, instances: int, devices: list[int] | None, c: int, floor_per_s: float | None,
+            **extra: Any) -> None:
         rep.load.append(load.run_load(artifact, plan, label=label, instances=instances, devices=devices,
                                       concurrency=c, requests=None if duration_s else max(iterations, 20 * c),
-                                      duration_s=duration_s, floor_per_s=floor_per_s, **common))
+                                      duration_s=duration_s, floor_per_s=floor_per_s, **common, **extra))
 
     if sweep == "devices":
         if not gpu or device == "cpu":
@@ -182,6 +183,15 @@ def _load(rep: BenchReport, artifact: Path, plan: Plan, *, sweep: str | None, co
         for n in load.INSTANCES:
             row(f"{n} instance(s)", n, None, c, floor)
         load.compare(rep.load, per_device=False)
+        if all(t.shape and t.min_shape[0] < t.max_shape[0] for t in plan.tensors):
+            # dynamic batching's trade-off: batch-1 requests, without and with a window (latency vs throughput)
+            batched: list[Any] = []
+            rep.load, single = batched, rep.load
+            row("1 instance, batch-1 requests", 1, None, c, None, batch=1)
+            for w in load.BATCH_WINDOWS_MS:
+                row(f"batch-1 + {w:g} ms batching", 1, None, c, None, batch=1, batching={"window_ms": w})
+            load.compare(batched, per_device=False)
+            rep.load = single + batched
     else:
         assert concurrency is not None
         row(f"{per_gpu} instance(s), {concurrency} client(s)", per_gpu, None, concurrency, floor)

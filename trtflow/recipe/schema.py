@@ -242,6 +242,15 @@ class Streams(_Strict):
     cuda_graph: bool = Field(default=False, description="Capture copy-in + enqueue + copy-out in a CUDA graph.")
 
 
+class ServingBatching(_Strict):
+    """Dynamic batching of a pool's asyncio requests (needs a batch profile on every input)."""
+
+    window_ms: float = Field(default=2.0, gt=0, le=1000, description="How long the first request of a batch "
+                             "waits for others (latency added at low load).")
+    max_batch: int | None = Field(default=None, ge=1, description="Samples per batch at most; default: the "
+                                  "profile's max batch.")
+
+
 class Serving(_Strict):
     """How `RunnerPool` (trtflow.runtime.pool) serves this artifact; a single runner ignores it."""
 
@@ -252,6 +261,8 @@ class Serving(_Strict):
         "default: the current device. Ignored on the CPU.")
     max_queue: int = Field(default=1024, ge=0, le=1 << 20, description="Requests that may wait for a busy pool; "
                            "one more fails at once with Overloaded (HTTP 503), never unbounded memory.")
+    batching: ServingBatching | None = Field(default=None, description="Dynamic batching of asyncio requests "
+                                             "(off by default).")
 
     @field_validator("devices")
     @classmethod

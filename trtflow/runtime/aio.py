@@ -36,7 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from trtflow.errors import Overloaded, RunnerClosed, TrtflowError
+import numpy as np
+
+from trtflow.errors import InputError, Overloaded, RunnerClosed, TrtflowError
 
 if TYPE_CHECKING:
     from trtflow.runtime.runner import Pending, Runner
@@ -226,6 +228,125 @@ class Dispatcher:
                 lane.stats.in_flight = 0
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: requests arriving within ``window_ms`` of the first one are concatenated along
+    the batch dim (dim 0 of every input) up to ``max_batch`` samples and run as one request."""
+
+    window_ms: float
+    max_batch: int
+
+
+@dataclass
+class _Member:
+    arrays: list[Any]
+    n: int
+    fut: asyncio.Future[Any]
+
+
+class Batcher:
+    """Joins the requests of one event loop into batches in front of a :class:`Dispatcher`.
+
+    Each request is checked alone (dtype, rank, one batch size for all inputs, at most ``max_batch``),
+    so a bad one fails alone; requests whose other dims differ go into separate batches. A batch is
+    sent when it is full or its window has passed; its outputs (dim 0 = the batch) are split back
+    and each caller gets owned arrays (slices of one result are shared: they are copied).
+    """
+
+    def __init__(self, dispatcher: Dispatcher, plan: Any, batching: Batching) -> None:
+        from trtflow.runtime.memory import np_dtype
+
+        self.d = dispatcher
+        self.window_s = batching.window_ms / 1e3
+        self.max_batch = batching.max_batch
+        self._inputs = [(t.name, np_dtype(t.dtype), len(t.shape)) for t in plan.inputs]
+        self._names = {**{t.ident: t.name for t in plan.inputs}, **{t.name: t.name for t in plan.inputs}}
+        self._members: list[_Member] = []
+        self._key: tuple[Any, ...] | None = None
+        self._total = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.batches = 0  # sent so far (statistics)
+
+    def _split(self, feeds: Mapping[str, Any]) -> tuple[list[Any], int, tuple[Any, ...]]:
+        byname = {self._names.get(k, k): v for k, v in feeds.items()}
+        if set(byname) != {n for n, _, _ in self._inputs}:
+            raise InputError(f"inputs: got {sorted(byname)}, expected {[n for n, _, _ in self._inputs]}")
+        arrays, n = [], -1
+        for name, dtype, rank in self._inputs:
+            x = byname[name]
+            if not isinstance(x, np.ndarray) or x.dtype != dtype or x.ndim != rank:
+                got = f"{x.dtype}{list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
+                raise InputError(f"input {name!r}: batching expects a host array {dtype} of rank {rank}, got {got}")
+            if n not in (-1, x.shape[0]):
+                raise InputError(f"input {name!r}: batch {x.shape[0]}, the other inputs have {n}")
+            n = x.shape[0]
+            arrays.append(x)
+        if not 1 <= n <= self.max_batch:
+            raise InputError(f"batch of {n} samples; batching takes 1..{self.max_batch} per request")
+        return arrays, n, tuple(a.shape[1:] for a in arrays)
+
+    async def infer(self, feeds: Mapping[str, Any], convert: Callable[[dict[str, Any]], Any]) -> Any:
+        arrays, n, key = self._split(feeds)
+        if self._members and (key != self._key or self._total + n > self.max_batch):
+            self._flush()
+        fut: asyncio.Future[Any] = self.d.loop.create_future()
+        self._members.append(_Member(arrays, n, fut))
+        self._key = key
+        self._total += n
+        if self._total >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self.d.loop.call_later(self.window_s, self._flush)
+        return convert(await fut)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        members, self._members, self._total = [m for m in self._members if not m.fut.done()], [], 0
+        if not members:
+            return
+        feeds = {name: (members[0].arrays[i] if len(members) == 1 else np.concatenate([m.arrays[i] for m in members]))
+                 for i, (name, _, _) in enumerate(self._inputs)}
+        self.batches += 1
+        task = asyncio.ensure_future(self.d.run(feeds))
+        task.add_done_callback(lambda t: self._scatter(t, members))
+
+    @staticmethod
+    def _scatter(task: asyncio.Future[Any], members: list[_Member]) -> None:
+        if task.cancelled():
+            error: BaseException | None = RunnerClosed("the batch was cancelled")
+        else:
+            error = task.exception()
+        outs: dict[str, Any] = {}
+        if error is None:
+            try:
+                outs = task.result()[1].result_dict()
+                total = sum(m.n for m in members)
+                bad = [k for k, v in outs.items() if not v.shape or v.shape[0] != total]
+                if bad:
+                    raise InputError(f"outputs {bad} do not have the batch ({total}) as dim 0: batching cannot split them")
+            except BaseException as exc:  # noqa: BLE001 - every member of the batch gets it
+                error = exc
+        off = 0
+        for m in members:
+            if not m.fut.done():
+                if error is not None:
+                    m.fut.set_exception(error)
+                else:
+                    m.fut.set_result({k: np.array(v[off:off + m.n]) for k, v in outs.items()})
+            off += m.n
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for m in self._members:
+            if not m.fut.done():
+                m.fut.set_exception(RunnerClosed(f"{self.d.name} was closed while this request waited for its batch"))
+        self._members = []
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -263,4 +384,4 @@ async def infer(runner: Runner, feeds: Mapping[str, Any], *, copy: bool,
     return convert(pending.result_dict(copy=copy))
 
 
-__all__ = ["DEFAULT_MAX_QUEUE", "Dispatcher", "LaneStats", "dispatcher_of", "infer"]
+__all__ = ["DEFAULT_MAX_QUEUE", "Batcher", "Batching", "Dispatcher", "LaneStats", "dispatcher_of", "infer"]

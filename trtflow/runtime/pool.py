@@ -126,18 +126,25 @@ class RunnerPool:
         else the current device). One engine per device; ``instances`` contexts on each.
     max_queue: requests allowed to wait for a busy pool before :class:`Overloaded` (default: the
         recipe's ``serving.max_queue``).
+    batching: asyncio requests arriving within ``window_ms`` are run as one batch of up to
+        ``max_batch`` samples (``{"window_ms": 2, "max_batch": 32}``; default: the recipe's
+        ``serving.batching``, else off). Needs a batch profile (dim 0 of every input and output).
     runner_kwargs: passed to every runner (``backend``, ``timing``, ``topology``, ``depth``...).
     """
 
     def __init__(self, runner: type[Runner] | str | Path, *, instances: int | None = None,
-                 devices: DevicesSpec = None, max_queue: int | None = None, **runner_kwargs: Any) -> None:
+                 devices: DevicesSpec = None, max_queue: int | None = None,
+                 batching: Mapping[str, Any] | None = None, **runner_kwargs: Any) -> None:
         self._lock = threading.Lock()  # dispatch decisions and counters only, never held while a request runs
         self._closed = False
         self._aio: aio.Dispatcher | None = None
+        self._batcher: aio.Batcher | None = None
         self._turn = 0
         self.runners: list[Runner] = []
         cls, args = (runner, ()) if isinstance(runner, type) else (Runner, (Path(runner),))
-        serving = dict(_plan_of(cls, args).serving or {})
+        plan = _plan_of(cls, args)
+        serving = dict(plan.serving or {})
+        self.batching = _batching(plan, batching if batching is not None else serving.get("batching"))
         self.instances = int(instances if instances is not None else serving.get("instances", 1))
         self.max_queue = int(max_queue if max_queue is not None else serving.get("max_queue", aio.DEFAULT_MAX_QUEUE))
         if self.instances < 1 or self.max_queue < 0:
@@ -263,6 +270,10 @@ class RunnerPool:
         if d is None or d.closed or d.loop is not aio._running_loop():
             d = aio.dispatcher_of(self, lambda: self.runners, max_queue=self.max_queue, stats=self._async,
                                   name="RunnerPool")
+        if self.batching is not None:  # outputs are owned arrays: slices of one batch's result, copied
+            if self._batcher is None or self._batcher.d is not d:
+                self._batcher = aio.Batcher(d, self.plan, self.batching)
+            return await self._batcher.infer(feeds, convert)
         _, pending = await d.run(feeds)
         return convert(pending.result_dict(copy=copy))
 
@@ -301,6 +312,8 @@ class RunnerPool:
             if self._closed:
                 return
             self._closed = True
+        if self._batcher is not None:
+            self._batcher.close()
         if self._aio is not None:
             self._aio.close()
         self._close_runners()
@@ -329,6 +342,23 @@ class RunnerPool:
 
 def _identity(x: dict[str, Any]) -> dict[str, Any]:
     return x
+
+
+def _batching(plan: Any, spec: Mapping[str, Any] | None) -> aio.Batching | None:
+    """The batching settings for ``plan``, checked: every input and output has a dynamic batch (dim 0)."""
+    if not spec:
+        return None
+    fixed = [t.name for t in plan.tensors if not t.shape or t.min_shape[0] == t.max_shape[0]]
+    if fixed:
+        raise TrtflowError(f"batching: tensors {fixed} have no dynamic batch dim (dim 0)",
+                           hint="declare inputs.<name>.profile with min/opt/max batch, or turn batching off")
+    limit = min(t.max_shape[0] for t in plan.inputs)
+    max_batch = int(spec.get("max_batch") or limit)
+    window = float(spec.get("window_ms", 2.0))
+    if not 1 <= max_batch <= limit or window <= 0:
+        raise TrtflowError(f"batching: max_batch {max_batch} must be in 1..{limit} (the profile's max batch) and "
+                           f"window_ms {window} > 0")
+    return aio.Batching(window, max_batch)
 
 
 def _resolve(spec: DevicesSpec) -> list[int]:
