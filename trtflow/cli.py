@@ -565,7 +565,7 @@ def _print_validation(rep: Any) -> None:
     console.print(tbl)
     for d in getattr(rep, "decoders", []):
         ok = "[green]pass[/]" if d["passed"] else "[red]FAIL[/]"
-        console.print(f"  decoded input {escape(d['input'])} vs the host decoder (libjpeg-turbo/libpng): max "
+        console.print(f"  decoded input {markup(d['input'])} vs the host decoder (libjpeg-turbo/libpng): max "
                       f"|diff| {d['max_abs']} (<= {d['max_abs_allowed']}), {d['fraction_differing']:.3%} of values "
                       f"differ (<= {d['fraction_allowed']:.0%}): {ok}; outputs are compared on the decoded pixels")
     console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}")
