@@ -31,13 +31,15 @@ def test_default_plan_reads_model(project: Path) -> None:
     (i,), (o,) = p.inputs, p.outputs
     assert (i.name, i.shape, i.dtype, i.bytes) == ("image", (1, 3, 16, 16), "float32", 3 * 16 * 16 * 4)
     assert (o.name, o.shape, o.memory) == ("logits", (1, 5, 16, 16), "pinned")
-    assert p.class_name == "RRunner" and p.validate["default"] == {"atol": 1e-5, "rtol": 1e-5}
+    assert p.class_name == "RRunner" and p.validate["default"] is None
+    assert p.validate["per_output"]["logits"]["atol"] == p.validate["per_output"]["logits"]["rtol"] == 1e-5
 
 
 def test_plan_roundtrips_json(project: Path) -> None:
     p = plan_for(project, "precision: fp16\ninputs: {image: {dtype: uint8, layout: NHWC}}\n")
     assert Plan.from_json(p.to_json()) == p
-    assert p.validate["default"]["atol"] == 1e-2
+    assert p.validate["per_output"]["logits"]["atol"] == 1e-2  # an fp32 output of an fp16 build
+    assert p.mixed_precision["data_max"] == 512.0
 
 
 def test_contract_bytes_uint8_nhwc_and_argmax(project: Path) -> None:

@@ -205,7 +205,7 @@ def _build_into(final: Path, plan: Plan, builder: type[Backend], key: str, progr
     import onnx
 
     from trtflow.codegen import generate_runner
-    from trtflow.passes import lower
+    from trtflow.passes import lower, pass_detail
 
     timings: dict[str, float] = {}
     tmp = art.staging_dir(final)
@@ -236,6 +236,7 @@ def _build_into(final: Path, plan: Plan, builder: type[Backend], key: str, progr
             "precision": plan.precision,
             "tf32": plan.tf32,
             "passes": passes,
+            "mixed_precision": pass_detail(passes, "mixed_precision"),  # what fp16/bf16 lowering kept in fp32, why
             "backend_details": info.details,
             "versions": library_versions(),
             "platform": {"system": platform.platform(), "machine": platform.machine(), "python": sys.version.split()[0]},

@@ -454,7 +454,29 @@ def _build_one(loaded: Any, out: Path, ropts: RecipeOptions, *, force: bool = Fa
     _say(f"[green]{markup(result.name)}[/]: {state} with {result.backend} -> {markup(str(result.artifact))}/")
     for w in () if result.cache_hit else result.plan.warnings:
         _warn(w)
+    if not result.cache_hit:
+        _print_mixed_precision(result.report.get("mixed_precision"))
     return result
+
+
+def _print_mixed_precision(mp: dict[str, Any] | None, limit: int = 8) -> None:
+    """What fp16/bf16 lowering kept in fp32 and why (the nodes the range rules or the recipe chose)."""
+    from trtflow.display import mixed_precision_line, mixed_precision_reason, printable
+
+    if not mp or not mp.get("kept"):
+        return
+    _say(f"  [yellow]{mixed_precision_line(mp)}[/]")
+    chosen = [k for k in mp["kept"] if k.get("rule") != "op_type"]
+    for k in chosen[:limit]:
+        _say(f"    {printable(k['node'])} ({printable(k['op'])}): {mixed_precision_reason(k)}")
+    if len(chosen) > limit:
+        _say(f"    ... and {len(chosen) - limit} more: report.json `mixed_precision`, `trtflow inspect`")
+    ops = sorted({k["op"] for k in mp["kept"] if k.get("rule") == "op_type"})
+    if ops:
+        _say(f"    by op type: {printable(', '.join(ops), 200)}")
+    cal = mp.get("calibration") or {}
+    if not cal.get("ran") and mp.get("precision") == "fp16":
+        _say(f"    activation ranges not measured: {printable(cal.get('why'), 200)}")
 
 
 # ----------------------------------------------------------------------------------- validate
@@ -478,6 +500,9 @@ def validate(
     Exits 4 when an output fails its tolerance or task metric. The table names the formula used. With
     --no-build the artifact must be what building the recipe would produce (else exit 6, stale), unless
     --allow-stale. A folder of recipes validates each one, then exits non-zero if any failed.
+    Dynamic profiles are validated at opt, min, max and a mixed non-square shape unless the recipe's
+    validate.shapes or --shapes (one shape set per --shapes, repeatable) say otherwise; the table says what
+    decides each output.
     """
     from trtflow import extras
     from trtflow.inspect import require_fresh
@@ -498,7 +523,8 @@ def validate(
         _check_writable(dest)  # before the run: a result computed and then lost helps nobody
         with _steps(f"validating {markup(path.name)}", json_out) as step:
             rep = validate_artifact(artifact, backend=backend or "auto", device=device, samples=samples,
-                                    allow_host_code=allow_host_code, progress=step)
+                                    allow_host_code=allow_host_code, progress=step,
+                                    shapes=list(ropts.run_shapes) or None)
         if not json_out:
             _print_validation(rep)
         write_report(rep, dest)
@@ -538,30 +564,30 @@ def _check_writable(path: Path) -> None:
 
 
 def _print_validation(rep: Any) -> None:
+    from trtflow.display import mixed_precision_line, printable
+
+    several = len(rep.cases) > 1
     title = (f"{markup(rep.name)}: {markup(rep.candidate or f'{rep.backend} on {rep.device}')} vs {rep.reference}, "
-             f"{rep.samples} sample(s)")
+             f"{rep.samples} sample(s)" + (f" at each of {len(rep.cases)} shape sets" if several else ""))
     if rep.engine_file and not rep.engine_validated:
         title = f"[yellow]{title}[/]"
     tbl = Table(title=title, title_justify="left")
-    for col in ("output", "max abs", "mean abs", "p99 abs", "max rel", "p99 rel", "failing", "gate", "metrics",
-                "result"):
+    cols = ["output"] + (["shapes"] if several else []) + ["dtype", "decided by", "max abs", "mean abs",
+                                                           "p99 abs", "max rel", "p99 rel", "failing", "result"]
+    for col in cols:
         tbl.add_column(col)
     by_metric = False
     for o in rep.outputs:
-        metrics = ", ".join(f"{m.kind} {m.value:.4f} (>= {m.min})" for m in o.metrics) or "-"
-        if o.numeric_gate:
-            errs = [f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.p99_abs:.3g}", f"{o.max_rel:.3g}", f"{o.p99_rel:.3g}",
-                    f"{o.failing}/{o.total}"]
-            gate = f"atol {o.atol:g} / rtol {o.rtol:g}"
-            result = "[green]pass[/]" if o.passed else "[red]FAIL[/]"
-        else:  # class ids, masks, indices: differences of values are not errors; the task metric decides
-            by_metric = True
-            errs = ["-"] * 5 + [f"{o.failing}/{o.total} differ"]
-            gate = "metric"
-            bad = [m for m in o.metrics if not m.passed]
-            result = ("[green]pass[/] by " + ", ".join(m.kind for m in o.metrics) if not bad else
-                      "[red]FAIL[/]: " + ", ".join(f"{m.kind} {m.value:.4f} < {m.min}" for m in bad))
-        tbl.add_row(markup(o.name), *errs, gate, metrics, result)
+        by_metric |= not o.numeric_gate
+        failing = f"{o.failing}/{o.total}" + ("" if o.numeric_gate else " differ")
+        bad = [m for m in o.metrics if not m.passed]
+        if o.passed:
+            result = "[green]pass[/]" if o.numeric_gate else "[green]pass[/] by " + ", ".join(m.kind for m in o.metrics)
+        else:
+            result = "[red]FAIL[/]" + (": " + ", ".join(f"{m.kind} {m.value:.4f} < {m.min}" for m in bad) if bad else "")
+        tbl.add_row(printable(o.name), *([printable(o.case)] if several else []), o.dtype, markup(o.decided_by),
+                    f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.p99_abs:.3g}", f"{o.max_rel:.3g}",
+                    f"{o.p99_rel:.3g}", failing, result)
     console.print(tbl)
     for d in getattr(rep, "decoders", []):
         ok = "[green]pass[/]" if d["passed"] else "[red]FAIL[/]"
@@ -570,8 +596,11 @@ def _print_validation(rep: Any) -> None:
                       f"differ (<= {d['fraction_allowed']:.0%}): {ok}; outputs are compared on the decoded pixels")
     console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}")
     if by_metric:
-        console.print("  gate 'metric': integer outputs (class ids, masks, top-k indices) are judged by their task "
-                      "metrics, not by the difference of their values")
+        console.print("  integer outputs (class ids, masks, top-k indices) are decided by their task metric; their "
+                      "abs/rel columns are shown, not gated")
+    mp = rep.mixed_precision
+    if mp and mp.get("kept"):
+        console.print(f"  {mixed_precision_line(mp)} (`trtflow inspect` lists them)")
 
 
 # -------------------------------------------------------------------------------------- bench

@@ -192,6 +192,7 @@ def _report_summary(report: dict[str, Any]) -> dict[str, Any]:
         "platform": report.get("platform"),
         "timings_s": report.get("timings_s") or {},
         "passes": passes,
+        "mixed_precision": report.get("mixed_precision"),
         "warnings": list(report.get("warnings") or []) + [f"{report.get('backend')}: {w}"
                                                            for w in details.get("warnings") or []],
     }
@@ -390,10 +391,34 @@ def render(info: dict[str, Any], console: Any, *, all_layers: bool = False) -> N
                          markup(_counts(p.get("nodes_added"))), markup(_counts(p.get("nodes_removed"))),
                          f"{p.get('seconds', 0):.3f}", markup("; ".join(p.get("notes") or [])) or "-")
         console.print(ptbl)
+    _render_mixed_precision(rep.get("mixed_precision"), console, all_layers=all_layers)
     for w in rep["warnings"]:
         console.print(f"[yellow]warning:[/] {markup(str(w))}")
     for n in info["notes"]:
         console.print(f"[dim]note: {markup(n)}[/]")
+
+
+def _render_mixed_precision(mp: Any, console: Any, *, all_layers: bool) -> None:
+    """The nodes fp16/bf16 lowering kept in fp32 and why (report.json ``mixed_precision``)."""
+    from rich.table import Table
+
+    from trtflow.display import mixed_precision_line, mixed_precision_reason, printable
+
+    if not isinstance(mp, dict) or not mp.get("kept"):
+        return
+    tbl = Table(title=f"kept in fp32 - {mixed_precision_line(mp)}", title_justify="left")
+    for col in ("node", "op", "why"):
+        tbl.add_column(col)
+    rows = sorted(mp["kept"], key=lambda k: k.get("rule") == "op_type")  # the range rules' choices first
+    for k in rows if all_layers else rows[:15]:
+        tbl.add_row(printable(k.get("node")), printable(k.get("op")), mixed_precision_reason(k))
+    console.print(tbl)
+    if len(rows) > 15 and not all_layers:
+        console.print(f"  ... {len(rows) - 15} more (--layers lists all)")
+    cal = mp.get("calibration") or {}
+    console.print("  calibration: " + (f"{cal.get('samples')} sample(s) of {cal.get('inputs')}, {cal.get('tensors')} "
+                                       f"tensors measured in {cal.get('seconds')} s" if cal.get("ran")
+                                       else f"not run ({printable(cal.get('why'), 200)})"))
 
 
 def _counts(d: Any) -> str:

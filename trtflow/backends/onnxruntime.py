@@ -66,6 +66,21 @@ def reference_session(model_path: Path) -> Any:
     return _session(ort, Path(model_path), ["CPUExecutionProvider"], optimize=False)
 
 
+def run_model(model: Any, feeds_list: list[dict[str, np.ndarray]], outputs: list[str]) -> list[list[np.ndarray]]:
+    """Run an in-memory ONNX model (a ``ModelProto``) on onnxruntime CPU, graph optimizations off, once
+    per feed dict; returns ``outputs`` per run. For build-time analysis (the fp16 calibration run)."""
+    ort = _ort()
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), session_options(ort, optimize=False),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... classes
+        raise BuildError(f"onnxruntime cannot load the model: {str(exc).strip()}") from None
+    try:
+        return [list(sess.run(outputs, feeds)) for feeds in feeds_list]
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(f"onnxruntime cannot run the model: {str(exc).strip()}") from None
+
+
 def _io(sess: Any) -> list[dict[str, Any]]:
     out = []
     for mode, args in (("input", sess.get_inputs()), ("output", sess.get_outputs())):
@@ -103,7 +118,7 @@ class OrtCpuEngine(CpuEngine):
         for name in self._inputs:
             if name not in feeds:
                 raise InputError(f"missing input {name!r}")
-            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+            binding.bind_cpu_input(name, np.require(feeds[name], requirements="C"))
         copies: list[str] = []
         for t in self.plan.outputs:
             arr = outputs[t.name]

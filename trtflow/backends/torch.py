@@ -38,6 +38,7 @@ from trtflow.plan.model import BuildInfo, Plan, TensorPlan
 
 MODEL_FILE = "model.onnx"
 _OP = re.compile(r"operation_type='([^']+)'")
+_OTHERS = "backend onnxruntime (CPU) and tensorrt/tensorrt_rtx implement it: build with --backend onnxruntime or tensorrt_rtx"
 
 
 def _torch() -> Any:
@@ -48,16 +49,23 @@ def _torch() -> Any:
 
 
 def _convert(path: Path) -> Any:
-    """onnx2torch conversion; an unsupported op becomes a BuildError naming it and the alternatives."""
+    """onnx2torch conversion (plus our converters, :mod:`trtflow.backends._torch_ops`); an op nothing
+    converts becomes one BuildError naming every such op and the backends that run them."""
     if importlib.util.find_spec("onnx2torch") is None:
         raise BackendMissing("backend 'torch' needs onnx2torch, which is not installed", hint="pip install 'trtflow[torch]'")
     import onnx
-    from onnx2torch import convert
 
+    from trtflow.backends import _torch_ops
+
+    convert = _torch_ops.load()
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own classes
         raise ArtifactError(f"{path}: not a readable ONNX model ({exc})", hint="rebuild the artifact") from None
+    missing = _torch_ops.missing_ops(model)
+    if missing:
+        raise BuildError(f"the torch engine cannot run {path.name}: onnx2torch has no converter for "
+                         f"{', '.join(missing)} (nor does trtflow)", hint=_OTHERS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -65,13 +73,10 @@ def _convert(path: Path) -> Any:
     except NotImplementedError as exc:
         text = str(exc)
         m = _OP.search(text)
-        op = m.group(1) if m else None
-        what = f"the op {op!r}" if op else "an op"
-        raise BuildError(f"onnx2torch cannot convert {what} of {path.name}: {text}",
-                         hint="use backend onnxruntime (CPU) or tensorrt/tensorrt_rtx, which implement it") from None
+        what = f"the op {m.group(1)!r}" if m else "an op"
+        raise BuildError(f"the torch engine cannot run {what} of {path.name}: {text}", hint=_OTHERS) from None
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises plain exceptions for unsupported graphs
-        raise BuildError(f"onnx2torch cannot convert {path.name}: {type(exc).__name__}: {exc}",
-                         hint="use backend onnxruntime (CPU) or tensorrt/tensorrt_rtx") from None
+        raise BuildError(f"onnx2torch cannot convert {path.name}: {type(exc).__name__}: {exc}", hint=_OTHERS) from None
     _static("split_outputs", module, model)  # one tensor per graph output (TopK's values and indices apart)
     return module
 
@@ -324,7 +329,7 @@ class TorchCpuEngine(CpuEngine):
             raise RunnerClosed("torch engine used after close()")
         torch = self._torch
         with torch.inference_mode():
-            result = self._module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self._in_order))
+            result = self._module(*(torch.from_numpy(np.require(feeds[n], requirements="C")) for n in self._in_order))
         outs = result if isinstance(result, (tuple, list)) else (result,)
         shapes: dict[str, tuple[int, ...]] = {}
         for name, res in zip(self._out_order, outs):

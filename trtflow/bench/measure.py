@@ -78,7 +78,7 @@ def _sync_device() -> None:
 
 def input_sets(plan: Plan, n: int, *, batch: int | None = None, device: bool = False) -> list[dict[str, Any]]:
     """``n`` rotating input sets keyed by identifier, so caches do not flatter results."""
-    from trtflow.validate.run import generate_inputs
+    from trtflow.validate.inputs import generate_inputs
 
     sets = []
     for i in range(n):

@@ -79,11 +79,19 @@ def lower(model: onnx.ModelProto, plan: Plan, *,
             current = p.run(current, plan)
         seconds = time.perf_counter() - start
         notes = [str(w.message) for w in caught if issubclass(w.category, PassNote)]
+        details: dict[str, Any] = {}
         for w in caught:  # library warnings are not ours to swallow
             if not issubclass(w.category, PassNote):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        records.append(_record(p.name, before, _summary(current), seconds, notes))
+            elif isinstance(w.message, PassNote):
+                details.update(w.message.data)
+        records.append(_record(p.name, before, _summary(current), seconds, notes, details))
     return current, records
+
+
+def pass_detail(records: list[dict[str, Any]], key: str) -> Any:
+    """The structured detail ``key`` some pass reported (e.g. ``mixed_precision``), or None."""
+    return next((r["details"][key] for r in records if key in (r.get("details") or {})), None)
 
 
 def _summary(model: onnx.ModelProto) -> dict[str, Any]:
@@ -104,7 +112,7 @@ def _io(vi: onnx.ValueInfoProto) -> str:
 
 
 def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: float,
-            notes: list[str]) -> dict[str, Any]:
+            notes: list[str], details: dict[str, Any]) -> dict[str, Any]:
     added = after["ops"] - before["ops"]
     removed = before["ops"] - after["ops"]
     rec: dict[str, Any] = {
@@ -117,10 +125,13 @@ def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: f
         "initializers_delta": after["initializers"] - before["initializers"],
         "notes": notes,
     }
+    if details:
+        rec["details"] = details
     for key in ("inputs", "outputs", "opset"):
         if before[key] != after[key]:
             rec[key] = {"before": before[key], "after": after[key]}
     return rec
 
 
-__all__ = ["PASSES", "Pass", "PassNote", "check_io", "fold_shapes", "io_inputs", "io_outputs", "lower", "normalize", "precision"]
+__all__ = ["PASSES", "Pass", "PassNote", "check_io", "fold_shapes", "io_inputs", "io_outputs", "lower", "normalize",
+           "pass_detail", "precision"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -189,9 +190,17 @@ def io_elem_type(vi: onnx.ValueInfoProto) -> int:
 
 
 class PassNote(UserWarning):
-    """Something a pass wants in the build report (``lower`` records these per pass)."""
+    """Something a pass wants in the build report (``lower`` records these per pass).
+
+    ``data``: structured details merged into the pass record's ``details`` (e.g. ``mixed_precision``).
+    """
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.data = data or {}
 
 
-def note(message: str) -> None:
-    """Report ``message`` from inside a pass without widening the ``(model, plan) -> model`` signature."""
-    warnings.warn(message, PassNote, stacklevel=2)
+def note(message: str, **data: Any) -> None:
+    """Report ``message`` (and structured ``data``) from inside a pass without widening the
+    ``(model, plan) -> model`` signature."""
+    warnings.warn(PassNote(message, data), stacklevel=2)

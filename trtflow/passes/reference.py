@@ -44,7 +44,7 @@ def reference_input(t: TensorPlan, caller_array: np.ndarray) -> np.ndarray:
         y = resize(y, tuple(t.resize["to"]), t.resize["mode"])
     if t.preprocess:
         y = normalize(y, t.preprocess)
-    return np.ascontiguousarray(y.astype(numpy_dtype(t.model_dtype), copy=False))
+    return np.require(y.astype(numpy_dtype(t.model_dtype), copy=False), requirements="C")  # keeps rank 0
 
 
 def _source_coords(n_in: int, n_out: int, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -106,6 +106,7 @@ class Plan:
     serving: dict[str, Any] = field(default_factory=dict)  # instances, devices, max_queue (runtime/pool.py)
     trtflow_version: str = ""
     plan_version: int = 1
+    mixed_precision: dict[str, Any] = field(default_factory=dict)  # recipe `mixed_precision:` (fp16/bf16 lowering)
 
     @property
     def tensors(self) -> tuple[TensorPlan, ...]:

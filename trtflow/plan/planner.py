@@ -19,6 +19,7 @@ from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, identity, pa
 from trtflow.plan.symbolic import Unresolved
 from trtflow.recipe.loader import LoadedRecipe
 from trtflow.recipe.schema import InputSpec, OutputSpec, TopKReduce
+from trtflow.validate.policy import resolve as resolve_validation
 
 FLOATS = ("float32", "float16", "bfloat16")
 
@@ -82,6 +83,12 @@ class _Planner:
                     close = difflib.get_close_matches(name, names, n=1)
                     hint = f"did you mean {close[0]!r}?" if close else f"the model's {section}: {', '.join(names)}"
                     raise self.err((section, name), f"the model has no {section[:-1]} named {name!r}", hint)
+        names = [t.name for t in self.info.inputs]
+        for name in self.recipe.validate_.inputs:  # per-input generators
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                raise self.err(("validate", "inputs", name), f"the model has no input named {name!r}",
+                               f"did you mean {close[0]!r}?" if close else f"the model's inputs: {', '.join(names)}")
 
     # -- inputs -----------------------------------------------------------------------------------
     def input_shapes(self, io: IOInfo, spec: InputSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -476,9 +483,7 @@ class _Planner:
             self.warnings.append(f"cuda_graph with dynamic inputs {dynamic}: the graph is recaptured "
                                  "whenever a shape changes")
         validate = r.validate_.model_dump()
-        if validate["default"] is None:
-            tol = 1e-2 if r.precision in ("fp16", "bf16") else (1e-3 if r.precision == "tf32" else 1e-5)
-            validate["default"] = {"atol": tol, "rtol": tol}
+        validate["per_output"] = resolve_validation(validate, r.precision, outputs)  # tolerances per output dtype
         name = self.loaded.name
         return Plan(
             name=name, class_name=class_name_for(name), recipe_path=str(self.loaded.path),
@@ -486,6 +491,7 @@ class _Planner:
             opset=self.info.opset, precision=r.precision, tf32=r.precision == "tf32",
             inputs=tuple(inputs), outputs=tuple(outputs), streams=r.streams.model_dump(), serving=r.serving.model_dump(),
             build=r.build.model_dump(), validate=validate, budgets=r.budgets.model_dump(), link=self.link,
+            mixed_precision=r.mixed_precision.model_dump(),
             warnings=tuple(self.warnings), trtflow_version=__version__)
 
 

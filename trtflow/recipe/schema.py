@@ -306,20 +306,98 @@ class Metric(_Strict):
     min: float = Field(ge=0, le=1, description="Smallest acceptable value (fraction).")
 
 
+class RangeGenerator(_Strict):
+    """Uniform values in [low, high) (floats) or integers in [low, high] (integer inputs)."""
+
+    kind: Literal["range"]
+    low: float = 0.0
+    high: float = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeGenerator:
+        if self.high < self.low:
+            raise ValueError(f"need low <= high, got {self.low} > {self.high}")
+        return self
+
+
+class NormalGenerator(_Strict):
+    """Gaussian values (float inputs)."""
+
+    kind: Literal["normal"]
+    mean: float = 0.0
+    std: float = Field(default=1.0, ge=0)
+
+
+class ChoiceGenerator(_Strict):
+    """Sample k fills the whole input with ``values[k % len(values)]``: a sample rate, a flag, a mode."""
+
+    kind: Literal["choice"]
+    values: list[int | float] = Field(min_length=1, description="e.g. [8000, 16000] for a sample-rate input.")
+
+
+class ZerosGenerator(_Strict):
+    """All zeros: the initial recurrent state of a streaming model."""
+
+    kind: Literal["zeros"]
+
+
+class ImageGenerator(_Strict):
+    """A procedural photo-like image (smooth shading, objects with edges, 1/f texture, text-like strokes)."""
+
+    kind: Literal["image"]
+    range: list[float] | None = Field(min_length=2, max_length=2,
+        default=None, description="Pixel value range before mean/std; default [0, 255] for integer inputs, [0, 1] for floats.")
+    mean: list[float] | None = Field(default=None, description="Per-channel mean subtracted (for models that "
+                                     "take normalized images without a recipe `preprocess`).")
+    std: list[float] | None = Field(default=None, description="Per-channel std divided after the mean.")
+    channels_last: bool | None = Field(
+        default=None, description="Channel axis last (NHWC); default: from the input's layout, else NCHW.")
+
+
+Generator = Annotated[
+    RangeGenerator | NormalGenerator | ChoiceGenerator | ZerosGenerator | ImageGenerator,
+    Field(discriminator="kind"),
+]
+ShapeSet = Literal["min", "opt", "max", "mixed"] | dict[str, list[Dim]]
+
+
 class Validate(_Strict):
     formula: Formula = Field(
         default="elemwise",
         description="elemwise (Polygraphy): fail where |a-b| > atol AND |a-b|/|b| > rtol. "
         "allclose (numpy): fail where |a-b| > atol + rtol*|b|.")
     statistic: Statistic = Field(default="max", description="Statistic printed and gated per output.")
-    default: Tolerance | None = Field(default=None, description="Tolerance for outputs not named below "
-                                      "(default: 1e-5 for fp32/tf32 precision, 1e-2 for fp16/bf16).")
+    default: Tolerance | None = Field(default=None, description="Tolerance for float outputs not named below "
+                                      "(default: from the precision and each output's dtype, see docs/numerics.md).")
     tolerances: dict[str, Tolerance] = Field(default_factory=dict, description="Per-output tolerances.")
     metrics: dict[str, list[Metric]] = Field(default_factory=dict, description="Per-output task metrics.")
-    samples: int = Field(default=2, ge=1, le=1000)
+    samples: int = Field(default=2, ge=1, le=1000, description="Samples per shape set (with `data`: the file's samples).")
     seed: int = 0
-    generator: Literal["uniform", "normal"] = "uniform"
-    data: str | None = Field(default=None, description="An .npz file of input arrays (relative to the recipe).")
+    generator: Literal["uniform", "normal"] = Field(
+        default="uniform", description="Inputs without an entry in `inputs`: uniform [0, 1) or standard normal floats.")
+    inputs: dict[str, Generator] = Field(default_factory=dict, description="Per-input generators, by input name.")
+    shapes: list[ShapeSet] | None = Field(
+        default=None, description="Input shape sets to validate: min, opt, max, mixed (every dynamic dim "
+        "off opt, H != W) or {input: shape} in the model's layout. Default: [opt] for static inputs, [opt, min, max, "
+        "mixed] for dynamic. `validate --shapes` replaces it.")
+    data: str | None = Field(default=None, description="An .npz file of input arrays (relative to the recipe): "
+                             "key <input> (one sample, or samples stacked on a new axis 0) or <k>/<input> "
+                             "(sample k). Inputs it lacks are generated.")
+
+
+class MixedPrecision(_Strict):
+    """Which layers fp16/bf16 lowering keeps in fp32 (the rules of ModelOpt AutoCast)."""
+
+    keep_fp32_ops: list[str] = Field(default_factory=list, description="Op types kept in fp32, e.g. [Softmax].")
+    keep_fp32_nodes: list[str] = Field(
+        default_factory=list, description="Node names kept in fp32; shell-style wildcards, e.g. '/model.22/*'.")
+    init_max: float = Field(default=65504.0, gt=0, description="fp16: a node reading a weight with |x| above "
+                            "this stays fp32 (65504 = fp16 max; the converter would clamp it).")
+    data_max: float | None = Field(default=512.0, gt=0, description="fp16: a node whose input or output reaches "
+                                   "|x| above this on the calibration run stays fp32 (AutoCast's default 512); "
+                                   "null turns the rule off.")
+    calibrate: bool = Field(default=True, description="fp16: run the fp32 model once per validation sample on "
+                            "onnxruntime (CPU) at build time to measure activation ranges for `data_max`.")
 
 
 class Budgets(_Strict):
@@ -354,6 +432,7 @@ class Recipe(_Strict):
     streams: Streams = Field(default_factory=Streams)
     serving: Serving = Field(default_factory=Serving)
     build: Build = Field(default_factory=Build)
+    mixed_precision: MixedPrecision = Field(default_factory=MixedPrecision)
     validate_: Validate = Field(default_factory=Validate, alias="validate")
     budgets: Budgets = Field(default_factory=Budgets)
     link: Link = Field(default_factory=Link)

@@ -3,7 +3,8 @@
 Every request goes through :meth:`Inputs.check`: feeds keyed by tensor name or identifier, each a
 C-contiguous numpy array (host strategies) or a CUDA array (``memory: device``) of the plan's dtype,
 inside the profile; an encoded input (``encoding: jpeg|png|image``) takes file bytes, checked by
-:func:`trtflow.runtime.encoded.check_files` (the shape comes from the headers). The answers are cached: the key order of a feeds mapping seen before, and per
+:func:`trtflow.runtime.encoded.check_files` (the shape comes from the headers); a rank-0 input also takes
+a Python number or numpy scalar. The answers are cached: the key order of a feeds mapping seen before, and per
 input the shapes that passed the full check, so a warm request pays one type, dtype, contiguity and
 shape compare per input; anything else takes the full check and its error names the tensor, what was
 expected and what came.
@@ -70,6 +71,8 @@ class Inputs:
                         and not (check_finite and dt.kind == "f")):
                     shapes.append(x.shape)
                     continue
+            if not spec.t.shape and not spec.device and isinstance(x, (bool, int, float, np.generic)):
+                x = values[i] = scalar_input(spec.t, x)  # a rank-0 input given as a Python or numpy scalar
             shape = self.check_one(spec.t, x, check_finite=check_finite)
             ok = spec.shapes_ok
             if len(ok) >= 64:
@@ -153,6 +156,20 @@ class Inputs:
         if t.role != role:
             raise InputError(f"tensor {name!r} is an {t.role}, not an {role}")
         return t
+
+
+def scalar_input(t: TensorPlan, x: float | np.generic) -> np.ndarray:
+    """A rank-0 array for a scalar: a numpy scalar keeps its dtype (checked like an array's: no implicit
+    casts); a Python number takes the input's dtype when its value survives (16000 for an int64 ``sr``)."""
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    try:
+        arr = np.asarray(x, dtype=np_dtype(t.dtype))
+    except (OverflowError, ValueError):
+        arr = None
+    if arr is None or arr.item() != x:
+        raise InputError(f"input {t.name!r}: {x!r} does not fit its dtype {t.dtype}")
+    return arr
 
 
 def describe(x: Any) -> str:

@@ -61,6 +61,14 @@ class OutputComparison:
     numeric_gate: bool                 # whether the tolerance gates this output (False for masks/indices)
     statistic_ok: bool                 # the chosen statistic of the error is within tolerance
     metrics: list[MetricResult] = field(default_factory=list)
+    case: str = "opt"                  # the input shape set (or data) these samples ran at
+
+    @property
+    def decided_by(self) -> str:
+        """What decides pass/fail, with its value: ``elemwise atol 0.01 rtol 0.01`` or ``agreement 0.9993 >= 0.99``."""
+        parts = [f"{self.formula} atol {self.atol:g} rtol {self.rtol:g}"] if self.numeric_gate else []
+        parts += [f"{m.kind} {m.value:.4f} >= {m.min:g}" for m in self.metrics]
+        return "; ".join(parts) or "-"
 
     @property
     def numeric_passed(self) -> bool:
@@ -76,6 +84,7 @@ class OutputComparison:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
+        d["decided_by"] = self.decided_by
         return d
 
 
@@ -135,8 +144,11 @@ METRICS = {"agreement": agreement, "iou": mean_iou, "topk_overlap": topk_overlap
 
 def compare(name: str, a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, formula: str = "elemwise",
             statistic: str = "max", metrics: list[dict[str, Any]] | None = None,
-            numeric_gate: bool = True) -> OutputComparison:
-    """Compare candidate ``a`` with reference ``b``; shapes must match exactly."""
+            numeric_gate: bool = True, case: str = "opt") -> OutputComparison:
+    """Compare candidate ``a`` with reference ``b``; shapes must match exactly.
+
+    With ``numeric_gate=False`` (integer outputs) the tolerance is reported but only ``metrics`` decide.
+    """
     if a.shape != b.shape:
         raise ValueError(f"output {name!r}: candidate shape {a.shape} != reference shape {b.shape}")
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
@@ -157,4 +169,4 @@ def compare(name: str, a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float
         max_abs=_stat(absdiff, "max"), mean_abs=_stat(absdiff, "mean"), p99_abs=_stat(absdiff, "p99"),
         max_rel=_stat(rel, "max"), mean_rel=_stat(rel, "mean"), p99_rel=_stat(rel, "p99"),
         failing=int(bad.sum()), total=int(a.size), nonfinite=int((~np.isfinite(a64)).sum()),
-        numeric_gate=numeric_gate, statistic_ok=statistic_ok, metrics=results)
+        numeric_gate=numeric_gate, statistic_ok=statistic_ok, metrics=results, case=case)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,8 @@ from trtflow import artifact as art
 from trtflow.errors import RecipeError
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.validate.compare import FORMULA_TEXT, OutputComparison, compare
-
-INTEGER_REDUCERS = {"argmax", "threshold"}
+from trtflow.validate.inputs import generate_inputs, load_data, shape_cases
+from trtflow.validate.policy import resolve
 
 
 @dataclass
@@ -35,8 +35,10 @@ class ValidationReport:
     formula: str
     formula_text: str
     statistic: str
-    samples: int
-    outputs: list[OutputComparison] = field(default_factory=list)
+    samples: int                       # per shape set (the largest, with data grouped by shape)
+    outputs: list[OutputComparison] = field(default_factory=list)  # one per output per shape set
+    cases: list[str] = field(default_factory=list)                 # the shape sets, in the order run
+    mixed_precision: dict[str, Any] | None = None                  # the build's fp32 islands (report.json)
     seconds: float = 0.0
     # What ran as the candidate, said plainly: the engine plan, or the lowered model.onnx in its place
     candidate: str = ""
@@ -57,48 +59,11 @@ class ValidationReport:
             "decoders": self.decoders,
             "name": self.name, "artifact": self.artifact, "backend": self.backend, "device": self.device,
             "reference": self.reference, "formula": self.formula, "formula_text": self.formula_text,
-            "statistic": self.statistic, "samples": self.samples, "passed": self.passed,
+            "statistic": self.statistic, "samples": self.samples, "cases": self.cases, "passed": self.passed,
             "seconds": self.seconds, "candidate": self.candidate, "engine_file": self.engine_file,
             "engine_validated": self.engine_validated, "outputs": [o.to_dict() for o in self.outputs],
+            "mixed_precision": self.mixed_precision,
         }
-
-
-def generate_inputs(plan: Plan, sample: int, folder: Path, *, batch: int | None = None) -> dict[str, np.ndarray]:
-    """One sample of caller-side inputs: from the recipe's .npz data, or seeded random data.
-
-    ``batch`` replaces dimension 0 of inputs whose profile lets it vary (batch sweeps).
-    """
-    v = plan.validate
-    if v.get("data") and batch is None:
-        path = (folder / v["data"]).resolve()
-        with np.load(path) as data:
-            missing = [t.name for t in plan.inputs if t.name not in data.files]
-            if missing:
-                raise RecipeError(f"{path}: no arrays named {missing} (has {data.files})")
-            return {t.name: np.ascontiguousarray(data[t.name][sample % len(data[t.name])] if data[t.name].ndim
-                                                 == len(t.shape) + 1 else data[t.name]) for t in plan.inputs}
-    rng = np.random.default_rng(int(v.get("seed", 0)) + sample)
-    return {t.name: _random(rng, t, v.get("generator", "uniform"), batch) for t in plan.inputs}
-
-
-def _random(rng: np.random.Generator, t: TensorPlan, generator: str, batch: int | None = None) -> np.ndarray:
-    shape = t.shape
-    if batch is not None and shape and t.min_shape[0] != t.max_shape[0]:
-        shape = (batch, *shape[1:])
-    if t.dtype in ("uint8",):
-        return rng.integers(0, 256, size=shape, dtype=np.uint8)
-    if t.dtype in ("int8",):
-        return rng.integers(-128, 128, size=shape, dtype=np.int8)
-    if t.dtype in ("int32", "int64"):
-        return rng.integers(0, 16, size=shape).astype(t.dtype)
-    if t.dtype == "bool":
-        return rng.integers(0, 2, size=shape).astype(bool)
-    x = rng.standard_normal(shape) if generator == "normal" else rng.random(shape)
-    if t.dtype == "bfloat16":
-        import ml_dtypes  # noqa: F401  (numpy bfloat16)
-
-        return x.astype("bfloat16")
-    return x.astype(t.dtype)
 
 
 def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray], sess: Any = None) -> dict[str, np.ndarray]:
@@ -118,18 +83,6 @@ def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray], sess: Any = None
     for src, arr in zip(sources, raw):
         out.update(reduce_outputs(plan, src, np.asarray(arr)))
     return out
-
-
-def _gate(t: TensorPlan, plan: Plan) -> tuple[bool, list[dict[str, Any]]]:
-    """Whether the numeric tolerance gates ``t``, and its task metrics (defaults for reduced outputs)."""
-    v = plan.validate
-    metrics = v.get("metrics", {}).get(t.name) or v.get("metrics", {}).get(t.source)
-    red = (t.reduce or {}).get("op")
-    if red in INTEGER_REDUCERS:
-        return False, metrics or [{"kind": "agreement", "min": 0.99}]
-    if red == "topk" and t.name.endswith("_indices"):
-        return False, metrics or [{"kind": "topk_overlap", "min": 0.9}]
-    return True, metrics or []
 
 
 def import_runner(artifact: Path) -> type:
@@ -203,58 +156,89 @@ def check_decoder(name: str, seen: np.ndarray, files: Any) -> dict[str, Any]:
 
 def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "auto",
                       samples: int | None = None, allow_host_code: bool = False,
+                      shapes: Sequence[str | Mapping[str, Sequence[int]]] | None = None,
                       progress: Callable[[int, int], None] | None = None) -> ValidationReport:
-    """Compare the artifact's runner with the reference; ``progress(done, total)`` after each sample."""
+    """Validate at every shape set (``shapes``: ``--shapes`` dicts or words, in the model's layout; else
+    ``validate.shapes``/the default), or on every sample of ``validate.data``. ``samples`` caps the
+    samples per shape set (or of the data); ``progress(done, total)`` after each sample."""
     t0 = time.perf_counter()
     plan, built = art.load(artifact)  # a truncated or replaced file or a bad plan fails here, before anything runs
     v = plan.validate
-    n = samples or int(v.get("samples", 1))
+    runs = _runs(plan, samples, shapes)
     runner_cls = import_runner(artifact)
-    by_name = {t.name: t for t in plan.outputs}
-    cand: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
-    refs: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
-    folder = Path(plan.recipe_path).parent
+    per_output = v.get("per_output") or resolve(v, plan.precision, plan.outputs)  # plans older than per_output
     from trtflow.backends.onnxruntime import reference_session
 
     ref_sess = reference_session(Path(plan.model_path))  # one session for every sample
+    out = []
+    total, done = sum(len(b) for _, b in runs), 0
     with runner_cls(backend=backend, device=device, allow_host_code=allow_host_code) as runner:
         used_backend = getattr(runner, "backend", backend)
         used_device = getattr(runner, "device", device)
         encoded = [t for t in plan.inputs if t.encoding]
         worst: dict[str, dict[str, Any]] = {}
-        for i in range(n):
-            feeds: dict[str, Any] = generate_inputs(plan, i, folder) if len(encoded) < len(plan.inputs) else {}
-            for t in encoded:
-                feeds[t.name] = encoded_files(t, i)
-            got = _as_dict(runner(**{plan.tensor(k).ident: x for k, x in feeds.items()}))
-            got = {t.name: got[t.ident] if t.ident in got else got[t.name] for t in plan.outputs}
-            for t in encoded:  # the reference sees the pixels the engine saw; the decoder is checked apart
-                seen = runner.decoded(t.name)
-                d = check_decoder(t.name, seen, feeds[t.name])
-                if t.name not in worst or (d["max_abs"], d["fraction_differing"]) > (
-                        worst[t.name]["max_abs"], worst[t.name]["fraction_differing"]):
-                    worst[t.name] = d
-                feeds[t.name] = seen
-            ref = reference_outputs(plan, feeds, ref_sess)
-            for name, seen in cand.items():
-                seen.append(np.array(got[name], copy=True))
-                refs[name].append(ref[name])
-            if progress is not None:
-                progress(i + 1, n)
-    tol = v.get("tolerances", {})
-    out = []
-    for name, t in by_name.items():
-        gate, metrics = _gate(t, plan)
-        tl = tol.get(name) or tol.get(t.source) or v["default"]
-        out.append(compare(name, np.stack(cand[name]), np.stack(refs[name]), atol=tl["atol"], rtol=tl["rtol"],
-                           formula=v["formula"], statistic=v["statistic"], metrics=metrics, numeric_gate=gate))
+        for label, batch in runs:
+            cand: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
+            refs: dict[str, list[np.ndarray]] = {t.name: [] for t in plan.outputs}
+            for k, generated in enumerate(batch):
+                feeds: dict[str, Any] = dict(generated)
+                for t in encoded:
+                    feeds[t.name] = encoded_files(t, k)
+                got = _as_dict(runner(**{plan.tensor(x).ident: v_ for x, v_ in feeds.items()}))
+                got = {t.name: got[t.ident] if t.ident in got else got[t.name] for t in plan.outputs}
+                for t in encoded:  # the reference sees the pixels the engine saw; the decoder is checked apart
+                    seen = runner.decoded(t.name)
+                    d = check_decoder(t.name, seen, feeds[t.name])
+                    if t.name not in worst or (d["max_abs"], d["fraction_differing"]) > (
+                            worst[t.name]["max_abs"], worst[t.name]["fraction_differing"]):
+                        worst[t.name] = d
+                    feeds[t.name] = seen
+                ref = reference_outputs(plan, feeds, ref_sess)
+                for name, seen in cand.items():
+                    seen.append(np.array(got[name], copy=True))
+                    refs[name].append(ref[name])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            for t in plan.outputs:
+                pol = per_output[t.name]
+                gate = pol["gate"] == "tolerance"
+                out.append(compare(t.name, np.stack(cand[t.name]), np.stack(refs[t.name]),
+                                   atol=pol["atol"] or 0.0, rtol=pol["rtol"] or 0.0, formula=v["formula"],
+                                   statistic=v["statistic"], metrics=pol["metrics"], numeric_gate=gate, case=label))
     candidate, engine_file, engine_validated = describe_candidate(built, str(used_backend), str(used_device))
+    mp = built.get("mixed_precision")
     return ValidationReport(
         name=plan.name, artifact=str(artifact), backend=str(used_backend), device=str(used_device),
         reference="onnxruntime CPU fp32, original model", formula=v["formula"],
-        formula_text=FORMULA_TEXT[v["formula"]], statistic=v["statistic"], samples=n, outputs=out,
-        seconds=time.perf_counter() - t0, candidate=candidate, engine_file=engine_file,
-        engine_validated=engine_validated, decoders=list(worst.values()))
+        formula_text=FORMULA_TEXT[v["formula"]], statistic=v["statistic"],
+        samples=max((len(b) for _, b in runs), default=0), outputs=out, cases=[label for label, _ in runs],
+        mixed_precision=mp if isinstance(mp, dict) else None, seconds=time.perf_counter() - t0,
+        candidate=candidate, engine_file=engine_file, engine_validated=engine_validated,
+        decoders=list(worst.values()))
+
+
+def _runs(plan: Plan, samples: int | None,
+          shapes: Sequence[Any] | None) -> list[tuple[str, list[dict[str, np.ndarray]]]]:
+    """(label, input samples) per shape set; with ``validate.data`` (and no --shapes), its samples grouped
+    by their shapes (samples of one group are stacked for the comparison)."""
+    v = plan.validate
+    folder = Path(plan.recipe_path).parent
+    if v.get("data") and not shapes:
+        groups: dict[tuple[Any, ...], list[dict[str, np.ndarray]]] = {}
+        for feeds in load_data(plan, folder)[:samples]:
+            groups.setdefault(tuple(feeds[t.name].shape for t in plan.inputs), []).append(feeds)
+        if len(groups) == 1:
+            return [("data", next(iter(groups.values())))]
+        return [("data " + ",".join(f"{t.name}:{_dims(s)}" for t, s in zip(plan.inputs, key)), group)
+                for key, group in groups.items()]
+    n = samples or int(v.get("samples", 1))
+    return [(case.label, [generate_inputs(plan, i, folder, shapes=case.shapes) for i in range(n)])
+            for case in shape_cases(plan, shapes if shapes else v.get("shapes"))]
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "()"
 
 
 def write_report(rep: ValidationReport, path: Path) -> None:

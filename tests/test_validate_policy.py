@@ -1,0 +1,92 @@
+"""Default tolerances follow each output's dtype and the precision; integer outputs are judged by their metric.
+
+Real model: the shipped LRASPP-MobileNetV3 (torchvision architecture) with an fp16 output in an fp32
+build (1e-5 would fail it; the policy gives 1e-3) and an argmax mask (decided by agreement, shown next to
+its max abs in the table).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "numerics"))
+from numerics_helpers import REPO, build_and_validate, project
+
+from trtflow.plan.model import TensorPlan
+from trtflow.validate.policy import default_metrics, default_tolerance, resolve
+
+pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
+SEG = REPO / "models" / "lraspp_mobilenet_v3.onnx"
+
+
+def test_tolerance_is_the_larger_of_precision_and_output_dtype() -> None:
+    assert default_tolerance("fp32", "float32") == {"atol": 1e-5, "rtol": 1e-5}  # Polygraphy's default
+    assert default_tolerance("fp32", "float16") == {"atol": 1e-3, "rtol": 1e-3}  # fp16 rounding of the output
+    assert default_tolerance("tf32", "float32") == {"atol": 1e-3, "rtol": 1e-3}
+    assert default_tolerance("fp16", "float32") == {"atol": 1e-2, "rtol": 1e-2}
+    assert default_tolerance("bf16", "bfloat16") == {"atol": 5e-2, "rtol": 5e-2}
+    assert default_tolerance("fp32", "uint8") is None  # integers: metrics, not tolerances
+    assert default_metrics("fp32", "uint8") == [{"kind": "agreement", "min": 0.999}]
+    assert default_metrics("fp16", "int32", {"op": "topk"}, "x_indices") == [{"kind": "topk_overlap", "min": 0.9}]
+
+
+def _t(name: str, dtype: str, reduce: dict | None = None) -> TensorPlan:  # type: ignore[type-arg]
+    return TensorPlan(name=name, ident=name, role="output", dtype=dtype, shape=(1,), min_shape=(1,), max_shape=(1,),
+                      format="linear", memory="pinned", bytes=4, max_bytes=4, naive_bytes=4, predicted_ms=0.0,
+                      naive_predicted_ms=0.0, source=name, model_dtype="float32", model_shape=(1,), reduce=reduce)
+
+
+def test_resolve_says_where_each_number_comes_from() -> None:
+    outs = (_t("a", "float32"), _t("b", "float16"), _t("m", "uint8", {"op": "argmax"}), _t("c", "float32"))
+    v = {"tolerances": {"c": {"atol": 0.5, "rtol": 0.1}}, "metrics": {}, "default": None}
+    r = resolve(v, "fp32", outs)
+    assert (r["a"]["atol"], r["b"]["atol"], r["c"]["atol"]) == (1e-5, 1e-3, 0.5)
+    assert r["b"]["tolerance_from"] == "default for a float16 output of a fp32 build"
+    assert r["c"]["tolerance_from"] == "validate.tolerances"
+    assert r["m"]["gate"] == "metrics" and r["m"]["atol"] is None and r["m"]["metrics"][0]["kind"] == "agreement"
+    r = resolve({**v, "default": {"atol": 0.2, "rtol": 0.2}}, "fp32", outs)
+    assert r["a"]["atol"] == 0.2 and r["m"]["atol"] is None  # validate.default is for float outputs
+
+
+@pytest.mark.slow
+def test_fp16_output_of_an_fp32_build_and_an_argmax_mask(tmp_path: Path) -> None:
+    body = ("outputs:\n  out: {dtype: float16}\nbuild: {backend: onnxruntime}\nvalidate: {samples: 1, "
+            "inputs: {image: {kind: image, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}}\n")
+    _, rep = build_and_validate(project(tmp_path, SEG, body, "seg16out"))
+    (o,) = rep.outputs
+    assert o.dtype == "float16" and (o.atol, o.rtol) == (1e-3, 1e-3) and rep.passed
+    assert o.max_abs > 1e-5  # fp32's 1e-5 would have failed it
+
+    body = ("outputs:\n  out: {reduce: {op: argmax, axis: 1, dtype: uint8}}\nbuild: {backend: onnxruntime}\n"
+            "validate: {samples: 1}\n")
+    _, rep = build_and_validate(project(tmp_path, SEG, body, "segmask"))
+    (o,) = rep.outputs
+    assert not o.numeric_gate and o.metrics[0].kind == "agreement" and rep.passed
+    assert o.decided_by.startswith("agreement ") and ">= 0.999" in o.decided_by
+
+
+def test_table_shows_the_deciding_metric_next_to_max_abs(tmp_path: Path) -> None:
+    import numpy as np
+    from rich.console import Console
+
+    from trtflow import cli
+    from trtflow.validate.compare import compare
+    from trtflow.validate.run import ValidationReport
+
+    a = np.zeros((1, 100), np.uint8)
+    b = a.copy()
+    b[0, 0] = 16  # one class id differs by 16
+    o = compare("mask", a, b, atol=0.0, rtol=0.0, metrics=[{"kind": "agreement", "min": 0.99}], numeric_gate=False)
+    rep = ValidationReport("r", "a", "onnxruntime", "cpu", "ref", "elemwise", "f", "max", 1, [o], ["opt"])
+    console = Console(record=True, width=200)
+    old, cli.console = cli.console, console
+    try:
+        cli._print_validation(rep)
+    finally:
+        cli.console = old
+    text = console.export_text()
+    row = next(line for line in text.splitlines() if "mask" in line)
+    assert "agreement 0.9900 >= 0.99" in row and "16" in row and "pass" in row and "1/100 differ" in row
