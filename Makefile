@@ -3,13 +3,18 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RECIPE ?= recipes/seg.yaml
+comma := ,
 
 .PHONY: setup test lint typecheck schema build validate plan demo gpu wheelhouse clean
 
+# The torch engine's converters are tested on the CPU: extra `torch` with TORCH_PIN, the CPU wheel this
+# workplace's machines and CI have on disk (about 90 s and 1 GB more; elsewhere `make setup TORCH_PIN=`
+# keeps torch out, and the torch tests skip).
+TORCH_PIN ?= torch==2.13.0
 $(BIN)/trtflow: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,triton,serve,decode,dev]'
+	$(BIN)/pip install -q -e '.[ort,rtx,lower,plot,triton,serve,decode,dev$(if $(TORCH_PIN),$(comma)torch)]' $(TORCH_PIN)
 	touch $@
 
 setup: $(BIN)/trtflow ## create .venv with every extra this machine can use

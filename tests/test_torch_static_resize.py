@@ -22,8 +22,11 @@ from trtflow.passes import lower
 
 def _why_not() -> str | None:
     try:
-        import onnx2torch  # noqa: F401
         import torch  # noqa: F401
+
+        from trtflow.backends import _torch_ops
+
+        _torch_ops.load()  # imports onnx2torch the way the backend does (a stand-in for a broken torchvision)
     except Exception as exc:  # noqa: BLE001 - a broken install (e.g. torchvision without its CUDA libs) too
         return f"torch/onnx2torch not importable: {type(exc).__name__}: {exc}"
     return None
