@@ -283,10 +283,12 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
         "validate:",
         "  formula: elemwise   # fail an element only if |a-b| > atol AND |a-b|/|b| > rtol (Polygraphy's rule)",
         "  statistic: max",
-        "  # default: {atol: 1.0e-05, rtol: 1.0e-05}   # from precision: 1e-5 fp32, 1e-3 tf32, 1e-2 fp16/bf16",
+        "  # default: {atol: 1.0e-05, rtol: 1.0e-05}   # all float outputs; unset: per output (docs/numerics.md):",
+        *_tolerance_lines(info),
         "  samples: 2",
         "  seed: 0",
         "  generator: uniform   # or data: inputs.npz with real inputs (better for reduced outputs)",
+        *_generator_lines(info),
         "",
         "# budgets: {p99_latency_ms: 10, min_throughput: 100}   # enforced by `trtflow bench --check`",
         "",
@@ -294,6 +296,33 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
     text = "\n".join(out)
     _check_roundtrip(text, info, recipe_path)
     return text, dims.notes
+
+
+def _tolerance_lines(info: ModelInfo) -> list[str]:
+    """One comment per output: what decides it by default at fp32 (trtflow.validate.policy)."""
+    from trtflow.validate.policy import default_metrics, default_tolerance
+
+    lines = []
+    for io in info.outputs:
+        tol = default_tolerance("fp32", io.dtype)
+        what = (f"atol = rtol = {tol['atol']:g} (fp16 build: 1e-2)" if tol else
+                ", ".join(f"{m['kind']} >= {m['min']}" for m in default_metrics("fp32", io.dtype)))
+        lines.append(f"  #   {c(io.name)}: {what}")
+    return lines
+
+
+def _generator_lines(info: ModelInfo) -> list[str]:
+    """``validate.inputs`` for inputs whose name and shape say what they are (a sample rate, a state, an image)."""
+    from trtflow.validate.inputs import suggest_generator
+
+    found = [(io, g) for io in info.inputs if (g := suggest_generator(io.name, io.dtype, tuple(io.dims)))]
+    if not found:
+        return ["  # inputs: {<input>: {kind: image | range | normal | choice | zeros}}   # per-input generators"]
+    lines = ["  inputs:   # guessed from the names and shapes: CHECK (kinds: image, range, normal, choice, zeros)"]
+    for io, g in found:
+        fields = ", ".join(f"{k}: {v}" for k, v in g.items())
+        lines.append(f"    {y(io.name)}: {{{fields}}}")
+    return lines
 
 
 def _rel(target: Path, folder: Path) -> str:
