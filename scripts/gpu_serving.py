@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CLI = [sys.executable, "-m", "trtflow.cli"]
+ART = ROOT / "artifacts"  # where the builds and benches of this script put their artifacts
 
 
 def sh(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -96,27 +97,29 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("out/serving.json"))
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the script)")
+    ap.add_argument("--backend", default="torch", help="engine of the overhead rows (onnxruntime: a CPU smoke test)")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dur = "1" if args.quick else "3"
     rep: dict[str, Any] = {"overhead": [], "instances": {}, "devices": None, "http": None}
     for recipe in ("tiny", "cls", "seg_hd"):
-        sh([*CLI, "build", f"recipes/{recipe}.yaml"], 600)
+        sh([*CLI, "build", f"recipes/{recipe}.yaml", "--out", str(ART)], 600)
 
     for topo in ("sync", "pipelined"):
-        rep["overhead"].append(async_overhead(ROOT / "build" / "tiny", topo, 2000 if args.quick else 5000))
+        rep["overhead"].append(async_overhead(ART / "tiny", topo, 2000 if args.quick else 5000,
+                                              backend=args.backend))
 
     for recipe, c in (("tiny", 16), ("cls", 16), ("seg_hd", 8)):
         r = sh([*CLI, "bench", f"recipes/{recipe}.yaml", "--sweep", "instances", "--concurrency", str(c),
-                "--duration", dur, "--warmup", "3", "--json"], 600)
+                "--duration", dur, "--warmup", "3", "--out", str(ART), "--json"], 600)
         if r.returncode == 0:
             rep["instances"][recipe] = json.loads(r.stdout)
     r = sh([*CLI, "bench", "recipes/seg_hd.yaml", "--sweep", "devices", "--concurrency", "8", "--duration", dur,
-            "--warmup", "3", "--json"], 900)
+            "--warmup", "3", "--out", str(ART), "--json"], 900)
     if r.returncode == 0:
         rep["devices"] = json.loads(r.stdout)
     http_json = args.out.with_name("serving_http.json")
-    r = sh([sys.executable, "examples/serve/loadtest.py", "build/seg_hd", "--concurrency", "1", "8", "32",
+    r = sh([sys.executable, "examples/serve/loadtest.py", str(ART / "seg_hd"), "--concurrency", "1", "8", "32",
             "--requests", "100" if args.quick else "300", "--seconds", "8" if args.quick else "15",
             "--json", str(http_json)], 900)
     print(r.stdout[-2500:])

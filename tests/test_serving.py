@@ -434,7 +434,7 @@ def test_docs_serving_snippets_run(tmp_path: Path) -> None:
     from conftest import ROOT
 
     r = subprocess.run([sys.executable, "-m", "trtflow.cli", "build", str(ROOT / "recipes" / "tiny.yaml"), "--out",
-                        str(tmp_path / "build")], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+                        str(tmp_path / "artifacts")], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "serving.md").read_text(), flags=re.DOTALL)
     assert len(blocks) >= 2

@@ -3,7 +3,7 @@
 
     pip install 'trtflow[serve]'
     trtflow build examples/serve/cls_u8.yaml
-    python examples/serve/app.py build/cls_u8 --port 8000 [--instances 2] [--devices all]
+    python examples/serve/app.py artifacts/cls_u8 --port 8000 [--instances 2] [--devices all]
 
 ``POST /infer``: the body is the (single) input at its plan shape and dtype, as raw bytes
 (``application/octet-stream``: e.g. the 1600x2560x3 uint8 image of recipes/seg_hd.yaml, 12.3 MB), or

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load test of the HTTP example from a second process, next to the runner's own figures.
 
-    python examples/serve/loadtest.py build/cls_u8 --concurrency 1 8 32 --requests 300 --seconds 20
+    python examples/serve/loadtest.py artifacts/cls_u8 --concurrency 1 8 32 --requests 300 --seconds 20
 
 1. starts ``app.py ARTIFACT`` as a separate process on 127.0.0.1 (a free port) and waits for it;
 2. checks one answer against an in-process runner of the same artifact (same input, same outputs);

@@ -159,3 +159,23 @@ def test_gpu_one_runner_per_gpu_every_gpu_used(tmp_path: Path, model: Path, refs
         np.testing.assert_array_equal(outs_async[i], single[i])
         if i < len(refs):
             _close(single[i], refs[i])
+
+
+def test_gpu_dynamic_batching_matches_single_requests(tmp_path: Path) -> None:
+    from trtflow.runtime.pool import RunnerPool
+
+    model = sup.conv_model(tmp_path / "conv.onnx", batch="N", hw=32)
+    recipe = {"inputs": {"image": {"profile": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [16, 3, 32, 32]},
+                                   "memory": "pinned"}}, "streams": {"topology": "pipelined", "depth": 2}}
+    art, _ = sup.make_artifact(tmp_path, model, recipe, backend="torch")
+    xs = [np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32) for i in range(64)]
+
+    async def main(pool: RunnerPool) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(pool.infer_feeds({"image": x}) for x in xs))
+
+    with RunnerPool(art, instances=2, batching={"window_ms": 2, "max_batch": 16}, backend="torch") as pool:
+        outs = asyncio.run(main(pool))
+        batches = pool._batcher.batches if pool._batcher is not None else 0
+    assert 4 <= batches < 64  # requests were joined
+    for x, out in zip(xs, outs):
+        _close(out["logits"], sup.reference(model, {"image": x})["logits"])
