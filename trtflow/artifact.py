@@ -40,6 +40,7 @@ RUNNER = "runner.py"
 REQUIRED = (PLAN, MODEL, RUNNER)  # plus the report's engine_file, when it names one
 MAX_DEPTH = 16  # buffer sets of a pipelined runner: the recipe's streams.depth bound
 MAX_DIM = (1 << 31) - 1
+MAX_BYTES = 1 << 48  # 256 TiB per tensor: beyond any machine; the planner refuses far less (memory_limits)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REBUILD = "rebuild with `trtflow build --force`"
 # The default folder of artifact folders (`--out`). Not `build/`: setuptools writes `build/lib` there on
@@ -88,6 +89,11 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # write() failures (disk full) name no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -336,8 +342,8 @@ def check_plan(plan: Plan, where: Path | str = PLAN) -> None:
                     lo <= mid <= hi for lo, mid, hi in zip(*shapes)):
                 raise bad(f"{at}.shape", f"need min <= shape <= max of one rank, got {[list(s) for s in shapes]}")
             for field in ("bytes", "max_bytes"):
-                if not is_int(getattr(t, field)) or getattr(t, field) < 0:
-                    raise bad(f"{at}.{field}", f"must be a non-negative integer, got {getattr(t, field)!r}")
+                if not is_int(getattr(t, field)) or not 0 <= getattr(t, field) <= MAX_BYTES:
+                    raise bad(f"{at}.{field}", f"must be an integer from 0 to {MAX_BYTES}, got {getattr(t, field)!r}")
 
 
 def staleness(report: dict[str, Any], *, recipe_sha256: str | None, model_sha256: str | None) -> list[str]:

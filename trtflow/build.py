@@ -7,6 +7,7 @@ with the same key is a cache hit and rebuilds nothing. ``force=True`` rebuilds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import platform
@@ -246,7 +247,27 @@ def _build_into(final: Path, plan: Plan, builder: type[Backend], key: str, progr
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         art.commit_dir(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _disk_full(exc, final, tmp, plan) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _disk_full(exc: OSError, final: Path, tmp: Path, plan: Plan) -> OutputError:
+    """The disk filled up while the artifact was written: say where, how much was written, what is free."""
+    written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.exists() else 0
+    model = Path(plan.model_path).stat().st_size if Path(plan.model_path).is_file() else 0
+    free = shutil.disk_usage(final.parent).free
+
+    def human(n: float) -> str:
+        return next(f"{n / k:.1f} {u}" for k, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1, "B")) if n >= k or k == 1)
+
+    return OutputError(
+        f"{final}: {exc.strerror} while writing the artifact ({human(written)} written, {human(free)} free on that "
+        f"file system; the model alone is {human(model)})",
+        hint=f"free at least {human(max(2 * model, written))} there (old artifacts in {final.parent} can go), "
+        "or pass another --out; the previous artifact is untouched", file=final)

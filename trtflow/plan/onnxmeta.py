@@ -73,6 +73,32 @@ def _io(vi: object) -> IOInfo:
     return IOInfo(name=vi.name, dtype=ONNX_DTYPES[t.elem_type], dims=tuple(dims))  # type: ignore[attr-defined]
 
 
+def check_external_data(model: object, path: Path) -> None:
+    """Every external weight file must lie in the model's folder (no ``..``, absolute path or symlink out of
+    it) and hold the bytes the tensor says: a ModelError naming tensor and file, found while planning,
+    instead of onnx's error (or a read of /etc/passwd) in the middle of a build."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    folder = path.parent.resolve()
+    for t in model.graph.initializer:  # type: ignore[attr-defined]
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = ExternalDataInfo(t)
+        where = f"{path}: tensor {t.name!r} keeps its data in {info.location!r}"
+        target = (folder / info.location).resolve()
+        if Path(info.location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(f"{where}, outside the model's folder {folder}",
+                             hint="external data files must sit beside the model (re-save it with onnx)")
+        if not target.is_file():
+            raise ModelError(f"{where}, which is missing (looked at {target})",
+                             hint="copy the model's external data files next to it")
+        need = (info.offset or 0) + (info.length or 0)
+        if target.stat().st_size < need:
+            raise ModelError(f"{where}, which has {target.stat().st_size} bytes; the tensor needs bytes up to {need}",
+                             hint="the external data file is truncated or belongs to another model")
+
+
 def read_model_info(path: Path) -> ModelInfo:
     """Parse ``path`` and describe its graph inputs/outputs; a clear ModelError for a bad file."""
     import onnx
@@ -89,6 +115,8 @@ def read_model_info(path: Path) -> ModelInfo:
                          hint="re-export the model")
     init_names = {i.name for i in model.graph.initializer}
     ext = any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+    if ext:
+        check_external_data(model, path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ModelInfo(
         path=path,

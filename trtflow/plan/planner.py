@@ -294,7 +294,7 @@ class _Planner:
         try:
             inferred = infer(self.info.path, dims, [o.name for o in self.info.outputs])
         except ModelError as exc:
-            raise self.err(("model",), str(exc), exc.hint) from None
+            raise self.err(("model",), exc.message, exc.hint) from None
         self.check_constraints(inferred.constraints, [t for _, t in inputs])
         return dict(inferred.outputs)
 
@@ -457,6 +457,38 @@ class _Planner:
             naive_predicted_ms=_ms(naive, float(self.link["pageable_gbps"]), float(self.link["pageable_latency_us"])),
             source=io.name, model_dtype=io.dtype, model_shape=model_shape, **extra)
 
+    def check_memory(self, tensors: list[TensorPlan]) -> None:
+        """The runner allocates every tensor at its max shape once per buffer set, on the host (staging) and
+        on the GPU: refuse a plan that cannot fit, with the numbers, before anything is built."""
+        sets = self.recipe.streams.depth if self.recipe.streams.topology == "pipelined" else 1
+        total = sum(t.max_bytes for t in tensors) * sets
+        limit_mib = self.recipe.build.max_io_mib
+        if limit_mib is not None:
+            limits = [(limit_mib << 20, f"build.max_io_mib is {limit_mib} MiB")]
+        else:
+            limits = memory_limits()
+        for limit, what in limits:
+            if total > limit:
+                big = max(tensors, key=lambda t: t.max_bytes)
+                dyn = next((t for t in tensors if t.role == "input" and t.dynamic), None)  # what sets the max
+                loc: tuple[str | int, ...] = (("inputs", dyn.source, "profile") if dyn is not None else
+                                              ("inputs" if big.role == "input" else "outputs", big.source))
+                raise self.err(loc, f"the I/O buffers need {_gib(total)} at the max shapes "
+                               f"({len(tensors)} tensors x {sets} buffer set(s); the largest, {big.name!r} at "
+                               f"{list(big.max_shape)}, is {_gib(big.max_bytes)}), and {what}",
+                               hint="lower the profile's max (or streams.depth); if the runner will run on a bigger "
+                               "machine than this one, set build.max_io_mib")
+
+    def claim(self, made_by: dict[str, tuple[str, tuple[str | int, ...]]], name: str, what: str,
+              loc: tuple[str | int, ...]) -> None:
+        """Engine tensor names must be distinct: two tensors named alike would share one buffer and binding."""
+        if name in made_by:
+            first, first_loc = made_by[name]
+            where = loc if loc != ("model",) else first_loc
+            raise self.err(where, f"two engine tensors would be named {name!r}: {first} and {what}",
+                           hint="rename the model's tensor (or reduce another output); names must be distinct")
+        made_by[name] = (what, loc)
+
     def run(self) -> Plan:
         r = self.recipe
         self.check_names()
@@ -467,9 +499,17 @@ class _Planner:
         in_specs = {io.name: r.inputs.get(io.name, InputSpec()) for io in self.info.inputs}
         out_specs = {io.name: r.outputs.get(io.name, OutputSpec()) for io in self.info.outputs}
         out_names: list[str] = []
+        made_by: dict[str, tuple[str, tuple[str | int, ...]]] = {}  # engine tensor name -> what makes it, where
+        for io in self.info.inputs:
+            self.claim(made_by, io.name, f"the model's input {io.name!r}", ("model",))
         for io in self.info.outputs:
             red = out_specs[io.name].reduce
-            out_names += [f"{io.name}_values", f"{io.name}_indices"] if red and red.op == "topk" else [io.name]
+            names = [f"{io.name}_values", f"{io.name}_indices"] if red and red.op == "topk" else [io.name]
+            for n in names:
+                self.claim(made_by, n, f"the model's output {io.name!r}" if n == io.name else
+                           f"reduce: topk on output {io.name!r}", ("outputs", io.name, "reduce") if n != io.name
+                           else ("model",))
+            out_names += names
         idents = sanitize_identifiers([io.name for io in self.info.inputs] + out_names)
         inputs = [self.plan_input(io, in_specs[io.name], idents[io.name]) for io in self.info.inputs]
         self.check_shared_dims(inputs)
@@ -478,6 +518,7 @@ class _Planner:
         for io in self.info.outputs:
             spec = out_specs[io.name]
             outputs += self.plan_outputs(io, spec, idents, self.resolve_dims(io, spec, exprs[io.name]), inputs)
+        self.check_memory(inputs + outputs)
         dynamic = [t.name for t in inputs if t.dynamic]
         if r.streams.cuda_graph and dynamic:
             self.warnings.append(f"cuda_graph with dynamic inputs {dynamic}: the graph is recaptured "
@@ -495,10 +536,44 @@ class _Planner:
             warnings=tuple(self.warnings), trtflow_version=__version__)
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def memory_limits() -> list[tuple[int, str]]:
+    """(bytes, description) of the memories a runner's buffers must fit in here: the host's (the cgroup
+    limit where one is set) and the GPU's when CUDA sees one."""
+    import os
+
+    out: list[tuple[int, str]] = []
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        host = 0
+    cgroup = Path("/sys/fs/cgroup/memory.max")  # a container's limit ("max" when unlimited)
+    text = cgroup.read_text().strip() if cgroup.is_file() else ""
+    if text.isdigit():
+        host = min(host, int(text)) if host else int(text)
+    if host:
+        out.append((host, f"this host has {_gib(host)} of memory"))
+    from trtflow.runtime import cuda
+
+    try:
+        gpu = cuda.device_properties().total_memory if cuda.cuda_available() else 0
+    except Exception:  # noqa: BLE001 - a GPU that cannot be asked is not a planning error
+        gpu = 0
+    if gpu:
+        out.append((gpu, f"the GPU has {_gib(gpu)}"))
+    return out
+
+
 def resolve_model_path(loaded: LoadedRecipe, *, allow_outside: bool = False) -> Path:
     src = loaded.recipe.model_source
     loc: tuple[str | int, ...] = ("model", "path") if not isinstance(loaded.recipe.model, str) else ("model",)
     path = loaded.resolve(src.path, loc, allow_outside=allow_outside)
+    if path.is_dir():
+        raise loaded.error(loc, f"model {src.path!r} is a folder ({path}), not an ONNX file",
+                           hint="name the .onnx file inside it")
     if not path.is_file():
         raise loaded.error(loc, f"model file {src.path!r} not found (looked at {path})",
                            hint="paths are relative to the recipe file's folder")
@@ -524,7 +599,7 @@ def make_plan(loaded: LoadedRecipe, *, allow_outside: bool = False) -> Plan:
     try:
         info = read_model_info(path)
     except ModelError as exc:
-        raise loaded.error(("model",), str(exc), exc.hint) from None
+        raise loaded.error(("model",), exc.message, exc.hint) from None
     pin = loaded.recipe.model_source.sha256
     if pin and pin != info.sha256:
         raise loaded.error(("model", "sha256"), f"model sha256 is {info.sha256}, the recipe pins {pin}",

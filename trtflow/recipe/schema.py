@@ -32,7 +32,7 @@ Encoding = Literal["raw", "jpeg", "png", "image"]
 
 class _Strict(BaseModel):
     # strict: YAML `true` or "1" is not the integer 1; every value has the type the field says.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
 
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -285,6 +285,10 @@ class Build(_Strict):
     compute_capabilities: list[str] = Field(
         default_factory=list, description="TensorRT-RTX targets, e.g. ['8.6', '12.0']; empty = the builder's default.")
     detailed_profiling: bool = Field(default=True, description="ProfilingVerbosity.DETAILED for `trtflow inspect`.")
+    max_io_mib: int | None = Field(
+        default=None, ge=1, description="Largest I/O buffer memory the runner may allocate (every tensor at its "
+        "max shape, times the buffer sets), MiB. Default: this host's memory, and the GPU's when one is visible; "
+        "set it when building for a larger machine than this one.")
     shape_inputs: dict[str, ShapeValues] = Field(
         default_factory=dict, description="TensorRT: the value range of each shape-tensor input (an input whose "
         "values are a shape, e.g. a Reshape target), for the optimization profile.")
@@ -438,7 +442,7 @@ class Recipe(_Strict):
     link: Link = Field(default_factory=Link)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True,
-                              strict=True)
+                              strict=True, allow_inf_nan=False)
 
     @field_validator("schema_version", mode="before")
     @classmethod

@@ -51,6 +51,9 @@ class Inputs:
 
     def check(self, feeds: Mapping[str, Any], *, check_finite: bool) -> tuple[list[Any], ShapeKey]:
         """The inputs of ``feeds`` in plan order, checked, and their shapes."""
+        if type(feeds) is not dict and not isinstance(feeds, Mapping):  # stream([5]), run(["x"]): say so
+            raise InputError(f"a request is a mapping of input name (or identifier) -> array, got {describe(feeds)}",
+                             hint=f"e.g. {{{self.names[0]!r}: array}}" if self.names else None)
         try:
             order = self._orders.get(tuple(feeds))
         except TypeError:
@@ -128,6 +131,10 @@ class Inputs:
                 raise InputError(f"input {t.name!r}: expected a CUDA array with __cuda_array_interface__, got {describe(x)}")
             shape, dtype, contiguous = info.shape, info.dtype, info.contiguous
         else:
+            if isinstance(x, (np.ma.MaskedArray, np.matrix)):  # ndarray subclasses whose meaning would be lost
+                raise InputError(f"input {t.name!r}: got a {type(x).__name__}; the engine would read its raw data "
+                                 "and ignore the mask (or matrix semantics)",
+                                 hint="pass np.ma.filled(x, fill_value) or np.asarray(x)")
             if not isinstance(x, np.ndarray):
                 where = "a CUDA array" if hasattr(x, "__cuda_array_interface__") else describe(x)
                 raise InputError(f"input {t.name!r}: expected a numpy array in host memory ({t.memory}), got {where}",

@@ -251,7 +251,15 @@ class Runner:
                 self._decoders = Decoders(self._decoder_choice, device=self.device)
             mem = make_encoded_memory(tensor, device=self.device, decoders=self._decoders)
         else:
-            mem = make_memory(tensor, strategy, device=self.device, registry=self._registry, graph=self.cuda_graph)
+            try:
+                mem = make_memory(tensor, strategy, device=self.device, registry=self._registry,
+                                  graph=self.cuda_graph)
+            except (MemoryError, OverflowError):  # host memory: numpy's raw MemoryError names nothing
+                raise ArtifactError(
+                    f"tensor {name!r}: cannot allocate {tensor.max_bytes:,} bytes of host memory ({strategy}, max "
+                    f"shape {list(tensor.max_shape)}) for buffer set {len(self._sets) + 1} of {self.depth}",
+                    hint="this machine has too little memory for the artifact's profile: rebuild with a smaller "
+                    "profile max or streams.depth (or run it where build.max_io_mib was meant)") from None
         # Tracked from birth: if a later allocation of the same set fails (out of memory), the set never
         # reaches _add_buffer_set, and close() must still free this one.
         self._allocated.append(mem)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,18 +347,27 @@ def load_data(plan: Plan, folder: Path) -> list[dict[str, np.ndarray]]:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise RecipeError(f"validate.data: {path} not found", hint="paths are relative to the recipe file") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise RecipeError(f"validate.data: {path} is not a readable .npz file ({exc})",
                           hint="write it with numpy.savez(path, **{input_name: array})") from None
     whole: dict[str, np.ndarray] = {}
     per_sample: dict[int, dict[str, np.ndarray]] = {}
+
+    def read(key: str) -> np.ndarray:
+        try:  # members are read lazily: a pickled object array or a truncated member fails only here
+            return np.asarray(npz[key])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise RecipeError(f"validate.data: {path} is not a readable .npz file: array {key!r}: {exc}",
+                              hint="write it with numpy.savez(path, **{input_name: array}); object arrays "
+                              "(pickles) are refused") from None
+
     with npz:
         for key in npz.files:
             m = _SAMPLE_KEY.fullmatch(key)
             if key in names:
-                whole[key] = np.asarray(npz[key])
+                whole[key] = read(key)
             elif m and m.group(2) in names:
-                per_sample.setdefault(int(m.group(1)), {})[m.group(2)] = np.asarray(npz[key])
+                per_sample.setdefault(int(m.group(1)), {})[m.group(2)] = read(key)
             else:
                 raise RecipeError(f"validate.data: {path.name} has an array {key!r} that is no input; inputs are "
                                   f"{list(names)}", hint="keys are <input> (one sample, or samples stacked on a new "
