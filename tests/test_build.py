@@ -40,7 +40,7 @@ def test_build_writes_complete_artifact_and_hits_cache(recipe: Path, project: Pa
         "model.onnx", "plan.json", "report.json", "runner.py"]
     report = json.loads((a / "report.json").read_text())
     assert report["backend"] == "onnxruntime" and report["versions"]["onnx"]
-    assert [p["name"] for p in report["passes"]][:3] == ["normalize", "fold_shapes", "precision"]
+    assert [p["name"] for p in report["passes"]][:4] == ["fix_inputs", "normalize", "fold_shapes", "precision"]
     assert set(report["files"]) == {"model.onnx", "plan.json", "runner.py"}
     again = build(recipe, out_root=project / "build")
     assert again.cache_hit

@@ -43,7 +43,7 @@ def test_records_name_every_pass_in_order_and_the_input_is_untouched(tmp_path: P
     _, records = lower(model, plan)
     assert model.SerializeToString() == before
     assert [r["name"] for r in records] == [p.name for p in PASSES] == \
-        ["normalize", "fold_shapes", "precision", "io_inputs", "io_outputs", "check_io"]
+        ["fix_inputs", "normalize", "fold_shapes", "precision", "io_inputs", "io_outputs", "check_io"]
     by_name = {r["name"]: r for r in records}
     assert by_name["normalize"]["nodes_removed"] == {"Constant": 8}
     assert by_name["fold_shapes"]["nodes_removed"] == {} and by_name["fold_shapes"]["notes"] == []

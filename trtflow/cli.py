@@ -332,6 +332,12 @@ def _encoded_note(t: Any) -> str:
             f"({naive / max(enc, 1):.1f}x); {where}")
 
 
+def _fixed_note(f: Any) -> str:
+    """One line per input the recipe fixed: what the engine holds and what that folds."""
+    return (f"  {f.name}: fixed to {f.value!r} inside the engine (inputs.{f.name}.value; {f.why}); "
+            "the runner does not take it")
+
+
 def _print_plan(p: Any) -> None:
     tbl = Table(title=f"{markup(p.name)}: {markup(Path(p.model_path).name)}, precision {p.precision}"
                 + (" (TF32 on)" if p.tf32 else ""), title_justify="left")
@@ -366,6 +372,11 @@ def _print_plan(p: Any) -> None:
     for t in p.inputs:
         if t.encoding:
             console.print(markup(_encoded_note(t)))
+    for f in p.fixed_inputs:
+        console.print(markup(_fixed_note(f)))
+    if p.if_branches:
+        console.print(f"  {len(p.if_branches)} If node(s) test input shapes and go one way at every shape of the "
+                      "profile: the engine holds only the branch taken (plan.if_branches)")
     for w in p.warnings:
         console.print(f"  [yellow]warning:[/] {markup(w)}")
 
@@ -452,6 +463,9 @@ def _build_one(loaded: Any, out: Path, ropts: RecipeOptions, *, force: bool = Fa
                               progress=progress)
     state = "cache hit, nothing rebuilt" if result.cache_hit else f"built in {result.seconds:.1f} s"
     _say(f"[green]{markup(result.name)}[/]: {state} with {result.backend} -> {markup(str(result.artifact))}/")
+    if not result.cache_hit:
+        for f in result.plan.fixed_inputs:
+            _say(markup(_fixed_note(f)))
     for w in () if result.cache_hit else result.plan.warnings:
         _warn(w)
     if not result.cache_hit:

@@ -10,6 +10,7 @@ against the model before anything is written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -88,6 +89,34 @@ class _Dims:
         self.ranges: dict[tuple[str, int], tuple[int, int, int]] = {}
         self.whys: dict[tuple[str, int], str] = {}
         self.notes: list[str] = []
+        self.batch: set[tuple[str, int]] = set()     # batch dims: probed at their min (cheap)
+        self.fixed: dict[str, Any] = {}              # inputs init fixes with `value:` (name -> value)
+        self.symbolic_ok: Any = None                 # (key, size) -> bool from the last symbolic fit
+        self.failed: str | None = None               # why the last symbolic fit could not run
+        self.tie: dict[tuple[str, int], tuple[str, int]] = {}   # dim -> the dim whose range it shares
+
+    def group(self, key: tuple[str, int]) -> list[tuple[str, int]]:
+        """``key`` and every dim tied to it (one range for all)."""
+        root = self.root(key)
+        return [k for k in self.ranges if self.root(k) == root]
+
+    def root(self, key: tuple[str, int]) -> tuple[str, int]:
+        while key in self.tie:
+            key = self.tie[key]
+        return key
+
+    def join(self, a: tuple[str, int], b: tuple[str, int]) -> None:
+        ra, rb = self.root(a), self.root(b)
+        if ra != rb:
+            self.tie[rb] = ra
+            for k in self.group(ra):
+                self.ranges[k] = self.ranges[ra]
+            if {a, b} & self.batch:
+                self.batch.update(self.group(ra))
+
+    def set_range(self, key: tuple[str, int], new: tuple[int, int, int]) -> None:
+        for k in self.group(key):
+            self.ranges[k] = new
 
     def prepare(self, info: ModelInfo) -> None:
         by_symbol: dict[str, tuple[str, int]] = {}
@@ -99,8 +128,11 @@ class _Dims:
                 if is_named_dim(d) and d in by_symbol:
                     self.ranges[key] = self.ranges[by_symbol[d]]
                     self.whys[key] = f"dim {i} {c(d)}: shared with another input"
+                    self.join(by_symbol[d], key)
                     continue
                 self.ranges[key], self.whys[key] = self._guess(io, i)
+                if _is_batch(d, i):
+                    self.batch.add(key)
                 if is_named_dim(d):
                     by_symbol[str(d)] = key
 
@@ -125,7 +157,7 @@ class _Dims:
         from trtflow.errors import TrtflowError
         from trtflow.plan.planner import sanitize_identifiers
         from trtflow.plan.shape_expr import ShapeExprError, parse
-        from trtflow.plan.symbolic import InputDims, infer
+        from trtflow.plan.symbolic import InputDims, ShapeConditionError, infer
 
         idents = sanitize_identifiers([io.name for io in info.inputs])
         key_of = {(idents[io.name], i): (io.name, i) for io in info.inputs for i in range(len(io.dims))}
@@ -134,21 +166,42 @@ class _Dims:
             return tuple(self.ranges[(io.name, i)][k] if (io.name, i) in self.ranges else int(d)  # type: ignore[arg-type]
                          for i, d in enumerate(io.dims))
 
-        try:
-            inferred = infer(info.path, [InputDims(io.name, idents[io.name], shape_of(io, 0), shape_of(io, 2),
-                                                   tuple(range(len(io.dims)))) for io in info.inputs],
-                             [o.name for o in info.outputs])
-        except TrtflowError as exc:
-            self.notes.append(f"symbolic shape inference failed, the ranges are unchecked guesses: {exc}")
+        for _ in range(4):  # a shape test that flips within a guessed range: narrow it, try again
+            try:
+                inferred = infer(info.path, [InputDims(io.name, idents[io.name], shape_of(io, 0), shape_of(io, 2),
+                                                       tuple(range(len(io.dims)))) for io in info.inputs
+                                             if io.name not in self.fixed],
+                                 [o.name for o in info.outputs], fixed=self._fixed_arrays(info))
+                break
+            except ShapeConditionError as exc:
+                key = key_of.get(exc.dim) if exc.dim else None
+                if key is None or key not in self.ranges or not exc.stretches:
+                    self.symbolic_ok, self.failed = None, str(exc)
+                    return
+                first, last, _ = max(exc.stretches, key=lambda st: st[1] - st[0])  # the longest stretch
+                lo, opt, hi = self.ranges[key]
+                new = (first, min(max(opt, first), last), last)
+                self.set_range(key, new)
+                self.whys[key] = (f"dim {key[1]}: narrowed from {[lo, opt, hi]}: a shape test of the model "
+                                  f"(an If) holds one way at {first}..{last}")
+                self.notes.append(f"input {c(key[0])} dim {key[1]}: the model takes another branch within the "
+                                  f"guessed {[lo, opt, hi]}; picked {list(new)} ({exc.message})")
+            except TrtflowError as exc:
+                self.symbolic_ok, self.failed = None, str(exc)
+                return
+        else:
+            self.symbolic_ok, self.failed = None, "a shape test of the model flips within every range tried"
             return
+        self.failed = None
         single = re.compile(r"^(\w+)\[(\d+)\]$")
         for a, b in inferred.constraints:  # dims the model forces equal (audio batch and state batch)
             ma, mb = single.match(a), single.match(b)
             if ma and mb:
                 ka, kb = key_of[(ma[1], int(ma[2]))], key_of[(mb[1], int(mb[2]))]
-                if ka in self.ranges and kb in self.ranges and self.ranges[ka] != self.ranges[kb]:
-                    self.ranges[kb] = self.ranges[ka]
-                    self.whys[kb] = f"dim {kb[1]}: the model combines it with {c(ka[0])} dim {ka[1]}: same range"
+                if ka in self.ranges and kb in self.ranges and self.root(ka) != self.root(kb):
+                    if self.ranges[ka] != self.ranges[kb]:
+                        self.whys[kb] = f"dim {kb[1]}: the model combines it with {c(ka[0])} dim {ka[1]}: same range"
+                    self.join(ka, kb)
         outs = [parse(e) for dims in inferred.outputs.values() for e in dims or () if isinstance(e, str)]
         # dims tied above share a range, so they agree at every corner: only the other constraints limit sizes
         cons = [(parse(a), parse(b)) for a, b in inferred.constraints if not (single.match(a) and single.match(b))]
@@ -162,6 +215,7 @@ class _Dims:
             except ShapeExprError:
                 return False
 
+        self.symbolic_ok = runs
         for key, (lo, opt, hi) in list(self.ranges.items()):
             if runs(key, lo) and runs(key, opt) and runs(key, hi):
                 continue
@@ -177,20 +231,156 @@ class _Dims:
             new_hi = hi if runs(key, hi) and hi >= new_opt else max(v for v in above if v <= max(hi, 4 * new_opt))
             if new_hi == new_lo and len(above) > 1:  # keep the dim dynamic: up to 4x its smallest size
                 new_hi = max(v for v in above if v <= 4 * new_lo)
-            self.ranges[key] = (new_lo, new_opt, new_hi)
+            self.set_range(key, (new_lo, new_opt, new_hi))
             self.whys[key] = (f"dim {key[1]}: moved from {[lo, opt, hi]}: the model's shape arithmetic (symbolic "
                               f"shape inference) runs at {valid[0]}..{valid[-1]} here (checked in steps of {step})")
             self.notes.append(f"input {c(key[0])} dim {key[1]}: the model does not run at the guessed "
                               f"{[lo, opt, hi]}; picked {list(self.ranges[key])}")
 
 
+    def _fixed_arrays(self, info: ModelInfo) -> dict[str, Any]:
+        import numpy as np
+
+        dtypes = {io.name: io.dtype for io in info.inputs}
+        return {name: np.asarray(v, dtype=dtypes[name]) for name, v in self.fixed.items()}
+
+    def probe(self, info: ModelInfo) -> bool:
+        """Run the model in onnxruntime at the guessed min, opt and max (batch dims at their min, zeros
+        as data) and move every dim it refuses to the nearest sizes it runs at. True: something moved."""
+        if not self.ranges or not info.path.is_file():
+            return False
+        import numpy as np
+
+        from trtflow.errors import TrtflowError
+
+        try:
+            from trtflow.backends.onnxruntime import reference_session
+
+            sess = reference_session(info.path)
+        except TrtflowError as exc:
+            self.notes.append(f"the ranges were not tried in onnxruntime: {exc}")
+            return False
+        fixed = self._fixed_arrays(info)
+
+        def point(k: int, at: dict[tuple[str, int], int] | None = None) -> dict[str, list[int]]:
+            """Shapes at corner k (batch dims at their min), dims tied to a key of ``at`` set to its size."""
+            shapes = {}
+            for io in info.inputs:
+                dims = []
+                for i, d in enumerate(io.dims):
+                    r = self.ranges.get((io.name, i))
+                    dims.append(int(d) if r is None else r[0] if (io.name, i) in self.batch else r[k])  # type: ignore[arg-type]
+                shapes[io.name] = dims
+            for key, v in (at or {}).items():
+                for other in self.group(key):
+                    shapes[other[0]][other[1]] = v
+            return shapes
+
+        def runs(shapes: dict[str, list[int]]) -> bool:
+            feeds = {io.name: fixed[io.name] if io.name in fixed else np.zeros(shapes[io.name], dtype=io.dtype)
+                     for io in info.inputs}
+            try:
+                sess.run(None, feeds)
+            except Exception:  # noqa: BLE001 - onnxruntime's own error classes: the model refuses the shapes
+                return False
+            return True
+
+        self._tie_to_batch(info, point, runs)
+        if all(runs(point(k)) for k in (1, 0, 2)):
+            return False
+        moved = False
+        for key, (lo, opt, hi) in list(self.ranges.items()):
+            if key in self.batch or self.root(key) != key:
+                continue
+            step = 32 if key[1] >= 2 and len(info.inputs[[io.name for io in info.inputs].index(key[0])].dims) >= 4 else 1
+
+            def ok(v: int, key: tuple[str, int] = key) -> bool:
+                sym = self.symbolic_ok
+                return (sym is None or sym(key, v)) and runs(point(1, {key: v}))
+
+            if ok(lo) and ok(opt) and ok(hi):
+                continue
+            seed = next((v for v in dict.fromkeys([opt, *_ladder(opt, step), *_ladder(opt, 1)]) if ok(v)), None)
+            if seed is None:
+                self.notes.append(f"input {c(key[0])} dim {key[1]}: onnxruntime runs the model at none of the sizes "
+                                  f"tried (1..4096) with the other dims at opt; set the profile by hand")
+                continue
+            new_lo = lo if ok(lo) else _bisect(ok, lo, seed, step, low=True)
+            new_hi = hi if ok(hi) and hi >= seed else _bisect(ok, seed, max(hi, seed), step, low=False)
+            new_opt = opt if new_lo <= opt <= new_hi and ok(opt) else seed
+            if (new_lo, new_opt, new_hi) == (lo, opt, hi):
+                continue
+            self.set_range(key, (new_lo, new_opt, new_hi))
+            self.whys[key] = (f"dim {key[1]}: moved from {[lo, opt, hi]}: onnxruntime runs the model at "
+                              f"{new_lo}..{new_hi} (tried at min, opt and max, zeros as data)")
+            self.notes.append(f"input {c(key[0])} dim {key[1]}: onnxruntime refuses the guessed {[lo, opt, hi]}; "
+                              f"picked {[new_lo, new_opt, new_hi]}")
+            moved = True
+        if not all(runs(point(k)) for k in (1, 0, 2)):
+            self.notes.append("onnxruntime refuses the model at the profile's corners (with zeros as data): "
+                              "check the ranges by hand")
+        return moved
+
+
+    def _tie_to_batch(self, info: ModelInfo, point: Any, runs: Any) -> None:
+        """A dim the model needs equal to the batch (a recurrent state's batch written ``?``) that symbolic
+        inference did not tie: the model runs with it at the batch size and not otherwise. Tie it."""
+        if runs(point(1)):
+            return
+        roots = {self.root(k) for k in self.ranges}
+        batches = [b for b in roots if b in self.batch]
+        for key in sorted(roots - set(batches)):
+            for b in batches:
+                if b[0] == key[0]:
+                    continue
+                if runs(point(1, {key: 2, b: 2})) and not runs(point(1, {key: 3, b: 2})):
+                    old = self.ranges[key]
+                    self.join(b, key)
+                    self.whys[key] = f"dim {key[1]}: the model runs only with it equal to {c(b[0])} dim {b[1]}: same range"
+                    self.notes.append(f"input {c(key[0])} dim {key[1]}: onnxruntime runs the model only with it equal "
+                                      f"to input {c(b[0])} dim {b[1]} (a batch): tied, range {list(self.ranges[key])} "
+                                      f"instead of the guessed {list(old)}")
+                    break
+
+
+def _ladder(opt: int, step: int) -> list[int]:
+    """Sizes tried for a first one the model runs at: 16..4096 in steps of x1.5/x1.33, nearest opt first."""
+    sizes = sorted({max(step, round(v / step) * step) for b in (16, 24) for v in (b << s for s in range(9)) if v <= 4096})
+    return sorted(sizes, key=lambda v: abs(math.log(v / max(opt, 1))))
+
+
+def _bisect(ok: Any, a: int, b: int, step: int, *, low: bool) -> int:
+    """The smallest (low) / largest size in [a, b] on the step grid that runs, assuming those that run
+    form one stretch and that ``b`` (low) / ``a`` (high) runs."""
+    grid = list(range(-(-a // step) * step or step, b + 1, step)) if step > 1 else list(range(max(a, 1), b + 1))
+    if not grid:
+        return b if low else a
+    lo_i, hi_i = 0, len(grid) - 1
+    if low:  # first index that runs
+        while lo_i < hi_i:
+            mid = (lo_i + hi_i) // 2
+            lo_i, hi_i = (lo_i, mid) if ok(grid[mid]) else (mid + 1, hi_i)
+        return grid[lo_i]
+    while lo_i < hi_i:  # last index that runs
+        mid = (lo_i + hi_i + 1) // 2
+        lo_i, hi_i = (mid, hi_i) if ok(grid[mid]) else (lo_i, mid - 1)
+    return grid[lo_i]
+
+
 def _dynamic(d: Any) -> bool:
     return not isinstance(d, int) or d <= 0
 
 
-def _input_lines(io: IOInfo, dims: _Dims) -> list[str]:
+def _input_lines(io: IOInfo, dims: _Dims, info: ModelInfo) -> list[str]:
     lines = [f"  # model input {c(io.name)}: {io.dtype} {c(list(io.dims))}"]
     lines.append(f"  {y(io.name)}:")
+    if io.name in dims.fixed:
+        ifs = [sw.node for sw in info.switches if sw.input == io.name]
+        lines += [f"    # the model branches on this input's value (If {', '.join(c(n) for n in ifs[:3])}): fixed to the",
+                  "    # value it tests for, the engine holds that branch only and the runner does not take the input.",
+                  "    # Serve another value with another recipe, or delete this line to keep the input (and both branches).",
+                  f"    value: {y(dims.fixed[io.name])}"]
+        return lines
     if any(_dynamic(d) for d in io.dims):
         lo, opt, hi = [], [], []
         whys = []
@@ -246,7 +436,13 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
     model_rel = _rel(info.path.resolve(), folder)
     dims = _Dims()
     dims.prepare(info)
+    dims.fixed = {sw.input: sw.equals for sw in info.switches if sw.equals is not None and
+                  next(io for io in info.inputs if io.name == sw.input).dims == ()}
     dims.fit(info)
+    if dims.probe(info):
+        dims.fit(info)  # the moved sizes, checked against the shape arithmetic again
+    if dims.failed:
+        dims.notes.append(f"symbolic shape inference failed, the ranges are unchecked guesses: {dims.failed}")
     any_dynamic = any(_dynamic(d) for io in info.inputs for d in io.dims)
     out: list[str] = [
         f"# yaml-language-server: $schema={schema_rel}",
@@ -262,7 +458,7 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
         "inputs:" if info.inputs else "inputs: {}",
     ]
     for io in info.inputs:
-        out += _input_lines(io, dims)
+        out += _input_lines(io, dims, info)
     out += ["", "outputs:" if info.outputs else "outputs: {}"]
     for io in info.outputs:
         out += _output_lines(io)

@@ -6,12 +6,15 @@ returns the model to hand on (``lower`` works on a copy, so the caller's model i
 
 Order, and why:
 
+0. ``fix_inputs``  inputs the recipe fixes to a value (``inputs.<name>.value``) -> initializers, so
+                   ``fold_shapes`` folds what branches on them (one If branch is built, not both).
 1. ``normalize``   Constants -> initializers, drop stray initializers, infer shapes: every later pass
                    sees the same, typed graph whatever the exporter did.
 2. ``fold_shapes`` ``Shape`` of statically shaped tensors -> constants, then constant folding of what
                    depends only on initializers (exporters' Shape->Slice->Concat chains feeding
                    Resize/Reshape): engines that read such inputs on the host (onnx2torch) stay
-                   sync-free and CUDA-graph capturable. Before ``precision`` so folded int64/float
+                   sync-free and CUDA-graph capturable; an If whose condition folded is replaced by
+                   the branch taken. Before ``precision`` so folded int64/float
                    constants are typed once, and the fp16 converter sees fewer ops.
 3. ``precision``   fp16/bf16 lowering of the whole graph, boundaries included. Running it before the
                    I/O contract means the contract adds exactly one boundary Cast per tensor from the
@@ -35,6 +38,7 @@ import onnx
 
 from trtflow.passes._graph import PassNote, dtype_name, io_elem_type, opset_of, value_info_dims
 from trtflow.passes.check_io import check_io
+from trtflow.passes.fix_inputs import fix_inputs
 from trtflow.passes.fold import fold_shapes
 from trtflow.passes.io_inputs import io_inputs
 from trtflow.passes.io_outputs import io_outputs
@@ -52,6 +56,7 @@ class Pass:
 
 
 PASSES: tuple[Pass, ...] = (
+    Pass("fix_inputs", fix_inputs),
     Pass("normalize", normalize),
     Pass("fold_shapes", fold_shapes),
     Pass("precision", precision),
@@ -133,5 +138,5 @@ def _record(name: str, before: dict[str, Any], after: dict[str, Any], seconds: f
     return rec
 
 
-__all__ = ["PASSES", "Pass", "PassNote", "check_io", "fold_shapes", "io_inputs", "io_outputs", "lower", "normalize",
-           "pass_detail", "precision"]
+__all__ = ["PASSES", "Pass", "PassNote", "check_io", "fix_inputs", "fold_shapes", "io_inputs", "io_outputs", "lower",
+           "normalize", "pass_detail", "precision"]

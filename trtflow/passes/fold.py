@@ -14,6 +14,8 @@ captured into a CUDA graph. Folding the chain leaves them plain constants.
   quantization (Q/DQ must stay for TensorRT's int8), has a subgraph, is not in the default domain,
   produces a graph output, reads a tensor whose data lives in an external file, or would produce more
   than :data:`MAX_ELEMENTS` elements.
+* An ``If`` whose condition became a constant (a shape test on static dims, a comparison with an
+  input the recipe fixed) is replaced by the nodes of the branch taken, and folding runs again on them.
 * Nodes nothing reads any more and unused initializers are removed; shapes are re-inferred.
 
 What was folded (counts per op) goes into the pass record as a note.
@@ -28,8 +30,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from trtflow.passes._graph import DimValue, const, note, opset_of, subgraphs, value_info_dims
-from trtflow.passes.normalize import drop_unused_initializers, infer_shapes, used_names
+from trtflow.passes._graph import DimValue, all_names, const, note, opset_of, subgraphs, value_info_dims
+from trtflow.passes.normalize import (
+    constants_to_initializers,
+    drop_unused_initializers,
+    infer_shapes,
+    used_names,
+)
 from trtflow.plan.model import Plan
 
 MAX_ELEMENTS = 1 << 20  # a folded result larger than this stays computed (weights would balloon)
@@ -90,8 +97,40 @@ def _evaluate(node: onnx.NodeProto, inputs: dict[str, TensorProto], model: onnx.
 
 
 def fold_shapes(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
-    """Static ``Shape`` -> initializer, then constant-fold what depends only on initializers."""
-    del plan  # folds what the model fixes; the plan cannot make a static dim dynamic
+    """Static ``Shape`` -> initializer, constant-fold what depends only on initializers, inline Ifs
+    whose condition folded; repeated while an inlined branch gives more to fold."""
+    decided = {name: branch == "then" for name, branch in (plan.if_branches if plan is not None else {}).items()}
+    folded: Counter[str] = Counter()
+    inlined: list[str] = []
+    for _ in range(8):  # If nesting depth we follow; each round inlines one level
+        step = _fold_once(model)
+        folded += step
+        taken = inline_constant_ifs(model.graph, decided)
+        inlined += taken
+        if not taken:
+            break
+        constants_to_initializers(model.graph)
+        model = infer_shapes(model)
+    if not folded and not inlined:
+        return model
+    graph = model.graph
+    dead = drop_dead_nodes(graph)
+    unused = drop_unused_initializers(graph)
+    consts = {i.name for i in graph.initializer}
+    known = {x for n in graph.node for x in (*n.input, *n.output)} | consts
+    stale = [vi for vi in graph.value_info if vi.name not in known or vi.name in consts]
+    for vi in stale:
+        graph.value_info.remove(vi)
+    if folded:
+        note("folded to constants: " + ", ".join(f"{op} {n}" for op, n in sorted(folded.items())) +
+             f"; dead nodes removed: {sum(dead.values())}; unused initializers dropped: {unused}")
+    if inlined:
+        note(f"If with a constant condition replaced by the branch taken: {', '.join(inlined[:6])}"
+             + (f" and {len(inlined) - 6} more" if len(inlined) > 6 else ""))
+    return infer_shapes(model)
+
+
+def _fold_once(model: onnx.ModelProto) -> Counter[str]:
     graph = model.graph
     opset = opset_of(model)
     shapes = known_dims(graph)
@@ -111,19 +150,89 @@ def fold_shapes(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
             graph.initializer.append(tensor)
             consts[name] = tensor
         folded[node.op_type] += 1
-    if not folded:
-        return model
-    del graph.node[:]
-    graph.node.extend(keep)
-    dead = drop_dead_nodes(graph)
-    unused = drop_unused_initializers(graph)
-    known = {x for n in graph.node for x in (*n.input, *n.output)} | {i.name for i in graph.initializer}
-    stale = [vi for vi in graph.value_info if vi.name not in known or vi.name in consts]
-    for vi in stale:
-        graph.value_info.remove(vi)
-    note("folded to constants: " + ", ".join(f"{op} {n}" for op, n in sorted(folded.items())) +
-         f"; dead nodes removed: {sum(dead.values())}; unused initializers dropped: {unused}")
-    return infer_shapes(model)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return folded
+
+
+def inline_constant_ifs(graph: onnx.GraphProto, decided: dict[str, bool] | None = None) -> list[str]:
+    """Replace each top-level ``If`` whose condition is an initializer, or which the planner decided for
+    the whole profile (``decided``: node name -> then?, from ``plan.if_branches``), by the taken branch's
+    nodes (outputs renamed where they would collide with the graph's names); returns the Ifs' names."""
+    consts = {i.name: i for i in graph.initializer if not uses_external_data(i)}
+    decided = decided or {}
+    counts = Counter(n.name for n in graph.node)
+    taken: list[str] = []
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type != "If" or not node.input:
+            nodes.append(node)
+            continue
+        cond = consts.get(node.input[0])
+        value = numpy_helper.to_array(cond).reshape(-1) if cond is not None else None
+        if value is not None and value.size == 1:
+            then = bool(value[0])
+        elif node.name in decided and counts[node.name] == 1:
+            then = decided[node.name]
+        else:
+            nodes.append(node)
+            continue
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if then else "else_branch"))
+        nodes += _inlined(branch, node, graph)
+        taken.append(node.name or node.output[0])
+    if taken:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return taken
+
+
+def _inlined(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The branch's nodes for the outer graph, then one Identity per If output."""
+    outer = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)} | {i.name for i in graph.initializer}
+    for other in graph.node:
+        if other is not node:
+            outer |= {*other.input, *other.output} | {x for g in subgraphs(other) for x in all_names(g)}
+    local = {i.name for i in branch.initializer} | {y for n in branch.node for y in n.output if y}
+    rename = {}
+    for name in sorted(local & outer):
+        new, k = f"{name}__{node.name or 'if'}", 1
+        while new in outer or new in local:
+            new, k = f"{name}__{node.name or 'if'}_{k}", k + 1
+        rename[name] = new
+    out: list[onnx.NodeProto] = []
+    for init in branch.initializer:
+        t = TensorProto()
+        t.CopyFrom(init)
+        t.name = rename.get(t.name, t.name)
+        graph.initializer.append(t)
+    for n in branch.node:
+        m = onnx.NodeProto()
+        m.CopyFrom(n)
+        for i, x in enumerate(m.input):
+            m.input[i] = rename.get(x, x)
+        for i, y in enumerate(m.output):
+            m.output[i] = rename.get(y, y)
+        for g in subgraphs(m):
+            _rename_reads(g, rename)
+        out.append(m)
+    for src, dst in zip(branch.output, node.output):
+        out.append(helper.make_node("Identity", [rename.get(src.name, src.name)], [dst],
+                                    name=f"{node.name or 'if'}/{dst}/taken"))
+    return out
+
+
+def _rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Outer-scope names a nested subgraph reads follow the rename (names it defines itself shadow)."""
+    own = {i.name for i in (*graph.input, *graph.initializer)} | {y for n in graph.node for y in n.output}
+    local = {k: v for k, v in rename.items() if k not in own}
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            n.input[i] = local.get(x, x)
+        for g in subgraphs(n):
+            _rename_reads(g, local)
+    for o in graph.output:
+        o.name = local.get(o.name, o.name)
 
 
 def _fold(node: onnx.NodeProto, consts: dict[str, TensorProto], shapes: dict[str, list[DimValue]],

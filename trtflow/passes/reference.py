@@ -27,6 +27,11 @@ def numpy_dtype(name: str) -> np.dtype:
 
 
 # -- inputs -------------------------------------------------------------------------------------------
+def fixed_feeds(plan: Plan) -> dict[str, np.ndarray]:
+    """The original model's inputs the recipe fixed (``value:``): what the engine holds as constants."""
+    return {f.name: f.array() for f in plan.fixed_inputs}
+
+
 def reference_input(t: TensorPlan, caller_array: np.ndarray) -> np.ndarray:
     """The original model's input for what the caller hands over: cast, NHWC->NCHW, normalize.
 

@@ -83,6 +83,28 @@ class TensorPlan:
 
 
 @dataclass(frozen=True)
+class FixedInput:
+    """A model input the recipe fixes (``inputs.<name>.value``): a constant inside the engine, which the
+    runner no longer takes. The reference run of validation feeds the original model this value."""
+
+    name: str                      # the model's input name
+    dtype: str                     # the model's dtype
+    shape: tuple[int, ...]         # the model's (static) shape
+    value: Any                     # nested lists / a scalar (``numpy.ndarray.tolist()``)
+    why: str = ""                  # what fixing it folds (e.g. the If nodes that branch on it)
+
+    def array(self) -> Any:
+        """The value as a numpy array of the model's dtype and shape."""
+        import numpy as np
+
+        if self.dtype == "bfloat16":
+            import ml_dtypes
+
+            return np.asarray(self.value, dtype=np.float32).astype(ml_dtypes.bfloat16).reshape(self.shape)
+        return np.asarray(self.value, dtype=self.dtype).reshape(self.shape)
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything the build and the generated runner need, resolved."""
 
@@ -107,6 +129,10 @@ class Plan:
     trtflow_version: str = ""
     plan_version: int = 1
     mixed_precision: dict[str, Any] = field(default_factory=dict)  # recipe `mixed_precision:` (fp16/bf16 lowering)
+    fixed_inputs: tuple[FixedInput, ...] = ()   # model inputs folded to constants (recipe `value:`)
+    # If nodes whose condition tests input shapes and holds one way at every shape of the profile
+    # (symbolic shape inference decided it): node name -> "then" | "else". Only that branch is built.
+    if_branches: dict[str, str] = field(default_factory=dict)
 
     @property
     def tensors(self) -> tuple[TensorPlan, ...]:
@@ -161,6 +187,7 @@ class Plan:
         kw["inputs"] = tuple(tensor(t) for t in d["inputs"])
         kw["outputs"] = tuple(tensor(t) for t in d["outputs"])
         kw["warnings"] = tuple(d.get("warnings", ()))
+        kw["fixed_inputs"] = tuple(FixedInput(**{**f, "shape": tuple(f["shape"])}) for f in d.get("fixed_inputs", ()))
         return cls(**kw)
 
     @classmethod

@@ -38,6 +38,15 @@ class IOInfo:
 
 
 @dataclass(frozen=True)
+class Switch:
+    """An ``If`` whose condition reads the VALUE of a model input (a mode input such as a sample rate)."""
+
+    input: str                       # the model input
+    node: str                        # the If node's name
+    equals: int | float | None       # the constant the condition compares the input with, if that simple
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     path: Path
     sha256: str
@@ -46,6 +55,7 @@ class ModelInfo:
     outputs: tuple[IOInfo, ...]
     op_types: frozenset[str]
     has_external_data: bool
+    switches: tuple[Switch, ...] = ()
 
 
 def sha256_file(path: Path) -> str:
@@ -126,4 +136,71 @@ def read_model_info(path: Path) -> ModelInfo:
         outputs=tuple(_io(o) for o in model.graph.output),
         op_types=frozenset(n.op_type for n in model.graph.node),
         has_external_data=ext,
+        switches=switches(model),
     )
+
+
+_PASS_THROUGH = ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Gather")
+_SHAPE_OF = ("Shape", "Size")  # read a tensor's shape, not its values: a shape test is no mode switch
+
+
+def switches(model: object) -> tuple[Switch, ...]:
+    """Every If (in any subgraph) whose condition depends on a graph input's value."""
+    from onnx import numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    producer: dict[str, object] = {}
+    consts: dict[str, object] = {i.name: i for i in graph.initializer}
+    ifs = []
+
+    def walk(g: object) -> None:
+        for n in g.node:  # type: ignore[attr-defined]
+            for y in n.output:
+                producer[y] = n
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                consts[n.output[0]] = n.attribute[0].t
+            if n.op_type == "If":
+                ifs.append(n)
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    consts.update({i.name: i for i in sub.initializer})
+                    walk(sub)
+
+    walk(graph)
+
+    def source(name: str) -> str:
+        while name in producer and producer[name].op_type in _PASS_THROUGH:  # type: ignore[attr-defined]
+            name = producer[name].input[0]  # type: ignore[attr-defined]
+        return name
+
+    def scalar(name: str) -> int | float | None:
+        t = consts.get(source(name))
+        if t is None:
+            return None
+        v = numpy_helper.to_array(t)  # type: ignore[arg-type]
+        return v.reshape(-1)[0].item() if v.size == 1 else None
+
+    out = []
+    for n in ifs:
+        seen, todo, reads = set(), [n.input[0]], set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in inputs:
+                reads.add(name)
+            elif name in producer and producer[name].op_type not in _SHAPE_OF:  # type: ignore[attr-defined]
+                todo.extend(x for x in producer[name].input if x)  # type: ignore[attr-defined]
+        eq = producer.get(source(n.input[0]))
+        for name in sorted(reads):
+            equals = None
+            if eq is not None and eq.op_type == "Equal":  # type: ignore[attr-defined]
+                a, b = eq.input  # type: ignore[attr-defined]
+                if source(a) == name:
+                    equals = scalar(b)
+                elif source(b) == name:
+                    equals = scalar(a)
+            out.append(Switch(input=name, node=n.name, equals=equals))
+    return tuple(out)

@@ -13,7 +13,7 @@ from typing import Any
 from trtflow import __version__
 from trtflow.errors import ModelError
 from trtflow.plan.formats import ITEMSIZE, check_format, inflation, nbytes
-from trtflow.plan.model import Plan, TensorPlan
+from trtflow.plan.model import FixedInput, Plan, TensorPlan
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo, is_named_dim, read_model_info
 from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, identity, parse
 from trtflow.plan.symbolic import Unresolved
@@ -70,6 +70,7 @@ class _Planner:
     def __init__(self, loaded: LoadedRecipe, info: ModelInfo) -> None:
         self.loaded, self.info, self.recipe = loaded, info, loaded.recipe
         self.warnings: list[str] = []
+        self.if_branches: dict[str, str] = {}
         self.link = self.recipe.link.model_dump()
 
     def err(self, loc: tuple[str | int, ...], msg: str, hint: str | None = None) -> Exception:
@@ -159,11 +160,11 @@ class _Planner:
             t = replace(t, bytes=t.encoded_bytes, predicted_ms=_ms(t.encoded_bytes, *cost) if cost else 0.0)
         return t
 
-    def check_shared_dims(self, inputs: list[TensorPlan]) -> None:
+    def check_shared_dims(self, inputs: list[tuple[IOInfo, TensorPlan]]) -> None:
         """A dim name the model gives several inputs (``batch`` of audio and state) is one dim: the
         recipe must give it one range everywhere, or the engine is built for shapes the model refuses."""
         seen: dict[str, tuple[str, int, tuple[int, int, int]]] = {}
-        for io, t in zip(self.info.inputs, inputs):
+        for io, t in inputs:
             model = dict(zip(("min_shape", "shape", "max_shape"), (t.min_shape, t.shape, t.max_shape)))
             if t.layout == "NHWC":  # back to the model's axes
                 model = {k: (v[0], v[3], v[1], v[2]) for k, v in model.items()}
@@ -179,6 +180,39 @@ class _Planner:
                                    f"recipe gives them (min, opt, max) {rng} and {other_rng}",
                                    hint="give both the same range")
                 seen.setdefault(d, (io.name, axis, rng))
+
+    def fixed_input(self, io: IOInfo, spec: InputSpec) -> FixedInput:
+        """``inputs.<name>.value``: the input becomes a constant of the engine (graph pass ``fix_inputs``)."""
+        import numpy as np
+
+        loc: tuple[str | int, ...] = ("inputs", io.name, "value")
+        if not all(isinstance(d, int) for d in io.dims):
+            raise self.err(loc, f"input {io.name!r} has dynamic dims {list(io.dims)}: only a fixed-shape input "
+                           "can be fixed to a value", hint="fix rank-0 (scalar) or small static inputs")
+        shape = tuple(int(d) for d in io.dims)  # type: ignore[arg-type]
+        value = spec.value
+        want = "an integer" if io.dtype.startswith(("int", "uint")) else "true or false" if io.dtype == "bool" else "a number"
+        items = value if isinstance(value, list) else [value]
+        ok = all((isinstance(v, bool) if io.dtype == "bool" else not isinstance(v, bool) and
+                  (isinstance(v, int) or (isinstance(v, float) and io.dtype in FLOATS))) for v in items)
+        if not ok:
+            raise self.err(loc, f"input {io.name!r} is {io.dtype}: its value must be {want}, got {value!r}")
+        arr = np.asarray(value, dtype=io.dtype if io.dtype != "bfloat16" else "float32")
+        if isinstance(value, list):
+            if len(shape) != 1 or shape[0] != len(value):
+                raise self.err(loc, f"{len(value)} values for input {io.name!r} of shape {list(shape)}",
+                               hint="a list fixes a rank-1 input of that length; a number a scalar input")
+        elif math.prod(shape) != 1:
+            raise self.err(loc, f"one number for input {io.name!r} of shape {list(shape)} ({math.prod(shape)} values)",
+                           hint="a number fixes a rank-0 or one-element input")
+        if arr.dtype.kind in "iu" and not np.array_equal(arr, np.asarray(value)):
+            raise self.err(loc, f"{value!r} does not fit {io.dtype}")
+        arr = arr.reshape(shape)
+        ifs = [sw.node for sw in self.info.switches if sw.input == io.name]
+        why = (f"the If node{'s' if len(ifs) > 1 else ''} {', '.join(repr(n) for n in ifs[:3])}"
+               f"{' and more' if len(ifs) > 3 else ''} branching on it fold{'s' if len(ifs) == 1 else ''} to one branch"
+               if ifs else "folded into the engine")
+        return FixedInput(name=io.name, dtype=io.dtype, shape=shape, value=arr.tolist(), why=why)
 
     # -- encoded inputs and resize ----------------------------------------------------------------------
     def check_encoded(self, io: IOInfo, spec: InputSpec, opt: tuple[int, ...], dtype: str,
@@ -279,7 +313,8 @@ class _Planner:
                                  f"(channel dim {shape[1] if rank > 1 else '?'} padded to the vector width)")
 
     # -- outputs ----------------------------------------------------------------------------------
-    def output_exprs(self, inputs: list[tuple[IOInfo, TensorPlan]]) -> dict[str, tuple[str | Unresolved, ...] | None]:
+    def output_exprs(self, inputs: list[tuple[IOInfo, TensorPlan]], fixed: tuple[FixedInput, ...] = ()
+                     ) -> dict[str, tuple[str | Unresolved, ...] | None]:
         """Each model output's dims as shape_expr strings over the caller-facing input dims."""
         static = all(not t.dynamic for _, t in inputs)
         if static and all(isinstance(d, int) and d >= 0 for o in self.info.outputs for d in o.dims):
@@ -292,10 +327,12 @@ class _Planner:
             caller_axis = (0, 3, 1, 2) if t.layout == "NHWC" else tuple(range(len(lo)))
             dims.append(InputDims(io.name, t.ident, lo, hi, caller_axis))
         try:
-            inferred = infer(self.info.path, dims, [o.name for o in self.info.outputs])
+            inferred = infer(self.info.path, dims, [o.name for o in self.info.outputs],
+                             fixed={f.name: f.array() for f in fixed})
         except ModelError as exc:
             raise self.err(("model",), exc.message, exc.hint) from None
         self.check_constraints(inferred.constraints, [t for _, t in inputs])
+        self.if_branches = {name: "then" if taken else "else" for name, taken in sorted(inferred.branches.items())}
         return dict(inferred.outputs)
 
     def check_constraints(self, constraints: tuple[tuple[str, str], ...], inputs: list[TensorPlan]) -> None:
@@ -498,9 +535,12 @@ class _Planner:
                                  "and cannot be captured; the runner stages them through pinned buffers")
         in_specs = {io.name: r.inputs.get(io.name, InputSpec()) for io in self.info.inputs}
         out_specs = {io.name: r.outputs.get(io.name, OutputSpec()) for io in self.info.outputs}
+        fixed = tuple(self.fixed_input(io, in_specs[io.name]) for io in self.info.inputs
+                      if in_specs[io.name].value is not None)
+        live = [io for io in self.info.inputs if in_specs[io.name].value is None]
         out_names: list[str] = []
         made_by: dict[str, tuple[str, tuple[str | int, ...]]] = {}  # engine tensor name -> what makes it, where
-        for io in self.info.inputs:
+        for io in live:
             self.claim(made_by, io.name, f"the model's input {io.name!r}", ("model",))
         for io in self.info.outputs:
             red = out_specs[io.name].reduce
@@ -510,10 +550,10 @@ class _Planner:
                            f"reduce: topk on output {io.name!r}", ("outputs", io.name, "reduce") if n != io.name
                            else ("model",))
             out_names += names
-        idents = sanitize_identifiers([io.name for io in self.info.inputs] + out_names)
-        inputs = [self.plan_input(io, in_specs[io.name], idents[io.name]) for io in self.info.inputs]
-        self.check_shared_dims(inputs)
-        exprs = self.output_exprs(list(zip(self.info.inputs, inputs)))
+        idents = sanitize_identifiers([io.name for io in live] + out_names)
+        inputs = [self.plan_input(io, in_specs[io.name], idents[io.name]) for io in live]
+        self.check_shared_dims(list(zip(live, inputs)))
+        exprs = self.output_exprs(list(zip(live, inputs)), fixed)
         outputs: list[TensorPlan] = []
         for io in self.info.outputs:
             spec = out_specs[io.name]
@@ -533,7 +573,8 @@ class _Planner:
             inputs=tuple(inputs), outputs=tuple(outputs), streams=r.streams.model_dump(), serving=r.serving.model_dump(),
             build=r.build.model_dump(), validate=validate, budgets=r.budgets.model_dump(), link=self.link,
             mixed_precision=r.mixed_precision.model_dump(),
-            warnings=tuple(self.warnings), trtflow_version=__version__)
+            warnings=tuple(self.warnings), trtflow_version=__version__, fixed_inputs=fixed,
+            if_branches=self.if_branches)
 
 
 def _gib(n: int) -> str:

@@ -18,13 +18,14 @@ sympy and onnxruntime are imported here, lazily: only ``trtflow plan`` of a dyna
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from trtflow.errors import BackendMissing, ModelError
 from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, parse
@@ -74,6 +75,9 @@ class Inferred:
     # (lhs, rhs) shape_expr texts the model needs equal to run at all: two dims it adds or concatenates
     # (e.g. an upsampled and a lateral feature map: H a multiple of 32). Inference assumed them equal.
     constraints: tuple[tuple[str, str], ...]
+    # If nodes whose condition is a shape test that holds one way at every shape of the profile:
+    # node name -> True (then branch) / False (else). The fold pass builds only that branch.
+    branches: dict[str, bool] = field(default_factory=dict)
 
 
 def _imports() -> tuple[Any, Any]:
@@ -86,14 +90,43 @@ def _imports() -> tuple[Any, Any]:
     return sympy, ssi
 
 
-def _subclass(ssi: Any, sympy: Any) -> type:
+class ShapeConditionError(ModelError):
+    """An If/Where condition on input shapes that is true at some shapes of the profile and false at
+    others: the model runs a different branch there, and an engine built for both is not what it runs.
+
+    ``dim`` is the caller-facing ``(ident, axis)`` the condition depends on when it is one dim, and
+    ``stretches`` its ``(first, last, value)`` runs over the profile range (``trtflow init`` narrows
+    its guesses with them)."""
+
+    def __init__(self, message: str, *, hint: str, dim: tuple[str, int] | None = None,
+                 stretches: tuple[tuple[int, int, bool], ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.dim, self.stretches = dim, stretches
+
+
+class ConditionFlips(Exception):
+    """Raised inside inference (carries the ShapeConditionError to raise outside it)."""
+
+
+_COMPARE = {"Equal": "Eq", "Less": "Lt", "LessOrEqual": "Le", "Greater": "Gt", "GreaterOrEqual": "Ge"}
+_LOGIC = {"Not": "Not", "And": "And", "Or": "Or", "Xor": "Xor"}
+MAX_POINTS = 1 << 22   # profile points a shape condition is evaluated at (every one of them)
+
+
+def _subclass(ssi: Any, sympy: Any, box: dict[str, tuple[int, int]], names: dict[str, str],
+              switch_inputs: dict[str, str]) -> type:
+    """onnxruntime's inference class with our rules. ``box``: symbol -> (min, max) over the profile;
+    ``names``: symbol -> caller-facing ``ident[axis]`` for messages; ``switch_inputs``: If node -> the
+    input whose value it tests."""
     base = ssi.SymbolicShapeInference
     get_attribute = ssi.get_attribute
+    decide = _Decider(sympy, box, names, switch_inputs)
 
     class _Inference(base):  # type: ignore[misc, valid-type]
         """onnxruntime's inference plus the rules it lacks; records the node being inferred."""
 
         current: Any = None
+        branches: ClassVar[dict[str, bool]] = {}   # If node -> then (True) / else, decided over the profile box
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -111,6 +144,13 @@ def _subclass(ssi: Any, sympy: Any) -> type:
 
             self.dispatcher_["Concat"] = concat_positive_axis
             self.dispatcher_["ConvTranspose"] = self._infer_conv_transpose
+            # Shape tests (``Equal(Shape(x)[-1], 1)`` feeding an If): onnxruntime compares sympy
+            # expressions with ``==`` (structural: a symbolic dim "equals" 1 never) and then takes the
+            # else branch for every shape. We keep the comparison symbolic and decide it over the profile.
+            for op in (*_COMPARE, *_LOGIC):
+                self.dispatcher_[op] = self._infer_condition
+            self.dispatcher_["Where"] = self._infer_where
+            self.dispatcher_["If"] = self._infer_if
             for op in list(self.dispatcher_):
                 self.dispatcher_[op] = self._recording(self.dispatcher_[op])
 
@@ -119,6 +159,50 @@ def _subclass(ssi: Any, sympy: Any) -> type:
                 _Inference.current = node
                 fn(node)
             return run
+
+        def _infer_condition(self, node: Any) -> None:
+            """sympy data of a comparison or logic op (its shape came from ONNX inference already)."""
+            fn = getattr(sympy, _COMPARE.get(node.op_type) or _LOGIC[node.op_type])
+            if node.op_type in _LOGIC:
+                self._compute_on_sympy_data(node, lambda vs: decide.simplify(fn(*[decide.boolean(v) for v in vs])))
+            else:
+                self._compute_on_sympy_data(node, lambda vs: decide.simplify(fn(*vs)))
+
+        def _infer_where(self, node: Any) -> None:
+            def pick(vs: list[Any]) -> Any:
+                taken = decide.over_profile(vs[0], node)
+                return vs[1] if taken else vs[2]
+            if node.input[0] in self.sympy_data_ or node.input[0] in self.initializers_:
+                cond = self._get_value(node, 0)
+                if decide.undecidable(cond):
+                    return  # a runtime value: the result's value is unknown (its shape is ONNX's)
+            self._compute_on_sympy_data(node, pick)
+
+        def _infer_if(self, node: Any) -> None:
+            cond = self._try_get_value(node, 0)
+            name = node.input[0]
+            if cond is None or decide.undecidable(cond):
+                saved = self.sympy_data_.pop(name, None)
+                decide.runtime_ifs.append(node.name)
+                try:
+                    base._infer_If(self, node)  # a runtime condition: both branches, shapes fused
+                finally:
+                    decide.runtime_ifs.pop()
+                    if saved is not None:
+                        self.sympy_data_[name] = saved
+                return
+            taken = decide.over_profile(cond, node)
+            if node.name:  # a shape test (or a constant): the same at every shape of the profile
+                _Inference.branches[node.name] = taken
+            had, saved = name in self.sympy_data_, self.sympy_data_.get(name)
+            self.sympy_data_[name] = int(taken)
+            try:
+                base._infer_If(self, node)
+            finally:
+                if had:
+                    self.sympy_data_[name] = saved
+                else:
+                    del self.sympy_data_[name]
 
         def _infer_conv_transpose(self, node: Any) -> None:
             x = self._get_sympy_shape(node, 0)
@@ -151,6 +235,113 @@ def _subclass(ssi: Any, sympy: Any) -> type:
     return _Inference
 
 
+class _Decider:
+    """Decides a shape condition (a sympy boolean over input-dim symbols) for the whole profile box."""
+
+    def __init__(self, sympy: Any, box: dict[str, tuple[int, int]], names: dict[str, str],
+                 switch_inputs: dict[str, str]) -> None:
+        self.sp, self.box, self.names = sympy, box, names
+        self.switch_inputs = switch_inputs   # If node -> the model input whose value its condition reads
+        self.runtime_ifs: list[str] = []     # Ifs on runtime values being inferred (both branches), innermost last
+
+    def context(self) -> str:
+        for name in reversed(self.runtime_ifs):
+            inp = self.switch_inputs.get(name)
+            if inp is not None:
+                return (f"; it sits in a branch of If {name!r}, which tests the value of input {inp!r}: fixing "
+                        f"that input (`inputs.{inp}.value: ...`) builds only the branch you serve")
+        return ""
+
+    def boolean(self, v: Any) -> Any:
+        sp = self.sp
+        v = v[0] if isinstance(v, list) and len(v) == 1 else v
+        if not isinstance(v, sp.Basic) and hasattr(v, "item"):  # numpy scalars and 1-element arrays
+            v = v.item()
+        if isinstance(v, (bool, int, float)) or getattr(v, "is_Integer", False) or getattr(v, "is_Float", False):
+            return sp.true if v else sp.false
+        if isinstance(v, sp.logic.boolalg.Boolean):
+            return v
+        return sp.Ne(v, 0)  # Cast(int dim, bool)
+
+    def simplify(self, v: Any) -> Any:
+        """sympy.true/false become 1/0, as onnxruntime's own data are ints."""
+        if v is self.sp.true:
+            return 1
+        if v is self.sp.false:
+            return 0
+        return v
+
+    def undecidable(self, cond: Any) -> bool:
+        """True when the condition depends on something other than input dims (a runtime value)."""
+        if isinstance(cond, list):
+            if len(cond) != 1:
+                return True
+            cond = cond[0]
+        free: set[Any] = getattr(cond, "free_symbols", set())
+        return any(s.name not in self.box for s in free)
+
+    def over_profile(self, cond: Any, node: Any) -> bool:
+        """The condition's value at every point of the profile box; ConditionFlips if it is not one value."""
+        import numpy as np
+
+        sp = self.sp
+        b = self.boolean(cond)
+        if b is sp.true or b is sp.false:
+            return bool(b)
+        syms = sorted(b.free_symbols, key=lambda x: x.name)
+        sizes = [self.box[x.name][1] - self.box[x.name][0] + 1 for x in syms]
+        what = f"{node.op_type} node {node.name!r}: its condition {self._text(b)}"
+        if int(np.prod(sizes, dtype=np.float64)) > MAX_POINTS:
+            raise ConditionFlips(ShapeConditionError(
+                f"symbolic shape inference: {what} depends on {len(syms)} dims over "
+                f"{int(np.prod(sizes, dtype=np.float64))} profile points, too many to check",
+                hint="narrow the profile of those dims (or fix one of them with `shape:`)"))
+        axes = np.meshgrid(*[np.arange(self.box[x.name][0], self.box[x.name][1] + 1, dtype=np.int64) for x in syms],
+                           indexing="ij", sparse=True)
+        values = np.broadcast_to(np.asarray(sp.lambdify(syms, b, modules="numpy")(*axes), dtype=bool), sizes)
+        if values.all() or not values.any():
+            return bool(values.flat[0])
+        dim: tuple[str, int] | None = None
+        stretches: tuple[tuple[int, int, bool], ...] = ()
+        if len(syms) == 1:
+            lo = self.box[syms[0].name][0]
+            ref = self.names.get(syms[0].name, syms[0].name)
+            flips = [0, *(np.flatnonzero(values[1:] != values[:-1]) + 1).tolist(), len(values)]
+            stretches = tuple((lo + a, lo + b - 1, bool(values[a])) for a, b in itertools.pairwise(flips))
+
+            def runs(v: bool) -> str:
+                return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b, w in stretches if w == v)
+            where = f"true at {ref} in {runs(True)}, false at {runs(False)}"
+            m = re.match(r"^(\w+)\[(\d+)\]$", ref)
+            dim = (m[1], int(m[2])) if m else None
+        else:
+            t = np.unravel_index(int(np.argmax(values)), sizes)
+            f = np.unravel_index(int(np.argmin(values)), sizes)
+
+            def point(ix: Any) -> str:
+                return ", ".join(f"{self.names.get(x.name, x.name)}={self.box[x.name][0] + int(i)}" for x, i in zip(syms, ix))
+            where = f"true at {point(t)}, false at {point(f)}"
+        raise ConditionFlips(ShapeConditionError(
+            f"symbolic shape inference: {what} changes within the profile: {where}",
+            hint="narrow the profile to sizes where it holds one way (the branch the model runs at the sizes "
+                 "you serve)" + self.context(), dim=dim, stretches=stretches))
+
+    def _text(self, b: Any) -> str:
+        ops = {"Equality": "==", "Unequality": "!=", "StrictLessThan": "<", "LessThan": "<=",
+               "StrictGreaterThan": ">", "GreaterThan": ">="}
+        op = ops.get(type(b).__name__)
+        if op is not None and {x.name for x in b.free_symbols} <= set(self.names):
+            emit = _Emitter(self.sp, self.names)
+            try:
+                return f"{emit.emit(b.lhs)} {op} {emit.emit(b.rhs)}"
+            except _Untranslatable:
+                pass
+        text = str(b)
+        for sym, ref in sorted(self.names.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(sym, ref)
+        return text
+
+
 @contextmanager
 def _patched(ssi: Any, cls: type) -> Iterator[None]:
     """Subgraphs (If/Loop bodies) are inferred by a fresh ``SymbolicShapeInference(...)`` looked up in
@@ -163,30 +354,36 @@ def _patched(ssi: Any, cls: type) -> Iterator[None]:
         ssi.SymbolicShapeInference = old
 
 
-def _prepared_model(path: Path, inputs: Sequence[InputDims]) -> tuple[Any, dict[str, tuple[int, int]]]:
+def _prepared_model(path: Path, inputs: Sequence[InputDims], fixed: Mapping[str, Any]
+                    ) -> tuple[Any, dict[str, tuple[int, int]]]:
     import onnx
+    from onnx import numpy_helper
 
     model = onnx.load(str(path))  # initializers are needed: shape constants live there
     graph = model.graph
-    by_name = {i.name: i for i in inputs}
+    index = {spec.name: k for k, spec in enumerate(inputs)}
     symbols: dict[str, tuple[int, int]] = {}
     init_names = {i.name for i in graph.initializer}
-    k = 0
-    for vi in graph.input:
+    for vi in list(graph.input):
         if vi.name in init_names:
             continue
-        spec = by_name.get(vi.name)
-        if spec is not None:
-            dims = vi.type.tensor_type.shape.dim
-            for axis, (lo, hi) in enumerate(zip(spec.min_shape, spec.max_shape)):
-                d = dims[axis]
-                d.Clear()
-                if lo == hi:
-                    d.dim_value = lo
-                else:
-                    d.dim_param = _SYMBOL.format(k=k, axis=axis)
-                    symbols[d.dim_param] = (k, axis)
-        k += 1
+        if vi.name in fixed:  # recipe `value:`: a constant, as the fix_inputs pass makes it
+            graph.input.remove(vi)
+            graph.initializer.append(numpy_helper.from_array(fixed[vi.name], vi.name))
+            continue
+        k = index.get(vi.name)
+        if k is None:
+            continue
+        spec = inputs[k]
+        dims = vi.type.tensor_type.shape.dim
+        for axis, (lo, hi) in enumerate(zip(spec.min_shape, spec.max_shape)):
+            d = dims[axis]
+            d.Clear()
+            if lo == hi:
+                d.dim_value = lo
+            else:
+                d.dim_param = _SYMBOL.format(k=k, axis=axis)
+                symbols[d.dim_param] = (k, axis)
     # The declared output shapes and intermediate value_info are the exporter's claims: infer afresh.
     # ClearField, not shape.Clear(): a cleared-but-present shape means rank 0 (the bug this replaces).
     for vi in graph.output:
@@ -195,11 +392,20 @@ def _prepared_model(path: Path, inputs: Sequence[InputDims]) -> tuple[Any, dict[
     return model, symbols
 
 
-def infer(path: Path, inputs: Sequence[InputDims], output_names: Sequence[str]) -> Inferred:
-    """Each output's dims as shape_expr strings over the caller-facing input dims, or Unresolved."""
+def infer(path: Path, inputs: Sequence[InputDims], output_names: Sequence[str],
+          fixed: Mapping[str, Any] | None = None) -> Inferred:
+    """Each output's dims as shape_expr strings over the caller-facing input dims, or Unresolved.
+
+    ``inputs``: the model inputs the caller hands over; ``fixed``: model inputs the recipe fixes to a
+    value (name -> numpy array), constants here as in the engine, so Ifs on them take one branch.
+    """
     sympy, ssi = _imports()
-    model, symbols = _prepared_model(path, inputs)
-    cls = _subclass(ssi, sympy)
+    model, symbols = _prepared_model(path, inputs, fixed or {})
+    names = _ref_names(inputs, symbols)
+    box = {sym: (inputs[k].min_shape[axis], inputs[k].max_shape[axis]) for sym, (k, axis) in symbols.items()}
+    from trtflow.plan.onnxmeta import switches
+
+    cls = _subclass(ssi, sympy, box, names, {sw.node: sw.input for sw in switches(model)})
     logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
     node_names = [n.name or f"#{i}" for i, n in enumerate(model.graph.node)]
     try:
@@ -209,13 +415,14 @@ def infer(path: Path, inputs: Sequence[InputDims], output_names: Sequence[str]) 
             while inf.run_:
                 inf._infer_impl()
             inf._update_output_from_vi()
+    except ConditionFlips as exc:
+        raise exc.args[0] from None
     except Exception as exc:  # noqa: BLE001 - the tool asserts; name the node it stopped at
         node = getattr(cls, "current", None)
         where = f"node {node.name!r} (op {node.op_type})" if node is not None else "the graph"
         raise ModelError(f"symbolic shape inference failed at {where}: {type(exc).__name__} {exc}".rstrip(),
                          hint="the model's output shapes cannot be derived from its input shapes; "
                               "fix the dims that vary (e.g. a `shape:` instead of a profile), or report the model") from None
-    names = _ref_names(inputs, symbols)
     constraints = _constraints(sympy, inf, names)
     outputs: dict[str, tuple[Dim, ...] | None] = {}
     graph_out = {o.name: o for o in inf.out_mp_.graph.output}
@@ -239,7 +446,7 @@ def infer(path: Path, inputs: Sequence[InputDims], output_names: Sequence[str]) 
                 dims.append(Unresolved("", "", False))
         outputs[name] = tuple(dims)
     _self_check(sympy, inf, inputs, symbols, names, outputs, graph_out)
-    return Inferred(outputs=outputs, constraints=constraints)
+    return Inferred(outputs=outputs, constraints=constraints, branches=dict(cls.branches))  # type: ignore[attr-defined]
 
 
 def _ref_names(inputs: Sequence[InputDims], symbols: dict[str, tuple[int, int]]) -> dict[str, str]:
@@ -389,4 +596,4 @@ def _self_check(sympy: Any, inf: Any, inputs: Sequence[InputDims], symbols: dict
                     raise ModelError(f"internal: output {name!r} dim {d!r} gives {got}, sympy {want} at {point}")
 
 
-__all__ = ["DATA_DEPENDENT_OPS", "Inferred", "InputDims", "Unresolved", "infer"]
+__all__ = ["DATA_DEPENDENT_OPS", "Inferred", "InputDims", "ShapeConditionError", "Unresolved", "infer"]

@@ -163,6 +163,10 @@ class InputSpec(_Strict):
                                "reads for the bytes per inference and checks against the shape.")
     typical_bytes: int | None = Field(default=None, ge=1, description="Typical encoded file size in bytes, "
                                       "for the plan's bytes per inference when no `sample` is given.")
+    value: int | float | bool | list[int | float | bool] | None = Field(
+        default=None, description="Fix this input to a constant (a number for a rank-0 or one-element input, a "
+        "list for a rank-1 one): it is folded into the engine and the runner no longer takes it. For mode inputs "
+        "such as a sample rate that the model branches on (`If`): only the branch taken is built.")
 
     _dtype = field_validator("dtype", mode="before")(classmethod(lambda cls, v: _canonical_dtype(v)))
 
@@ -174,6 +178,12 @@ class InputSpec(_Strict):
             raise ValueError("`sample` and `typical_bytes` describe encoded files: set `encoding` (jpeg, png, image)")
         if self.sample is not None and self.typical_bytes is not None:
             raise ValueError("give either `sample` or `typical_bytes`, not both")
+        if self.value is not None:
+            others = sorted(self.model_fields_set - {"value"})
+            if others:
+                raise ValueError(f"`value` fixes the input inside the engine; {', '.join(others)} "
+                                 f"{'does' if len(others) == 1 else 'do'} not apply to it: drop "
+                                 f"{'it' if len(others) == 1 else 'them'}")
         return self
 
 

@@ -72,11 +72,12 @@ def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray], sess: Any = None
     ``sess``: a session from :func:`trtflow.backends.onnxruntime.reference_session`, reused across samples.
     """
     from trtflow.backends.onnxruntime import reference_session
-    from trtflow.passes.reference import reference_input
+    from trtflow.passes.reference import fixed_feeds, reference_input
     from trtflow.passes.reference import reference_outputs as reduce_outputs
 
     sess = sess or reference_session(Path(plan.model_path))
     model_feeds = {t.source: reference_input(t, feeds[t.name]) for t in plan.inputs}
+    model_feeds |= fixed_feeds(plan)  # inputs the recipe fixed (`value:`): constants inside the engine
     sources = list(dict.fromkeys(t.source for t in plan.outputs))
     raw = sess.run(sources, model_feeds)
     out: dict[str, np.ndarray] = {}
