@@ -42,12 +42,8 @@ RESULTS = corpus.dest_folder() / "results.jsonl"
 # `sr` need no entry here: init fixes them (`value:`) to the value the model tests for.
 XFAIL: dict[tuple[str, str], str] = {}
 # Values wrong today (strict xfail: fixing them turns the test red until the entry goes).
-_LSTM_FP16 = "fp16 LSTM state stateN (|x| <= 2) off by 0.086 at max batch (numerics: #10 item 4, recurrent ops in fp16)"
 XFAIL_VALUES: dict[tuple[str, str], str] = {
     ("ppocr_det", "fp16"): "fp16 clamps a BatchNorm variance of ~1e8 to 65504: output garbage (numerics: #10 item 4)",
-    ("silero_vad", "fp16"): _LSTM_FP16,
-    ("silero_vad_spox", "fp16"): _LSTM_FP16,
-    ("silero_vad_op15", "fp16"): _LSTM_FP16,
 }
 FP32_TOL = 1e-4
 FP16_TOL = 5e-2
