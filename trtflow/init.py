@@ -484,7 +484,7 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
         "  samples: 2",
         "  seed: 0",
         "  generator: uniform   # or data: inputs.npz with real inputs (better for reduced outputs)",
-        *_generator_lines(info),
+        *_generator_lines(info, set(dims.fixed)),
         "",
         "# budgets: {p99_latency_ms: 10, min_throughput: 100}   # enforced by `trtflow bench --check`",
         "",
@@ -507,11 +507,13 @@ def _tolerance_lines(info: ModelInfo) -> list[str]:
     return lines
 
 
-def _generator_lines(info: ModelInfo) -> list[str]:
-    """``validate.inputs`` for inputs whose name and shape say what they are (a sample rate, a state, an image)."""
+def _generator_lines(info: ModelInfo, fixed: set[str]) -> list[str]:
+    """``validate.inputs`` for inputs whose name and shape say what they are (a sample rate, a state, an
+    image); none for ``fixed`` inputs (``value:``: the engine does not take them)."""
     from trtflow.validate.inputs import suggest_generator
 
-    found = [(io, g) for io in info.inputs if (g := suggest_generator(io.name, io.dtype, tuple(io.dims)))]
+    found = [(io, g) for io in info.inputs
+             if io.name not in fixed and (g := suggest_generator(io.name, io.dtype, tuple(io.dims)))]
     if not found:
         return ["  # inputs: {<input>: {kind: image | range | normal | choice | zeros}}   # per-input generators"]
     lines = ["  inputs:   # guessed from the names and shapes: CHECK (kinds: image, range, normal, choice, zeros)"]
