@@ -286,12 +286,15 @@ def test_output_shapes_at_non_square_non_opt_shapes(tmp_path: Path, exprs: bool,
         assert r._out_shapes._fns[0] is not None if exprs else r._out_shapes._fns[0] is None
 
 
-def test_data_dependent_output_on_cpu(tmp_path: Path) -> None:
-    """NonZero: the buffer is the upper bound [2, 32]; each result has the shape onnxruntime computed."""
-    art, model, plan = sup.nonzero_artifact(tmp_path)
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("torch", marks=pytest.mark.skipif(
+    not HAS_TORCH, reason="torch and onnx2torch are not installed"))])
+def test_data_dependent_output_on_cpu(tmp_path: Path, backend: str) -> None:
+    """NonZero: the buffer is the upper bound [2, 32]; each result has the shape the engine computed
+    (torch: our NonZero converter; onnx2torch 1.5's own returns the transposed [K, 2], seen on the H200)."""
+    art, model, plan = sup.nonzero_artifact(tmp_path, backend=backend)
     assert plan.outputs[0].data_dependent
     rng = np.random.default_rng(0)
-    with sup.load_runner(art).NzRunner() as r:
+    with sup.load_runner(art).NzRunner(backend=backend, device="cpu") as r:
         for b in (1, 4, 2, 4, 3):
             x = rng.standard_normal((b, 8)).astype(np.float32)
             got = r(x=x).idx

@@ -6,7 +6,8 @@ gives up on a case it could run (``BatchNormalization`` whose input rank shape i
 ``Pad`` in reflect/edge mode on a 2-D input such as audio), this module registers one with
 ``onnx2torch.node_converters.registry.add_converter``. Otherwise a converter onnx2torch has for an op
 version is kept: ours fill gaps or catch its ``NotImplementedError``, so a newer onnx2torch that
-implements an op wins (``Pad`` with a non-constant mode is the one case ours always takes).
+implements an op wins (``Pad`` with a non-constant mode is one case ours always takes; ``NonZero`` the other:
+onnx2torch 1.5's returns ``torch.nonzero``'s ``[N, rank]`` where ONNX defines ``[rank, N]``).
 
 ``If`` converts each branch to its own module with onnx2torch (recursively) and picks one per call:
 the condition is read on the host (a device->host sync on the GPU, so such models do not capture
@@ -34,7 +35,7 @@ _OPSETS: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("trtfl
 _REDUCE_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
               "ReduceProd", "ReduceSumSquare")
 # What this module adds, by op type (docs and tests read it).
-ADDED = frozenset({"If", "LSTM", "Size", "Split", "BatchNormalization", "Pad", *_REDUCE_18})
+ADDED = frozenset({"If", "LSTM", "Size", "Split", "BatchNormalization", "Pad", "NonZero", *_REDUCE_18})
 
 
 def load() -> Callable[..., Any]:
@@ -151,6 +152,9 @@ def _register() -> None:
     for op in _REDUCE_18:
         add(op, (18,), _convert_reduce18)
     fallback("BatchNormalization", (9, 14, 15), _convert_batchnorm)
+    for v in (9, 13):  # onnx2torch 1.5's NonZero is transposed (torch.nonzero is [N, rank]): always ours
+        registry._CONVERTER_REGISTRY[registry.OperationDescription(domain="", operation_type="NonZero", version=v)] = \
+            _convert_nonzero
     for v in (2, 11, 13, 18, 19, 21):  # onnx2torch pads reflect/edge only on 3-5D input, no axes, no wrap
         key = registry.OperationDescription(domain="", operation_type="Pad", version=v)
         theirs = registry._CONVERTER_REGISTRY.get(key)
@@ -216,6 +220,12 @@ def _modules() -> dict[str, type]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
 
+    class OnnxNonZero(nn.Module):
+        """ONNX NonZero: int64 indices ``[rank, N]`` (``torch.nonzero`` gives ``[N, rank]``)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nonzero(x).transpose(0, 1).contiguous()
+
     class OnnxSplit18(nn.Module):
         def __init__(self, axis: int, sizes: list[int] | None, num_outputs: int) -> None:
             super().__init__()
@@ -278,7 +288,8 @@ def _modules() -> dict[str, type]:
             y = torch.nn.functional.pad(y, flat, mode=mode)
             return y.reshape(*x.shape[:r - k], *y.shape[2:])
 
-    return {"OnnxIf": OnnxIf, "OnnxLSTM": OnnxLSTM, "OnnxSize": OnnxSize, "OnnxSplit18": OnnxSplit18,
+    return {"OnnxIf": OnnxIf, "OnnxLSTM": OnnxLSTM, "OnnxSize": OnnxSize, "OnnxNonZero": OnnxNonZero,
+            "OnnxSplit18": OnnxSplit18,
             "OnnxBatchNormAnyRank": OnnxBatchNormAnyRank, "OnnxPad": OnnxPad}
 
 
@@ -450,6 +461,11 @@ def _convert_lstm(node: Any, graph: Any) -> Any:
 def _convert_size(node: Any, graph: Any) -> Any:
     del graph
     return _result(_modules()["OnnxSize"](), (node.input_values[0],), node.output_values)
+
+
+def _convert_nonzero(node: Any, graph: Any) -> Any:
+    del graph
+    return _result(_modules()["OnnxNonZero"](), (node.input_values[0],), node.output_values)
 
 
 def _convert_split18(node: Any, graph: Any) -> Any:
