@@ -286,3 +286,35 @@ def test_read_only_report_destination_fails_before_the_run(project: Path) -> Non
     (project / "v.json").mkdir()
     p = cli("validate", "r.yaml", "--report", "v.json", "--json", cwd=project)
     assert p.returncode == 10 and json.loads(p.stdout)["error"]["code"] == 10
+
+
+# -- siblings of item 2 found on the way: sizes claimed by files ----------------------------------------
+def test_npz_member_claiming_terabytes_is_a_recipe_error(project: Path) -> None:
+    """A 200-byte .npz whose array header says 4 TiB: numpy raised a raw MemoryError (exit 70)."""
+    import io
+    import zipfile
+
+    make_conv_model(project / "m.onnx")
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)})
+    buf.write(b"\0" * 64)
+    with zipfile.ZipFile(project / "d.npz", "w") as z:
+        z.writestr("image.npy", buf.getvalue())
+    (project / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\nvalidate: {data: d.npz}\n")
+    p = cli("validate", "r.yaml", cwd=project)
+    assert p.returncode == 2 and "4.00 TiB" in p.stderr and "internal error" not in p.stderr, p.stderr
+
+
+def test_model_file_over_2_gib_is_refused_before_reading(project: Path) -> None:
+    with open(project / "m.onnx", "wb") as f:
+        f.truncate(3 << 30)  # sparse: onnx.load would read 3 GiB into memory, then fail to parse
+    msg = plan_error(project, "model: m.onnx\n")
+    assert "at most 2 GiB" in msg and "external data" in msg
+
+
+def test_model_path_that_is_a_fifo_is_never_opened(project: Path) -> None:
+    os.mkfifo(project / "m.onnx")
+    (project / "r.yaml").write_text("model: m.onnx\n")
+    p = subprocess.run([sys.executable, "-m", "trtflow", "plan", "r.yaml"], cwd=project, capture_output=True,
+                       text=True, check=False, timeout=60)  # a hang fails here instead of stalling the suite
+    assert p.returncode == 2 and "is not a regular file" in p.stderr

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_conv_model
 
 
-def _project(tmp: Path, body: str, hw: int = 16) -> Path:
+def _project(tmp: Path, body: str, hw: int = 16, build: str = "") -> Path:
     (tmp / "pyproject.toml").write_text("[project]\nname='x'\n")
     make_conv_model(tmp / "m.onnx", batch="N", hw=hw)
-    (tmp / "r.yaml").write_text("model: m.onnx\nbuild: {backend: torch}\n" + body)
+    (tmp / "r.yaml").write_text("model: m.onnx\nbuild: {backend: torch" + build + "}\n" + body)
     return tmp / "r.yaml"
 
 
@@ -42,7 +42,8 @@ def test_runner_out_of_memory_at_allocation_leaks_nothing(tmp_path: Path) -> Non
 
     recipe = _project(tmp_path, "inputs: {image: {profile: {min: [1,3,64,64], opt: [1,3,64,64], "
                                 "max: [1048576,3,64,64]}}}\noutputs: {logits: {memory: device}}\n"
-                                "streams: {topology: pipelined, depth: 3}\n", hw=64)
+                                "streams: {topology: pipelined, depth: 3}\n", hw=64,
+                     build=", max_io_mib: 1000000")  # past the planner's memory check: the runner's own is tested
     res = build(recipe, out_root=tmp_path / "build")
     before = dict(cuda.live_handles())
     free_before = cuda.mem_get_info()[0]
@@ -50,6 +51,21 @@ def test_runner_out_of_memory_at_allocation_leaks_nothing(tmp_path: Path) -> Non
         Runner(res.artifact)
     assert cuda.live_handles() == before
     assert abs(cuda.mem_get_info()[0] - free_before) < 64 << 20
+
+
+def test_plan_refuses_buffers_beyond_this_machine_and_knows_the_gpu(tmp_path: Path) -> None:
+    """The same profile without build.max_io_mib is refused while planning, with the numbers; the limits
+    the planner checks include this GPU's memory (issue 15 item 13)."""
+    from trtflow.errors import RecipeError
+    from trtflow.plan import make_plan
+    from trtflow.plan.planner import memory_limits
+    from trtflow.recipe import load_recipe
+
+    assert any("the GPU has" in what for _, what in memory_limits())
+    recipe = _project(tmp_path, "inputs: {image: {profile: {min: [1,3,64,64], opt: [1,3,64,64], "
+                                "max: [1048576,3,64,64]}}}\nstreams: {topology: pipelined, depth: 3}\n", hw=64)
+    with pytest.raises(RecipeError, match=r"the I/O buffers need .* GiB at the max shapes"):
+        make_plan(load_recipe(recipe))
 
 
 def test_build_and_validate_on_cuda_through_the_cli_path(tmp_path: Path) -> None:

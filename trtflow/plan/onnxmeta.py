@@ -83,6 +83,9 @@ def _io(vi: object) -> IOInfo:
     return IOInfo(name=vi.name, dtype=ONNX_DTYPES[t.elem_type], dims=tuple(dims))  # type: ignore[attr-defined]
 
 
+MAX_PROTOBUF = (1 << 31) - 1
+
+
 def check_external_data(model: object, path: Path) -> None:
     """Every external weight file must lie in the model's folder (no ``..``, absolute path or symlink out of
     it) and hold the bytes the tensor says: a ModelError naming tensor and file, found while planning,
@@ -115,6 +118,11 @@ def read_model_info(path: Path) -> ModelInfo:
 
     if not path.is_file():
         raise ModelError(f"model file not found: {path}", hint="check `model:` in the recipe (relative to the recipe file)")
+    size = path.stat().st_size
+    if size > MAX_PROTOBUF:  # protobuf cannot parse it anyway: refuse before reading gigabytes into memory
+        raise ModelError(f"{path}: {size:,} bytes; an ONNX protobuf file is at most 2 GiB",
+                         hint="larger models keep their weights in external data files (onnx.save(..., "
+                         "save_as_external_data=True))")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends

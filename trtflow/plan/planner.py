@@ -615,6 +615,8 @@ def resolve_model_path(loaded: LoadedRecipe, *, allow_outside: bool = False) -> 
     if path.is_dir():
         raise loaded.error(loc, f"model {src.path!r} is a folder ({path}), not an ONNX file",
                            hint="name the .onnx file inside it")
+    if path.exists() and not path.is_file():  # a FIFO or a device: never opened (it could block or never end)
+        raise loaded.error(loc, f"model {src.path!r} ({path}) is not a regular file", hint="name the .onnx file")
     if not path.is_file():
         raise loaded.error(loc, f"model file {src.path!r} not found (looked at {path})",
                            hint="paths are relative to the recipe file's folder")

@@ -356,7 +356,8 @@ def load_data(plan: Plan, folder: Path) -> list[dict[str, np.ndarray]]:
     def read(key: str) -> np.ndarray:
         try:  # members are read lazily: a pickled object array or a truncated member fails only here
             return np.asarray(npz[key])
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
+            # MemoryError: a member header may claim any shape (4 TiB from a 100-byte file)
             raise RecipeError(f"validate.data: {path} is not a readable .npz file: array {key!r}: {exc}",
                               hint="write it with numpy.savez(path, **{input_name: array}); object arrays "
                               "(pickles) are refused") from None
