@@ -132,12 +132,10 @@ def test_killed_build_leaves_previous_artifact_intact(recipe: Path, project: Pat
 def test_generated_runner_imports_from_any_directory(recipe: Path, project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     res = build(recipe, out_root=project / "build")
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    # By path, never `from build.r.runner import ...`: PyPA's `build` package (installed in dev) shadows it.
-    code = ("import importlib.util, pathlib\n"
-            "import numpy as np\n"
-            f"spec = importlib.util.spec_from_file_location('runner', pathlib.Path({str(res.artifact)!r}) / 'runner.py')\n"
-            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
-            "with mod.RRunner() as r:\n"
+    # trtflow.load_runner, never `from build.r.runner import ...`: PyPA's `build` package (in dev) shadows that.
+    code = ("import numpy as np, trtflow\n"
+            f"RRunner = trtflow.load_runner({str(res.artifact)!r})\n"
+            "with RRunner() as r:\n"
             "    out = r(image=np.zeros((1, 16, 16, 3), np.uint8))\n"
             "    print(out.logits.shape, out.logits.dtype)\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, timeout=120, check=False)

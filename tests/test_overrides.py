@@ -205,3 +205,24 @@ def test_write_best_keeps_comments_and_writes_a_new_name(capsys: pytest.CaptureF
     code, _, _ = run(capsys, "bench", str(r), "--out", out, "--sweep", "memory", "--iterations", "2",
                      "--warmup", "0", "--write-best", str(r))
     assert code == 10 and r.read_text() == text  # never over the input
+
+
+# ------------------------------------------------------------------------------------------ load_runner
+def test_load_runner_verifies_and_imports_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trtflow
+    from trtflow.build import build
+    from trtflow.errors import ArtifactError
+
+    r = _layout(tmp_path / "proj")
+    res = build(r, out_root=tmp_path / "proj" / "artifacts")
+    monkeypatch.chdir(tmp_path)  # any directory
+    cls = trtflow.load_runner(res.artifact)
+    assert cls.__name__ == "RRunner" and trtflow.load_runner(str(res.artifact)) is cls
+    with cls() as run:
+        assert run(image=np.zeros((1, 3, 16, 16), np.float32)).logits.shape == (1, 5, 16, 16)
+    runner_py = res.artifact / "runner.py"
+    runner_py.write_text(runner_py.read_text() + "\nraise SystemExit('swapped')\n")
+    with pytest.raises(ArtifactError, match="runner.py"):  # a swapped runner.py never executes
+        trtflow.load_runner(res.artifact)
+    with pytest.raises(ArtifactError, match="no such artifact folder"):
+        trtflow.load_runner(tmp_path / "nope")

@@ -426,24 +426,6 @@ def test_bench_instances_sweep_and_load_mode(project: Path) -> None:
     assert r.returncode == 3 and "needs CUDA GPUs" in r.stdout + r.stderr
 
 
-def test_docs_serving_snippets_run(tmp_path: Path) -> None:
-    """The python blocks of docs/serving.md, each in a fresh interpreter next to a built tiny artifact."""
-    import re
-    import subprocess
-
-    from conftest import ROOT
-
-    r = subprocess.run([sys.executable, "-m", "trtflow.cli", "build", str(ROOT / "recipes" / "tiny.yaml"), "--out",
-                        str(tmp_path / "artifacts")], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "serving.md").read_text(), flags=re.DOTALL)
-    assert len(blocks) >= 2
-    for code in blocks:
-        run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                             check=False)
-        assert run.returncode == 0, code + run.stderr
-
-
 def test_a_loop_closed_with_requests_in_flight_leaves_no_stale_counts(mlp: tuple[Path, type]) -> None:
     async def leave_early(pool: RunnerPool) -> None:
         for i in range(6):

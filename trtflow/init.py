@@ -448,7 +448,7 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
         f"# yaml-language-server: $schema={schema_rel}",
         f"# Starter recipe written by `trtflow init` for {c(info.path.name)} (opset {info.opset}).",
         "# Every field is optional except `model`; `trtflow plan` shows what each choice costs in bytes and ms.",
-        "# Reference of every field: docs/recipe-reference.md (or `trtflow schema`).",
+        "# Reference of every field: `trtflow docs` (Markdown) or `trtflow schema` (JSON Schema).",
         "schema_version: 1",
         f"name: {y(name)}   # artifact folder artifacts/<name>/ and the runner class",
         f"model: {y(model_rel)}   # relative to this file",

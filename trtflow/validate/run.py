@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from trtflow import artifact as art
-from trtflow.errors import RecipeError
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.validate.compare import FORMULA_TEXT, OutputComparison, compare
 from trtflow.validate.inputs import generate_inputs, load_data, shape_cases
@@ -87,20 +86,10 @@ def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray], sess: Any = None
 
 
 def import_runner(artifact: Path) -> type:
-    """Import the artifact's generated runner module and return its runner class."""
-    import importlib.util
-    import sys
+    """The artifact's generated runner class (:func:`trtflow.load_runner`)."""
+    from trtflow import load_runner
 
-    plan = Plan.from_json((artifact / art.PLAN).read_text())
-    path = artifact / art.RUNNER
-    mod_name = f"trtflow_artifact_{plan.name.replace('-', '_').replace('.', '_')}_{abs(hash(str(path)))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise RecipeError(f"{path}: cannot import the generated runner")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return getattr(module, plan.class_name)  # type: ignore[no-any-return]
+    return load_runner(artifact)
 
 
 def _as_dict(result: Any) -> dict[str, np.ndarray]:
