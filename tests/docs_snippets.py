@@ -7,7 +7,7 @@ way someone follows it: later steps see what earlier ones built.
 
 - ``bash`` blocks run with ``bash -euo pipefail``; ``python`` blocks with this interpreter;
 - ``yaml`` blocks whose top-level keys are recipe fields are validated as recipes (a fragment gets a
-  ``model:``), and planned when their model exists; other YAML (a CI workflow) must parse;
+  ``model:`` and is not planned), and planned when their model exists; other YAML (a CI workflow) must parse;
 - blocks without a language (file trees, output) are text.
 
 A line ``<!-- snippet: KIND: reason -->`` right before a fence changes that: ``gpu`` (runs only where a
@@ -124,10 +124,11 @@ def check_yaml(s: Snippet, cwd: Path) -> None:
     fields = {f.alias or n for n, f in Recipe.model_fields.items()}
     if not isinstance(data, dict) or not set(data) <= fields:
         return  # not a recipe (a CI workflow): parsing it was the check
-    text = s.body if "model" in data else "model: ../models/tiny_mlp.onnx\n" + s.body
+    fragment = "model" not in data  # a section shown alone: its fields are checked, not planned
+    text = "model: ../models/tiny_mlp.onnx\n" + s.body if fragment else s.body
     loaded = parse_recipe(text, cwd / "recipes" / f"snippet_{s.line}.yaml")
     model = loaded.folder / loaded.recipe.model_source.path
-    if model.is_file():
+    if not fragment and model.is_file():
         from trtflow.plan import make_plan
 
         make_plan(loaded)
