@@ -13,7 +13,13 @@ from docs_snippets import DOCS, KINDS, run_snippet, sandbox, snippets
 
 from trtflow.runtime import cuda
 
-DOCS_WITH_CODE = [d for d in DOCS if snippets(d)]
+# Strict xfails: a guide that fails for a cause another engineer owns (when it is fixed, the xfail turns
+# into a failure: remove it then).
+WAITING = {"getting-started.md": "numerics: `trtflow validate` of init's fp32 mobilenet_v3_small recipe fails "
+           "(max abs 1.3e-4 against atol = rtol = 1e-5, even with -b onnxruntime) since the image-kind inputs "
+           "and shape sets landed (6c2dd90)"}
+DOCS_WITH_CODE = [pytest.param(d, marks=pytest.mark.xfail(reason=WAITING[d.name], strict=True))
+                  if d.name in WAITING else d for d in DOCS if snippets(d)]
 
 
 def test_every_marker_is_known_and_explained() -> None:
@@ -28,7 +34,7 @@ def test_every_marker_is_known_and_explained() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("doc", DOCS_WITH_CODE, ids=lambda d: d.name)
+@pytest.mark.parametrize("doc", DOCS_WITH_CODE, ids=lambda d: getattr(d, "name", "doc"))
 def test_snippets_run_as_written(doc: Path, tmp_path: Path) -> None:
     cwd = sandbox(tmp_path / "project")
     for s in snippets(doc):
