@@ -166,6 +166,7 @@ def test_hostile_reports_are_refused_and_rebuilt(built: Path, project: Path, cas
     art.verify(built)
 
 
+@pytest.mark.slow
 def test_hostile_report_exit_codes_through_the_cli(built: Path, project: Path) -> None:
     """A report.json of the wrong shape is exit 6 from inspect and validate --no-build, never 70."""
     (built / "report.json").write_text("[]")
@@ -274,6 +275,7 @@ def test_concurrent_builds_of_one_artifact(built: Path, project: Path, force: st
     assert sorted(p.name for p in (project / "build").iterdir()) == ["r"]  # no .tmp-, .old-, .lock
 
 
+@pytest.mark.slow
 def test_concurrent_cold_builds_build_once(project: Path) -> None:
     make_conv_model(project / "m.onnx")
     (project / "r.yaml").write_text(RECIPE)

@@ -65,6 +65,7 @@ def _safe(p: subprocess.CompletedProcess[str], *, code: int = 0, shows: tuple[st
 
 
 # -- item 9: every command, hostile tensor names ------------------------------------------------------
+@pytest.mark.slow
 def test_every_command_shows_hostile_names_as_text(hostile: Path) -> None:
     shown_in, shown_out = plain(IN), OUT  # the ESC is shown as the 4 characters \x1b
     _safe(cli("plan", "r.yaml", cwd=hostile), shows=(shown_in, shown_out))
@@ -141,6 +142,7 @@ def test_folder_json_is_one_valid_document_with_each_error(batch: Path, command:
     assert "error" not in doc[0] and "error" not in doc[2]
 
 
+@pytest.mark.slow
 def test_folder_of_good_recipes_exits_0_and_accuracy_failure_is_4(batch: Path) -> None:
     (batch / "recipes" / "b.yaml").write_text("model: ../m.onnx\nprecision: fp16\nbuild: {backend: onnxruntime}\n"
                                               "validate: {default: {atol: 1e-9, rtol: 1e-9}}\n")
@@ -180,6 +182,7 @@ def test_validate_no_build_refuses_an_artifact_of_another_recipe(built: Path) ->
     assert p.returncode == 6 and json.loads(p.stdout)["error"]["code"] == 6
 
 
+@pytest.mark.slow
 def test_validate_no_build_refuses_an_artifact_from_before_an_edit(built: Path) -> None:
     (built / "r.yaml").write_text("model: m.onnx\nprecision: fp16\nbuild: {backend: onnxruntime}\n")
     p = cli("validate", "r.yaml", "--no-build", cwd=built, color=False)
@@ -195,6 +198,7 @@ def test_validate_no_build_accepts_a_fresh_artifact_and_a_comment_edit(built: Pa
     assert cli("validate", "r.yaml", "--no-build", cwd=built, color=False).returncode == 0
 
 
+@pytest.mark.slow
 def test_inspect_stale_exits_6_unless_allowed(built: Path) -> None:
     (built / "r.yaml").write_text("model: m.onnx\nprecision: fp16\nbuild: {backend: onnxruntime}\n")
     p = cli("inspect", "artifacts/r", cwd=built, color=False)
