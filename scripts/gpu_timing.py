@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 from trtflow.artifact import seal
 from trtflow.codegen import write_runner
+from trtflow.plan.model import MEMORY_STRATEGIES
 from trtflow.plan.planner import make_plan
 from trtflow.recipe.loader import parse_recipe
 
-STRATEGIES = ["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
+STRATEGIES = list(MEMORY_STRATEGIES)
 
 
 def artifact(root: Path, model: Path, memory: str, streams: dict[str, Any], name: str) -> Path:

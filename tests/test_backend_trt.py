@@ -117,12 +117,13 @@ def test_tensorrt_not_available_when_only_stubs_are_installed() -> None:
 def test_tensorrt_flavor_refuses_rtx_only_settings() -> None:
     from trtflow.backends import _trt_common as common
     from trtflow.backends.tensorrt import FLAVOR
+    from trtflow.plan.model import BuildPlan
 
     with pytest.raises(BuildError, match="compute_capabilities applies to TensorRT-RTX") as exc:
-        common._check_settings(FLAVOR, {"compute_capabilities": ["8.6"]})
+        common._check_settings(FLAVOR, BuildPlan(compute_capabilities=("8.6",)))
     assert "ampere_plus" in (exc.value.hint or "")
-    assert common._check_settings(FLAVOR, {"hardware_compatibility": "ampere_plus", "version_compatible": True,
-                                           "timing_cache": "t.cache"}) == []
+    assert common._check_settings(FLAVOR, BuildPlan(hardware_compatibility="ampere_plus", version_compatible=True,
+                                                    timing_cache="t.cache")) == []
 
 
 def test_tensorrt_header_check_on_synthetic_plans(tmp_path: Path) -> None:

@@ -178,7 +178,7 @@ def test_version_compatible_plan_needs_explicit_host_code_opt_in(recipe: Path, p
 
     recipe.write_text(RECIPE.replace("backend: onnxruntime", "backend: tensorrt_rtx"))
     res = build(recipe, out_root=project / "build")
-    plan = replace(res.plan, build={**res.plan.build, "version_compatible": True})
+    plan = replace(res.plan, build=replace(res.plan.build, version_compatible=True))
     with pytest.raises(ArtifactError, match="version-compatible.*host code") as exc:
         TensorRTRTXBackend().open(res.artifact, plan, device="cuda")
     assert "--allow-host-code" in str(exc.value)

@@ -89,7 +89,8 @@ HOSTILE_PLANS = {
     "role swapped": (lambda p: p["inputs"][0].update(role="output"), "role"),
     "negative bytes": (lambda p: p["inputs"][0].update(max_bytes=-4), "must be an integer from 0"),
     "huge bytes": (lambda p: p["inputs"][0].update(max_bytes=1 << 60), "must be an integer from 0"),
-    "plan version 2": (lambda p: p.update(plan_version=2), "plan_version"),
+    "plan version 3": (lambda p: p.update(plan_version=3), "this trtflow reads plan version 2"),
+    "old plan version 1": (lambda p: p.update(plan_version=1), "plan version 1"),
     "streams a list": (lambda p: p.update(streams=[]), "streams"),
     "tensor a string": (lambda p: p["inputs"].__setitem__(0, "x"), "not a valid plan"),
     "missing field": (lambda p: p.pop("inputs"), "not a valid plan"),
@@ -179,6 +180,14 @@ def test_hostile_report_exit_codes_through_the_cli(built: Path, project: Path) -
             assert json.loads(p.stdout)["error"]["code"] == 6
 
 
+def test_plan_of_an_older_version_is_refused_with_rebuild_exit_6(built: Path, project: Path) -> None:
+    """A plan.json written by an older trtflow (plan version 1: untyped sections) is never half-read."""
+    edit_plan(built, lambda p: p.update(plan_version=1))
+    p = cli("validate", "r.yaml", "--no-build", "--out", str(built.parent), cwd=project)
+    assert p.returncode == 6, p.stderr
+    assert "plan version 1" in p.stderr and "rebuild" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_hashes_are_cached_per_process_and_rewrites_are_seen(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real = art.sha256_path
@@ -208,7 +217,7 @@ def test_same_name_from_two_recipes_is_refused(built: Path, project: Path) -> No
     assert "another `name:`" in str(exc.value.hint)
     assert art.read_report(built)["cache_key"] == before["cache_key"]  # r's artifact untouched
     res = build(project / "twin.yaml", out_root=project / "build", force=True)  # explicit: replace it
-    assert res.plan.streams["depth"] == 3
+    assert res.plan.streams.depth == 3
 
 
 def test_same_name_after_the_other_recipe_is_gone_or_renamed(built: Path, project: Path) -> None:

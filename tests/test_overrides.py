@@ -62,7 +62,7 @@ def test_overrides_change_the_plan_and_its_key(recipe: Path) -> None:
                    max_shapes={"image": (8, 3, 16, 16)})
     new = apply_overrides(loaded, ov)
     p = make_plan(new)
-    assert (base.precision, p.precision) == ("fp32", "fp16") and p.streams["depth"] == 3
+    assert (base.precision, p.precision) == ("fp32", "fp16") and p.streams.depth == 3
     assert p.outputs[0].memory == "pageable" and p.inputs[0].max_shape == (8, 3, 16, 16)
     assert p.recipe_sha256 != base.recipe_sha256  # an artifact built with overrides is not the recipe's
     assert apply_overrides(loaded, Overrides()) is loaded

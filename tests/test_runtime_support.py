@@ -36,7 +36,7 @@ import numpy as np
 from trtflow.backends.base import Backend, CudaEngine
 from trtflow.codegen import write_runner
 from trtflow.plan.formats import pack, physical_shape, unpack
-from trtflow.plan.model import BuildInfo, Plan
+from trtflow.plan.model import MEMORY_STRATEGIES, BuildInfo, Plan
 
 
 class cudaError_t(enum.IntEnum):
@@ -894,7 +894,7 @@ def nonzero_artifact(root: Path, recipe: dict[str, Any] | None = None, *,
 
 
 # The strategy x topology matrix both the fake-runtime tests and the GPU suite run.
-STRATEGIES = ["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
+STRATEGIES = list(MEMORY_STRATEGIES)
 TOPOLOGIES: dict[str, dict[str, Any]] = {
     "sync": {"topology": "sync"},
     "async": {"topology": "async"},

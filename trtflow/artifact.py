@@ -282,6 +282,8 @@ def load(artifact: Path) -> tuple[Plan, dict[str, Any]]:
     path = artifact / PLAN
     try:
         plan = Plan.from_json(path.read_text(encoding="utf-8"))
+    except ArtifactError as exc:  # another plan version: rebuild
+        raise ArtifactError(f"{path}: {exc.message}", hint=exc.hint) from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{path}: not a valid plan ({type(exc).__name__}: {exc})", hint=_REBUILD) from None
     check_plan(plan, path)
@@ -298,8 +300,8 @@ def check_depth(depth: object, where: str) -> int:
 def check_plan(plan: Plan, where: Path | str = PLAN) -> None:
     """Range-check the values of a loaded plan the runtime acts on (a hand-edited or hostile plan.json
     gets an ArtifactError naming the field, never a hang, a huge allocation or a silent default)."""
-    from trtflow.codegen.runner import STRATEGIES, TOPOLOGIES
     from trtflow.plan.formats import FORMATS, ITEMSIZE
+    from trtflow.plan.model import MEMORY_STRATEGIES, PLAN_VERSION, TOPOLOGIES
 
     def bad(field: str, why: str) -> ArtifactError:
         return ArtifactError(f"{where}: {field}: {why}", hint=f"plan.json is written by the build: {_REBUILD}")
@@ -307,20 +309,18 @@ def check_plan(plan: Plan, where: Path | str = PLAN) -> None:
     def is_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    if plan.plan_version != 1:
-        raise bad("plan_version", f"{plan.plan_version!r} is not a plan version this trtflow reads (1)")
+    if plan.plan_version != PLAN_VERSION:
+        raise bad("plan_version", f"{plan.plan_version!r} is not a plan version this trtflow reads ({PLAN_VERSION})")
     for field in ("name", "class_name", "precision", "model_path"):
         if not isinstance(getattr(plan, field), str):
             raise bad(field, f"must be a string, got {getattr(plan, field)!r}")
     streams = plan.streams
-    if not isinstance(streams, dict):
-        raise bad("streams", "must be an object")
-    if streams.get("topology", "sync") not in TOPOLOGIES:
-        raise bad("streams.topology", f"{streams.get('topology')!r} is not one of {', '.join(TOPOLOGIES)}")
-    check_depth(streams.get("depth", 2), f"{where}: streams.depth")
-    if not isinstance(streams.get("cuda_graph", False), bool):
-        raise bad("streams.cuda_graph", f"must be true or false, got {streams.get('cuda_graph')!r}")
-    if not isinstance(plan.build, dict) or not isinstance(plan.build.get("backend", "auto"), str):
+    if streams.topology not in TOPOLOGIES:
+        raise bad("streams.topology", f"{streams.topology!r} is not one of {', '.join(TOPOLOGIES)}")
+    check_depth(streams.depth, f"{where}: streams.depth")
+    if not isinstance(streams.cuda_graph, bool):
+        raise bad("streams.cuda_graph", f"must be true or false, got {streams.cuda_graph!r}")
+    if not isinstance(plan.build.backend, str):
         raise bad("build.backend", "must be a string")
     names: set[str] = set()
     for role, tensors in (("input", plan.inputs), ("output", plan.outputs)):
@@ -333,7 +333,7 @@ def check_plan(plan: Plan, where: Path | str = PLAN) -> None:
             names.add(t.name)
             if t.role != role:
                 raise bad(f"{at}.role", f"{t.role!r} in the {role}s list")
-            if t.dtype not in ITEMSIZE or t.format not in FORMATS or t.memory not in STRATEGIES:
+            if t.dtype not in ITEMSIZE or t.format not in FORMATS or t.memory not in MEMORY_STRATEGIES:
                 raise bad(at, f"dtype {t.dtype!r}, format {t.format!r} or memory {t.memory!r} is not known")
             shapes = (t.min_shape, t.shape, t.max_shape)
             if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for s in shapes for d in s):

@@ -86,7 +86,7 @@ def cache_key(plan: Plan, builder: type[Backend]) -> str:
 def builder_target(builder: type[Backend], plan: Plan) -> str:
     """What the engine is specific to: the GPU for TensorRT, compute capabilities for RTX, nothing for ONNX."""
     if builder.name == "tensorrt_rtx":
-        return "cc:" + (",".join(plan.build["compute_capabilities"]) or "default")
+        return "cc:" + (",".join(plan.build.compute_capabilities) or "default")
     if builder.name == "tensorrt":
         from trtflow.bench.link import device_summary
         from trtflow.runtime import cuda
@@ -177,7 +177,7 @@ def build(loaded: LoadedRecipe | str | Path, *, out_root: Path = art.DEFAULT_ROO
     if not isinstance(loaded, LoadedRecipe):
         loaded = load_recipe(loaded)
     plan = make_plan(loaded, allow_outside=allow_outside)
-    builder = pick_builder(backend or plan.build["backend"])
+    builder = pick_builder(backend or plan.build.backend)
     _check_out_root(out_root)
     extras.require(extras.for_precision(plan.precision))  # before any work, not halfway through the passes
     final = artifact_dir(plan, out_root)

@@ -364,11 +364,11 @@ def _print_plan(p: Any) -> None:
                 f"{tot['predicted_ms']:.3f}", f"{tot['naive_predicted_ms']:.3f}")
     console.print(tbl)
     link = p.link
-    console.print(f"  moves {tot['ratio']:.1%} of the naive bytes; predicted at H2D {link['h2d_gbps']} GB/s, "
-                  f"D2H {link['d2h_gbps']} GB/s pinned, {link['pageable_gbps']} GB/s pageable. "
-                  f"Streams: {p.streams['topology']}"
-                  + (f" depth {p.streams['depth']}" if p.streams["topology"] == "pipelined" else "")
-                  + (", CUDA graph" if p.streams["cuda_graph"] else ""))
+    console.print(f"  moves {tot['ratio']:.1%} of the naive bytes; predicted at H2D {link.h2d_gbps} GB/s, "
+                  f"D2H {link.d2h_gbps} GB/s pinned, {link.pageable_gbps} GB/s pageable. "
+                  f"Streams: {p.streams.topology}"
+                  + (f" depth {p.streams.depth}" if p.streams.topology == "pipelined" else "")
+                  + (", CUDA graph" if p.streams.cuda_graph else ""))
     for t in p.inputs:
         if t.encoding:
             console.print(markup(_encoded_note(t)))

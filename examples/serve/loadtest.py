@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from trtflow.bench.load import run_load
 
     devices: Any = args.devices if args.devices in (None, "all") else [int(d) for d in args.devices.split(",")]
-    instances = args.instances or int(plan.serving.get("instances", 1))
+    instances = args.instances or plan.serving.instances
     for c in args.concurrency:  # the runner's own figures, the server stopped (nothing else on the device)
         r = run_load(args.artifact, plan, label=f"pool c={c}", instances=instances, devices=devices, concurrency=c,
                      requests=args.requests, duration_s=args.seconds, warmup=2, backend=args.backend,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from trtflow.artifact import atomic_write
 from trtflow.backends.base import CudaEngine, Progress
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, CudaError, InputError, TrtflowError
-from trtflow.plan.model import BuildInfo, Plan, TensorPlan
+from trtflow.plan.model import BuildInfo, BuildPlan, Plan, TensorPlan
 
 if TYPE_CHECKING:
     import tensorrt
@@ -377,22 +377,22 @@ def device_compute_capability() -> tuple[int, int] | None:
 
 # -- build ------------------------------------------------------------------------------------------
 
-def _check_settings(flavor: Flavor, build: dict[str, Any]) -> list[str]:
+def _check_settings(flavor: Flavor, build: BuildPlan) -> list[str]:
     """Refuse settings this library cannot honour where they promise something; list ignored ones."""
     ignored: list[str] = []
     hint_rtx = "TensorRT-RTX plans are portable through build.compute_capabilities"
-    if build.get("hardware_compatibility", "none") != "none" and not flavor.hardware_compatibility:
-        raise BuildError(f"build.hardware_compatibility={build['hardware_compatibility']} is not supported by "
+    if build.hardware_compatibility != "none" and not flavor.hardware_compatibility:
+        raise BuildError(f"build.hardware_compatibility={build.hardware_compatibility} is not supported by "
                          f"{flavor.title}", hint=f"remove it; {hint_rtx}")
-    if build.get("version_compatible") and not flavor.version_compatible:
+    if build.version_compatible and not flavor.version_compatible:
         raise BuildError(f"build.version_compatible is not supported by {flavor.title} "
                          "(version-compatible plans embed the lean runtime, which it does not ship)",
                          hint="remove it, or build with backend tensorrt")
-    if build.get("compute_capabilities") and not flavor.compute_capabilities:
+    if build.compute_capabilities and not flavor.compute_capabilities:
         raise BuildError(f"build.compute_capabilities applies to TensorRT-RTX; {flavor.title} builds for the GPU "
                          "it runs on", hint="use `hardware_compatibility: ampere_plus` for a plan that runs on "
                          "Ampere and newer, or backend tensorrt_rtx")
-    if build.get("timing_cache") and not flavor.timing_cache:
+    if build.timing_cache and not flavor.timing_cache:
         ignored.append(f"build.timing_cache ignored: timing cache operations are no-ops in {flavor.title} "
                        "(deprecated since 1.2)")
     return ignored
@@ -568,7 +568,7 @@ def _shape_input_values(flavor: Flavor, tensors: dict[str, tensorrt.ITensor], pl
                         ) -> dict[str, dict[str, list[int]]]:
     """``build.shape_inputs`` for the network's shape-tensor inputs (values read on the host, e.g. the
     target shape of a Reshape); every shape tensor needs its value range in the optimization profile."""
-    given: dict[str, dict[str, list[int]]] = plan.build.get("shape_inputs") or {}
+    given = plan.build.shape_inputs
     found = {t.name for t in plan.inputs if tensors[t.name].is_shape_tensor}
     unknown = sorted(set(given) - found)
     if unknown:
@@ -590,7 +590,7 @@ def _shape_input_values(flavor: Flavor, tensors: dict[str, tensorrt.ITensor], pl
         if bad:
             raise BuildError(f"build.shape_inputs.{name}: {bad[0]} has {len(v[bad[0]])} values; the shape tensor "
                              f"{name!r} holds {n}", hint=f"give {n} values each for min, opt and max")
-    return given
+    return {name: {k: list(v[k]) for k in ("min", "opt", "max")} for name, v in given.items()}
 
 
 def _build_failure_hint(errors: list[str], *, graphs: bool) -> str:
@@ -626,28 +626,28 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
     tensors = _check_network_io(flavor, network, plan)
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(b["workspace_mib"]) << 20)
-    config.builder_optimization_level = int(b["optimization_level"])
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, b.workspace_mib << 20)
+    config.builder_optimization_level = b.optimization_level
     tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
     if tf32_flag is not None:  # on by default; a common cause of disagreement with onnxruntime
         if plan.tf32:
             config.set_flag(tf32_flag)
         else:
             config.clear_flag(tf32_flag)
-    config.profiling_verbosity = (trt.ProfilingVerbosity.DETAILED if b.get("detailed_profiling", True)
+    config.profiling_verbosity = (trt.ProfilingVerbosity.DETAILED if b.detailed_profiling
                                   else trt.ProfilingVerbosity.LAYER_NAMES_ONLY)
-    hw = b.get("hardware_compatibility", "none")
+    hw = b.hardware_compatibility
     if hw != "none":
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, hw.upper())
-    if b.get("version_compatible"):
+    if b.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     targets: list[str] | None = None
-    if b.get("compute_capabilities"):
-        targets = _set_compute_capabilities(trt, config, b["compute_capabilities"])
+    if b.compute_capabilities:
+        targets = _set_compute_capabilities(trt, config, b.compute_capabilities)
     # TensorRT-RTX 1.2+: without this flag the runtime may allocate inside an enqueue (shapes beyond the
     # static allocation), which a CUDA graph capture cannot hold. Full TensorRT has no such flag.
     user_alloc_flag = getattr(trt.BuilderFlag, "REQUIRE_USER_ALLOCATION", None)
-    graphs = bool(plan.streams.get("cuda_graph", False))
+    graphs = plan.streams.cuda_graph
     if graphs and user_alloc_flag is not None:
         config.set_flag(user_alloc_flag)
 
@@ -655,8 +655,8 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
     cache_info: dict[str, Any] = {"used": False}
     cache = None
     if flavor.timing_cache:
-        if b.get("timing_cache"):
-            cache_path = Path(plan.recipe_path).parent / b["timing_cache"]
+        if b.timing_cache:
+            cache_path = Path(plan.recipe_path).parent / b.timing_cache
         cache, cache_info = _timing_cache(trt, config, cache_path)
         cache_info["used"] = True
 
@@ -721,11 +721,11 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
         "plan_header": header.to_dict(),
         "strongly_typed": True,
         "tf32": plan.tf32 if tf32_flag is not None else None,
-        "workspace_mib": int(b["workspace_mib"]),
-        "optimization_level": int(b["optimization_level"]),
-        "profiling_verbosity": "DETAILED" if b.get("detailed_profiling", True) else "LAYER_NAMES_ONLY",
+        "workspace_mib": b.workspace_mib,
+        "optimization_level": b.optimization_level,
+        "profiling_verbosity": "DETAILED" if b.detailed_profiling else "LAYER_NAMES_ONLY",
         "hardware_compatibility": hw,
-        "version_compatible": bool(b.get("version_compatible")),
+        "version_compatible": b.version_compatible,
         "compute_capabilities": targets if targets is not None else (
             list(header.compute_capabilities) if header.compute_capabilities is not None else None),
         "profiles": profiles,
@@ -990,7 +990,7 @@ class TrtEngine(CudaEngine):
                     warnings.warn("TensorRT-RTX refused the runtime cache; kernels are compiled per run",
                                   RuntimeWarning, stacklevel=3)
                     self._cache, self.runtime_cache = None, "n/a"
-            graphs = bool(self.plan.streams.get("cuda_graph", False))
+            graphs = self.plan.streams.cuda_graph
             strategies: Any = trt
             if graphs and hasattr(strategies, "DynamicShapesKernelSpecializationStrategy"):
                 rtx.dynamic_shapes_kernel_specialization_strategy = \
@@ -1193,7 +1193,7 @@ def open_engine(trt: TrtModule, flavor: Flavor, artifact_dir: Path, plan: Plan, 
     if not path.is_file():
         raise ArtifactError(f"{artifact_dir} has no {ENGINE_FILE}", hint="rebuild: trtflow build <recipe>")
     data = path.read_bytes()
-    version_compatible = bool(plan.build.get("version_compatible"))
+    version_compatible = plan.build.version_compatible
     cc = device_compute_capability()
     header = check_plan_header(flavor, data, version(trt), path=path, version_compatible=version_compatible)
     if cc is not None and not flavor.can_run_on(cc):

@@ -103,11 +103,11 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
             "is NOT validated", "is NOT measured")
     if sweep != "batch":
         rep.best = finish(results)
-    if gpu and (plan.streams["topology"] == "pipelined" or sweep == "memory"):
+    if gpu and (plan.streams.topology == "pipelined" or sweep == "memory"):
         from trtflow.bench.measure import timeline
         from trtflow.bench.run import _runner
 
-        depth = max(int(plan.streams["depth"]), 2)
+        depth = max(plan.streams.depth, 2)
         with _runner(artifact, topology="pipelined", depth=depth, cuda_graph=False, backend=backend,
                      device=device) as r:
             timeline(r, plan, memory="pinned")  # warm-up window
@@ -149,7 +149,7 @@ def _load(rep: BenchReport, artifact: Path, plan: Plan, *, sweep: str | None, co
 
     if concurrency is not None and concurrency < 1:
         raise UsageError(f"--concurrency must be >= 1, got {concurrency}")
-    per_gpu = int(plan.serving.get("instances", 1) or 1)
+    per_gpu = plan.serving.instances
     floor = load.stage_floor(artifact, plan, backend=backend, device=device, warmup=warmup,
                              iterations=min(iterations, 50)) if gpu else None
     common: dict[str, Any] = {"backend": backend, "device": device, "warmup": min(warmup, 3)}

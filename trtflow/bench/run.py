@@ -134,9 +134,9 @@ def bench_config(artifact: Path, plan: Plan, *, label: str, memory: str | None, 
                  in_place: bool = False) -> BenchResult:
     mems = {t.memory for t in plan.tensors}
     folder = variant_artifact(artifact, memory) if memory and mems != {memory} else artifact
-    topo = topology or plan.streams["topology"]
-    depth = max(int(plan.streams["depth"]), 2) if topo == "pipelined" else 1
-    graph = plan.streams["cuda_graph"] if cuda_graph is None else cuda_graph
+    topo = topology or plan.streams.topology
+    depth = max(plan.streams.depth, 2) if topo == "pipelined" else 1
+    graph = plan.streams.cuda_graph if cuda_graph is None else cuda_graph
     with _runner(folder, topology=topo, depth=depth, cuda_graph=graph, backend=backend, device=device) as r:
         return measure(r, Plan.from_json((folder / art.PLAN).read_text()), label=label,
                        memory=memory or "/".join(sorted(mems)), warmup=warmup, iterations=iterations,
@@ -168,7 +168,7 @@ def check_budgets(plan: Plan, r: BenchResult) -> list[str]:
               ("d2h_ms", r.d2h.mean if r.d2h else None, "D2H", "<="),
               ("min_throughput", r.samples_per_s, "throughput (samples/s)", ">=")]
     for key, got, what, op in checks:
-        want = b.get(key)
+        want = getattr(b, key)
         if want is None or got is None:
             continue
         ok = got <= want if op == "<=" else got >= want

@@ -18,10 +18,8 @@ from pathlib import Path
 
 from trtflow import __version__
 from trtflow.plan.formats import FORMATS, ITEMSIZE, physical_shape
-from trtflow.plan.model import Plan, TensorPlan
+from trtflow.plan.model import MEMORY_STRATEGIES, TOPOLOGIES, Plan, TensorPlan
 
-STRATEGIES = ("pageable", "pinned", "write_combined", "registered", "mapped", "device")
-TOPOLOGIES = ("sync", "async", "pipelined")
 # Names the generated module binds at top level or uses inside methods: no class or parameter may shadow them.
 _MODULE_NAMES = frozenset({"annotations", "Any", "Iterable", "Iterator", "Mapping", "NamedTuple", "Path", "np",
                            "Pending", "Runner"})
@@ -79,7 +77,7 @@ def _check_plan(plan: Plan) -> None:
         if ident in seen:
             raise CodegenError(f"identifier {ident!r} is used by two tensors")
         seen.add(ident)
-        if t.memory not in STRATEGIES:
+        if t.memory not in MEMORY_STRATEGIES:
             raise CodegenError(f"tensor {_lit(t.name)}: unknown memory strategy {_lit(str(t.memory))}")
         if t.format not in FORMATS:
             raise CodegenError(f"tensor {_lit(t.name)}: unknown format {_lit(str(t.format))}")
@@ -88,9 +86,10 @@ def _check_plan(plan: Plan) -> None:
         for shape in (t.shape, t.min_shape, t.max_shape):
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
                 raise CodegenError(f"tensor {_lit(t.name)}: bad shape {shape!r}")
-    if plan.streams.get("topology", "sync") not in TOPOLOGIES:
-        raise CodegenError(f"unknown topology {_lit(str(plan.streams.get('topology')))}")
-    if not isinstance(plan.streams.get("depth", 2), int) or isinstance(plan.streams.get("cuda_graph", False), str):
+    if plan.streams.topology not in TOPOLOGIES:
+        raise CodegenError(f"unknown topology {_lit(str(plan.streams.topology))}")
+    if (not isinstance(plan.streams.depth, int) or isinstance(plan.streams.depth, bool)
+            or not isinstance(plan.streams.cuda_graph, bool)):
         raise CodegenError("streams.depth must be an int and streams.cuda_graph a bool")
 
 
@@ -104,9 +103,7 @@ def _names(plan: Plan) -> tuple[str, str]:
 
 
 def _topology_text(plan: Plan) -> list[str]:
-    topo = str(plan.streams.get("topology", "sync"))
-    depth = int(plan.streams.get("depth", 2)) if topo == "pipelined" else 1
-    graph = bool(plan.streams.get("cuda_graph", False))
+    topo, depth, graph = plan.streams.topology, plan.streams.buffer_sets, plan.streams.cuda_graph
     streams = "h2d, compute, d2h" if topo == "pipelined" else "main"
     lines = [
         f"Topology: {topo}" + (f", depth {depth}" if topo == "pipelined" else "") +
@@ -172,8 +169,7 @@ def generate_runner(plan: Plan) -> str:
     _check_plan(plan)
     cls = plan.class_name
     out_cls, views_cls = _names(plan)
-    topo = str(plan.streams.get("topology", "sync"))
-    depth = int(plan.streams.get("depth", 2)) if topo == "pipelined" else 1
+    topo, depth = plan.streams.topology, plan.streams.buffer_sets
     first_in = plan.inputs[0] if plan.inputs else None
     L: list[str] = []
     add = L.append

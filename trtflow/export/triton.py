@@ -106,13 +106,13 @@ def triton_config(plan: Plan, *, name: str, platform: Platform, kind: Literal["g
         notes.append("I/O formats other than linear apply to TensorRT plans only; the ONNX model takes "
                      "and returns linear (logical) arrays")
     streams = plan.streams
-    count = int(streams.get("depth", 1)) if streams.get("topology") == "pipelined" else 1
+    count = streams.buffer_sets
     cfg.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu"
                            else mc.ModelInstanceGroup.KIND_CPU)
     if count > 1:
         notes.append(f"instance_group count {count}: one execution context per pipelined buffer set "
                      "(streams.depth)")
-    if streams.get("cuda_graph"):
+    if streams.cuda_graph:
         if is_plan:
             cfg.optimization.cuda.graphs = True
             skip = 1 if b.max_batch_size else 0

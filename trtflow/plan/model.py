@@ -2,6 +2,11 @@
 
 Every later stage (graph passes, backends, codegen, runtime, validate, bench) reads a :class:`Plan`,
 never the recipe. ``plan.json`` in the artifact folder is this object, so it is printable and diffable.
+Its sections are frozen typed objects the planner builds once, defaults resolved (:class:`StreamsPlan`,
+:class:`BuildPlan`, :class:`ServingPlan`, :class:`BudgetsPlan`, :class:`LinkPlan`); a section gains a
+field by one typed line here (and its recipe field in ``trtflow.recipe.schema``).
+
+This module also holds the one list of memory-strategy and topology names everything else uses.
 """
 
 from __future__ import annotations
@@ -9,9 +14,118 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar, get_args
+
+from typing_extensions import Self
+
+from trtflow.errors import ArtifactError
 
 Role = Literal["input", "output"]
+MemoryStrategy = Literal["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
+Topology = Literal["sync", "async", "pipelined"]
+MEMORY_STRATEGIES: tuple[str, ...] = get_args(MemoryStrategy)
+HOST_STRATEGIES: tuple[str, ...] = tuple(s for s in MEMORY_STRATEGIES if s != "device")
+TOPOLOGIES: tuple[str, ...] = get_args(Topology)
+#: the layout of plan.json; a plan of another version is refused (rebuild), never half-read
+PLAN_VERSION = 2
+
+S = TypeVar("S", bound="_Section")
+
+
+def _frozen(v: Any) -> Any:
+    """JSON lists as tuples (hashable, immutable), recursively; mappings keep their keys."""
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _frozen(x) for k, x in v.items()}
+    return v
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A frozen plan section: built from a mapping (the recipe's ``model_dump()`` or plan.json)."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Self:
+        if not isinstance(d, dict):
+            raise TypeError(f"plan section {cls.name!r} must be an object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TypeError(f"plan section {cls.name!r} has unknown fields {unknown}")
+        return cls(**{k: _frozen(v) for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class StreamsPlan(_Section):
+    """Stream topology of the generated runner."""
+
+    name: ClassVar[str] = "streams"
+    topology: str = "sync"
+    depth: int = 2              # buffer sets of the pipelined topology
+    cuda_graph: bool = False
+
+    @property
+    def buffer_sets(self) -> int:
+        """Requests in flight: ``depth`` when pipelined, else 1."""
+        return self.depth if self.topology == "pipelined" else 1
+
+
+@dataclass(frozen=True)
+class BuildPlan(_Section):
+    """How the engine is built (TensorRT / TensorRT-RTX builder settings; the backend for every builder)."""
+
+    name: ClassVar[str] = "build"
+    backend: str = "auto"
+    workspace_mib: int = 4096
+    optimization_level: int = 3
+    timing_cache: str | None = None          # relative to the recipe
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+    compute_capabilities: tuple[str, ...] = ()
+    detailed_profiling: bool = True
+    shape_inputs: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # name -> {min, opt, max}
+    max_io_mib: int | None = None            # cap of the I/O buffers the planner checked (None: this machine's memory)
+
+
+@dataclass(frozen=True)
+class ServingPlan(_Section):
+    """How ``RunnerPool`` (trtflow.runtime.pool) serves the artifact."""
+
+    name: ClassVar[str] = "serving"
+    instances: int = 1
+    devices: str | tuple[int, ...] | None = None   # "all", GPU indices, or None: the current device
+    max_queue: int = 1024
+    batching: dict[str, Any] | None = None  # {max_batch, window_ms}: dynamic batching of asyncio requests
+
+
+@dataclass(frozen=True)
+class BudgetsPlan(_Section):
+    """Performance budgets checked by ``trtflow bench --check`` (None: not budgeted)."""
+
+    name: ClassVar[str] = "budgets"
+    p99_latency_ms: float | None = None
+    p50_latency_ms: float | None = None
+    h2d_ms: float | None = None
+    d2h_ms: float | None = None
+    min_throughput: float | None = None
+
+
+@dataclass(frozen=True)
+class LinkPlan(_Section):
+    """The host-device link the planner predicted transfer times with."""
+
+    name: ClassVar[str] = "link"
+    h2d_gbps: float = 54.0
+    d2h_gbps: float = 54.0
+    pageable_gbps: float = 10.0
+    copy_latency_us: float = 4.2
+    pageable_latency_us: float = 8.1
+
+
+SECTIONS: dict[str, type[_Section]] = {c.name: c for c in (StreamsPlan, BuildPlan, ServingPlan, BudgetsPlan, LinkPlan)}
 
 
 @dataclass(frozen=True)
@@ -119,15 +233,15 @@ class Plan:
     tf32: bool
     inputs: tuple[TensorPlan, ...]
     outputs: tuple[TensorPlan, ...]
-    streams: dict[str, Any]
-    build: dict[str, Any]
+    streams: StreamsPlan
+    build: BuildPlan
     validate: dict[str, Any]
-    budgets: dict[str, Any]
-    link: dict[str, Any]
+    budgets: BudgetsPlan
+    link: LinkPlan
     warnings: tuple[str, ...] = ()
-    serving: dict[str, Any] = field(default_factory=dict)  # instances, devices, max_queue (runtime/pool.py)
+    serving: ServingPlan = field(default_factory=ServingPlan)
     trtflow_version: str = ""
-    plan_version: int = 1
+    plan_version: int = PLAN_VERSION
     mixed_precision: dict[str, Any] = field(default_factory=dict)  # recipe `mixed_precision:` (fp16/bf16 lowering)
     fixed_inputs: tuple[FixedInput, ...] = ()   # model inputs folded to constants (recipe `value:`)
     # If nodes whose condition tests input shapes and holds one way at every shape of the profile
@@ -183,7 +297,15 @@ class Plan:
                 kw["shape_expr"] = tuple(kw["shape_expr"])
             return TensorPlan(**kw)
 
+        version = d.get("plan_version", PLAN_VERSION) if isinstance(d, dict) else PLAN_VERSION
+        if version != PLAN_VERSION:
+            raise ArtifactError(f"plan version {version!r} (written by trtflow {d.get('trtflow_version') or '?'}); "
+                                f"this trtflow reads plan version {PLAN_VERSION}",
+                                hint="rebuild the artifact with this trtflow: trtflow build <recipe> --force")
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for key, section in SECTIONS.items():
+            if key in kw:
+                kw[key] = section.from_dict(kw[key])
         kw["inputs"] = tuple(tensor(t) for t in d["inputs"])
         kw["outputs"] = tuple(tensor(t) for t in d["outputs"])
         kw["warnings"] = tuple(d.get("warnings", ()))

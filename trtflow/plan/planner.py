@@ -13,7 +13,16 @@ from typing import Any
 from trtflow import __version__
 from trtflow.errors import ModelError
 from trtflow.plan.formats import ITEMSIZE, check_format, inflation, nbytes
-from trtflow.plan.model import FixedInput, Plan, TensorPlan
+from trtflow.plan.model import (
+    BudgetsPlan,
+    BuildPlan,
+    FixedInput,
+    LinkPlan,
+    Plan,
+    ServingPlan,
+    StreamsPlan,
+    TensorPlan,
+)
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo, is_named_dim, read_model_info
 from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, identity, parse
 from trtflow.plan.symbolic import Unresolved
@@ -570,8 +579,9 @@ class _Planner:
             name=name, class_name=class_name_for(name), recipe_path=str(self.loaded.path),
             recipe_sha256=self.loaded.text_sha256, model_path=str(self.info.path), model_sha256=self.info.sha256,
             opset=self.info.opset, precision=r.precision, tf32=r.precision == "tf32",
-            inputs=tuple(inputs), outputs=tuple(outputs), streams=r.streams.model_dump(), serving=r.serving.model_dump(),
-            build=r.build.model_dump(), validate=validate, budgets=r.budgets.model_dump(), link=self.link,
+            inputs=tuple(inputs), outputs=tuple(outputs), streams=StreamsPlan.from_dict(r.streams.model_dump()),
+            serving=ServingPlan.from_dict(r.serving.model_dump()), build=BuildPlan.from_dict(r.build.model_dump()),
+            validate=validate, budgets=BudgetsPlan.from_dict(r.budgets.model_dump()), link=LinkPlan.from_dict(self.link),
             mixed_precision=r.mixed_precision.model_dump(),
             warnings=tuple(self.warnings), trtflow_version=__version__, fixed_inputs=fixed,
             if_branches=self.if_branches)

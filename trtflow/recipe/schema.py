@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trtflow.plan.model import MemoryStrategy, Topology
+
 SCHEMA_VERSION = 1
 
 # Names a user may write for a dtype, mapped to the canonical numpy name.
@@ -21,8 +23,6 @@ DTYPE_ALIASES: dict[str, str] = {
     "int8": "int8", "uint8": "uint8", "int32": "int32", "int64": "int64", "bool": "bool",
 }
 Precision = Literal["fp32", "tf32", "fp16", "bf16"]
-MemoryStrategy = Literal["pageable", "pinned", "write_combined", "registered", "mapped", "device"]
-Topology = Literal["sync", "async", "pipelined"]
 TensorFormatName = Literal[
     "linear", "chw2", "hwc8", "chw4", "chw16", "chw32", "dhwc8", "cdhw32", "hwc", "hwc16", "dhwc",
 ]

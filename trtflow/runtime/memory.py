@@ -39,15 +39,13 @@ import numpy as np
 
 from trtflow.errors import InputError
 from trtflow.plan.formats import FORMATS, nbytes, pack, physical_shape, unpack
-from trtflow.plan.model import TensorPlan
+from trtflow.plan.model import MEMORY_STRATEGIES, TensorPlan
 from trtflow.runtime import cuda
 
 ALIGNMENT = 256  # TensorRT requires >= 256-byte aligned I/O addresses
 PAGE = 4096
 _CACHE = 32  # views / byte counts cached per memory, by shape (dynamic shapes: cleared when full)
 
-HOST_STRATEGIES = ("pageable", "pinned", "write_combined", "registered", "mapped")
-STRATEGIES = HOST_STRATEGIES + ("device",)
 
 
 def np_dtype(name: str) -> np.dtype[Any]:
@@ -861,9 +859,9 @@ class HostMemory(TensorMemory):
 def make_memory(tensor: TensorPlan, strategy: str, *, device: str, registry: HostRegistry,
                 graph: bool = False) -> TensorMemory:
     """The memory of ``tensor`` for ``strategy`` on ``device`` ("cpu" gives :class:`HostMemory`)."""
-    if strategy not in STRATEGIES:
+    if strategy not in MEMORY_STRATEGIES:
         raise InputError(f"tensor {tensor.name!r}: unknown memory strategy {strategy!r}",
-                         hint=f"one of: {', '.join(STRATEGIES)}")
+                         hint=f"one of: {', '.join(MEMORY_STRATEGIES)}")
     if tensor.format not in FORMATS:
         raise InputError(f"tensor {tensor.name!r}: unknown format {tensor.format!r}")
     if device == "cpu":

@@ -143,15 +143,15 @@ class RunnerPool:
         self.runners: list[Runner] = []
         cls, args = (runner, ()) if isinstance(runner, type) else (Runner, (Path(runner),))
         plan = _plan_of(cls, args)
-        serving = dict(plan.serving or {})
-        self.batching = _batching(plan, batching if batching is not None else serving.get("batching"))
-        self.instances = int(instances if instances is not None else serving.get("instances", 1))
-        self.max_queue = int(max_queue if max_queue is not None else serving.get("max_queue", aio.DEFAULT_MAX_QUEUE))
+        serving = plan.serving
+        self.batching = _batching(plan, batching if batching is not None else serving.batching)
+        self.instances = int(instances if instances is not None else serving.instances)
+        self.max_queue = int(max_queue if max_queue is not None else serving.max_queue)
         if self.instances < 1 or self.max_queue < 0:
             raise TrtflowError(f"instances must be >= 1 and max_queue >= 0, got {self.instances} and {self.max_queue}")
         spec = devices
         if spec is None and runner_kwargs.get("device") != "cpu" and cuda.cuda_available():
-            spec = serving.get("devices")  # the recipe's devices are GPUs: a CPU run ignores them
+            spec = serving.devices  # the recipe's devices are GPUs: a CPU run ignores them
         self.devices: list[int | None] = [None] if spec is None else list(_resolve(spec))
         try:
             for d in self.devices:

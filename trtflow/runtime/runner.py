@@ -71,6 +71,7 @@ from typing_extensions import Self
 from trtflow import artifact as art
 from trtflow.backends.base import Backend, CpuEngine, CudaEngine, Device, get_backend, pick_executor
 from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed
+from trtflow.plan.model import TOPOLOGIES
 from trtflow.runtime import cuda, devices
 from trtflow.runtime.buffers import BufferSet
 from trtflow.runtime.devices import DeviceLock
@@ -81,7 +82,6 @@ from trtflow.runtime.memory import HostRegistry, RegisteredMemory, TensorMemory,
 from trtflow.runtime.pending import Pending, StageTiming
 from trtflow.runtime.shapes import OutputShapes, ShapeKey, ShapePlan
 from trtflow.runtime.topology import (
-    TOPOLOGIES,
     CudaSchedule,
     EngineBinding,
     HostRun,
@@ -155,15 +155,15 @@ class Runner:
         self.plan, self.report = art.load(self.artifact_dir)
         self._out_shapes = OutputShapes(self.plan, where=str(self.artifact_dir / "plan.json"))
         streams = self.plan.streams
-        self.topology = topology or str(streams.get("topology", "sync"))
+        self.topology = topology or streams.topology
         if self.topology not in TOPOLOGIES:
             raise ArtifactError(f"unknown stream topology {self.topology!r}", hint=f"one of {', '.join(TOPOLOGIES)}")
-        self.depth = (art.check_depth(streams.get("depth", 2) if depth is None else depth, "Runner(depth=...)")
+        self.depth = (art.check_depth(streams.depth if depth is None else depth, "Runner(depth=...)")
                       if self.topology == "pipelined" else 1)
-        self.cuda_graph = bool(streams.get("cuda_graph", False) if cuda_graph is None else cuda_graph)
+        self.cuda_graph = streams.cuda_graph if cuda_graph is None else bool(cuda_graph)
         self._check_declared_names()
 
-        builder = str(self.report.get("backend") or self.plan.build.get("backend") or "auto")
+        builder = str(self.report.get("backend") or self.plan.build.backend)
         if builder == "auto":
             builder = "onnxruntime"  # every artifact carries the lowered ONNX model
         self._executor = pick_executor(builder, prefer=backend)

@@ -32,8 +32,6 @@ from trtflow.runtime.memory import HostMemory, TensorMemory
 from trtflow.runtime.pending import OutItems, StageTiming
 from trtflow.runtime.shapes import Shape, ShapePlan, reported_items
 
-TOPOLOGIES = ("sync", "async", "pipelined")
-
 
 def stream_roles(topology: str) -> tuple[str, ...]:
     """The streams a topology needs, by role."""
@@ -292,5 +290,5 @@ def _feed(mem: TensorMemory) -> Any:
     return mem.feed()
 
 
-__all__ = ["TOPOLOGIES", "CudaSchedule", "EngineBinding", "HostRun", "Pipelined", "SingleStream", "cuda_schedule",
+__all__ = ["CudaSchedule", "EngineBinding", "HostRun", "Pipelined", "SingleStream", "cuda_schedule",
            "stream_roles"]
