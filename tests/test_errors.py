@@ -181,3 +181,21 @@ def test_error_object_of_a_multi_error_recipe_lists_every_cause() -> None:
     assert e["line"] == 2 and e["field"] == "precision" and len(e["details"]) >= 3
     assert all({"file", "line", "column", "field", "message"} <= set(d) for d in e["details"])
     assert error_object(TrtflowError("x"))["error"]["code"] == 70  # the bare base class is not a user error
+
+
+def test_no_gpu_is_found_before_building_and_quiet_is_quiet(capsys: pytest.CaptureFixture[str],
+                                                             project: Path) -> None:
+    from trtflow.runtime import cuda
+
+    make_conv_model(project / "m.onnx")
+    (project / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\n")
+    out = str(project / "artifacts")
+    if not cuda.cuda_available():
+        code, _, _ = run(capsys, "validate", str(project / "r.yaml"), "--out", out, "--device", "cuda")
+        assert code == 3 and not (project / "artifacts").exists()
+    code, _, _ = run(capsys, "validate", str(project / "r.yaml"), "--out", out, "--device", "tpu")
+    assert code == 64
+    for args in (("build", str(project / "r.yaml"), "--out", out), ("validate", str(project / "r.yaml"), "--out", out),
+                 ("export", "triton", str(project / "r.yaml"), "--build-out", out, "--out", str(project / "repo"))):
+        code, _, err = run(capsys, "--quiet", *args)
+        assert code == 0 and err == "", (args, err)

@@ -524,6 +524,7 @@ def validate(
     from trtflow.validate.run import validate_artifact, write_report
 
     extras.require({"onnxruntime": "validate's fp32 reference"})
+    extras.require_device(device)
 
     def one(path: Path) -> tuple[Any, str]:
         loaded = ropts.load(path)

@@ -64,9 +64,23 @@ def require(needs: dict[str, str]) -> None:
                          hint=install_hint(*dict.fromkeys(lib.extra for lib, _ in missing)))
 
 
+def require_device(device: str) -> None:
+    """``device`` (auto, cpu, cuda) is usable here: `--device cuda` without a GPU fails before any build."""
+    from trtflow.errors import UsageError
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: one of auto, cpu, cuda")
+    if device == "cuda":
+        from trtflow.runtime import cuda
+
+        if not cuda.cuda_available():
+            raise BackendMissing("device='cuda' but no CUDA GPU is usable (cuda-bindings missing or no device)",
+                                 hint="run on a GPU host, or use --device cpu")
+
+
 def for_precision(precision: str) -> dict[str, str]:
     """What lowering to ``precision`` needs (fp16 uses onnxconverter-common; bf16 and fp32 nothing)."""
     return {"onnxconverter_common": f"precision {precision}"} if precision == "fp16" else {}
 
 
-__all__ = ["LIBRARIES", "MACHINE_EXTRAS", "Library", "available", "for_precision", "install_hint", "require"]
+__all__ = ["LIBRARIES", "MACHINE_EXTRAS", "Library", "available", "for_precision", "install_hint", "require", "require_device"]

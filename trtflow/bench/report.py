@@ -41,10 +41,10 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
               progress: Callable[[int, int], None] | None = None,
               concurrency: int | None = None) -> BenchReport:
     """``build_progress(loaded)`` builds (or hits the cache) and returns the BuildResult; overrides applied."""
+    from trtflow import extras
+
+    extras.require_device(device)
     card, gpu = _card()
-    if device == "cuda" and not gpu:
-        raise BackendMissing("device='cuda' but no CUDA GPU is usable (cuda-bindings missing or no device)",
-                             hint="run on a GPU host, or use --device cpu")
     link: dict[str, float] = {}
     if gpu and measure_link_:
         from trtflow.bench.link import measure_link
