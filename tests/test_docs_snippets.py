@@ -15,9 +15,7 @@ from trtflow.runtime import cuda
 
 # Strict xfails: a guide that fails for a cause another engineer owns (when it is fixed, the xfail turns
 # into a failure: remove it then).
-WAITING = {"getting-started.md": "numerics: `trtflow validate` of init's fp32 mobilenet_v3_small recipe fails "
-           "(max abs 1.3e-4 against atol = rtol = 1e-5, even with -b onnxruntime) since the image-kind inputs "
-           "and shape sets landed (6c2dd90)"}
+WAITING: dict[str, str] = {}
 DOCS_WITH_CODE = [pytest.param(d, marks=pytest.mark.xfail(reason=WAITING[d.name], strict=True))
                   if d.name in WAITING else d for d in DOCS if snippets(d)]
 

@@ -23,7 +23,7 @@ SEG = REPO / "models" / "lraspp_mobilenet_v3.onnx"
 
 
 def test_tolerance_is_the_larger_of_precision_and_output_dtype() -> None:
-    assert default_tolerance("fp32", "float32") == {"atol": 1e-5, "rtol": 1e-5}  # Polygraphy's default
+    assert default_tolerance("fp32", "float32") == {"atol": 1e-4, "rtol": 1e-4}  # 10x Polygraphy's (see policy)
     assert default_tolerance("fp32", "float16") == {"atol": 1e-3, "rtol": 1e-3}  # fp16 rounding of the output
     assert default_tolerance("tf32", "float32") == {"atol": 1e-3, "rtol": 1e-3}
     assert default_tolerance("fp16", "float32") == {"atol": 1e-2, "rtol": 1e-2}
@@ -43,7 +43,7 @@ def test_resolve_says_where_each_number_comes_from() -> None:
     outs = (_t("a", "float32"), _t("b", "float16"), _t("m", "uint8", {"op": "argmax"}), _t("c", "float32"))
     v = {"tolerances": {"c": {"atol": 0.5, "rtol": 0.1}}, "metrics": {}, "default": None}
     r = resolve(v, "fp32", outs)
-    assert (r["a"]["atol"], r["b"]["atol"], r["c"]["atol"]) == (1e-5, 1e-3, 0.5)
+    assert (r["a"]["atol"], r["b"]["atol"], r["c"]["atol"]) == (1e-4, 1e-3, 0.5)
     assert r["b"]["tolerance_from"] == "default for a float16 output of a fp32 build"
     assert r["c"]["tolerance_from"] == "validate.tolerances"
     assert r["m"]["gate"] == "metrics" and r["m"]["atol"] is None and r["m"]["metrics"][0]["kind"] == "agreement"
@@ -58,7 +58,7 @@ def test_fp16_output_of_an_fp32_build_and_an_argmax_mask(tmp_path: Path) -> None
     _, rep = build_and_validate(project(tmp_path, SEG, body, "seg16out"))
     (o,) = rep.outputs
     assert o.dtype == "float16" and (o.atol, o.rtol) == (1e-3, 1e-3) and rep.passed
-    assert o.max_abs > 1e-5  # fp32's 1e-5 would have failed it
+    assert o.max_abs > 1e-4  # fp32's 1e-4 would have failed it
 
     body = ("outputs:\n  out: {reduce: {op: argmax, axis: 1, dtype: uint8}}\nbuild: {backend: onnxruntime}\n"
             "validate: {samples: 1}\n")

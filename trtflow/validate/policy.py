@@ -3,7 +3,7 @@
 * Float outputs are judged by a tolerance. Its default follows BOTH the precision the engine computes in
   and the dtype of the output itself: ``max(PRECISION_TOL[precision], DTYPE_TOL[dtype])`` for atol and
   rtol alike. An fp16 output of an fp32 build is rounded to fp16 once (relative error up to 2^-11), so
-  it gets 1e-3, not fp32's 1e-5. ``validate.default`` (all float outputs) and ``validate.tolerances``
+  it gets 1e-3, not fp32's 1e-4. ``validate.default`` (all float outputs) and ``validate.tolerances``
   (one output) override it.
 * Integer and bool outputs (argmax masks, class ids, indices) are judged by the task metric that decides
   them: ``agreement`` (fraction of equal elements) for masks and ids, ``topk_overlap`` for top-k
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-# Compute precision -> tolerance. fp32: Polygraphy's default; tf32: 10-bit mantissa products; fp16:
+# Compute precision -> tolerance. fp32: 1e-4, ten times Polygraphy's 1e-5, which fails two fp32 graphs of
+# one model on ONE library (init's mobilenet_v3_small, lowered vs original on onnxruntime CPU: max abs 1.3e-4
+# on logits of magnitude ~10 at batch 4, summation order; elemwise needs both abs and rel beyond it, so a
+# real error still fails); tf32: 10-bit mantissa products; fp16:
 # what Polygraphy's maintainers call normal for fp16 (1e-2); bf16: 8-bit mantissa, ~8x fp16's rounding.
-PRECISION_TOL: dict[str, float] = {"fp32": 1e-5, "tf32": 1e-3, "fp16": 1e-2, "bf16": 5e-2}
+PRECISION_TOL: dict[str, float] = {"fp32": 1e-4, "tf32": 1e-3, "fp16": 1e-2, "bf16": 5e-2}
 # Output dtype -> the least tolerance its own rounding needs (2^-11 for fp16, 2^-8 for bf16, with margin).
 DTYPE_TOL: dict[str, float] = {"float32": 0.0, "float16": 1e-3, "bfloat16": 1e-2}
 FLOAT_DTYPES = frozenset(DTYPE_TOL)
