@@ -36,7 +36,9 @@ FLOATS = ("float32", "float16", "bfloat16")
 def sanitize_identifiers(names: list[str]) -> dict[str, str]:
     """Map arbitrary tensor names to distinct, valid, non-keyword Python identifiers."""
     out: dict[str, str] = {}
-    used: set[str] = {"self", "cls", "np", "copy"}  # names the generated __call__ already uses
+    from trtflow.codegen.runner import RESERVED_IDENTS
+
+    used: set[str] = set(RESERVED_IDENTS)  # names the generated methods use
     for name in names:
         ident = re.sub(r"\W", "_", name, flags=re.ASCII).strip("_") or "tensor"
         ident = ident.lower() if ident.isupper() else ident

@@ -308,8 +308,8 @@ class EncodedMemory(TensorMemory):
 class EncodedHostMemory(HostMemory):
     """An encoded input of a CPU runner: Pillow decodes into the runner's host buffer (the engine's feed)."""
 
-    def __init__(self, tensor: TensorPlan, *, declared: str) -> None:
-        super().__init__(tensor, declared=declared)
+    def __init__(self, tensor: TensorPlan) -> None:
+        super().__init__(tensor)
         self.host_decoded = 0
         self.last_files: EncodedFiles | None = None
 
@@ -333,7 +333,7 @@ class EncodedHostMemory(HostMemory):
 def make_encoded_memory(tensor: TensorPlan, *, device: str, decoders: Decoders) -> TensorMemory:
     """The memory of an encoded input (``tensor.encoding``) on ``device``."""
     if device == "cpu":
-        return EncodedHostMemory(tensor, declared=tensor.memory)
+        return EncodedHostMemory(tensor)
     return EncodedMemory(tensor, decoders=decoders)
 
 

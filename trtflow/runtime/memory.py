@@ -99,15 +99,11 @@ _pool_lock = threading.Lock()
 _WORKERS = max(1, min(8, (os.cpu_count() or 1)))  # os.cpu_count() can cost tens of us: asked once
 
 
-def _workers() -> int:
-    return _WORKERS
-
-
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="trtflow-copy")
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="trtflow-copy")
         return _pool
 
 
@@ -120,7 +116,7 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     if n < PARALLEL_MIN_BYTES:  # small: one direct copy on this thread (same dtype and shape: no cast)
         dst[...] = src
         return
-    parts = min(_workers(), n // (PARALLEL_MIN_BYTES // 2))
+    parts = min(_WORKERS, n // (PARALLEL_MIN_BYTES // 2))
     if parts < 2 or not (dst.flags.c_contiguous and src.flags.c_contiguous):
         np.copyto(dst, src, casting="no")
         return
@@ -629,10 +625,6 @@ class RegisteredMemory(TensorMemory):
     def device_ptr(self) -> int:
         return self._dev.ptr
 
-    @property
-    def registered_array(self) -> np.ndarray | None:
-        return self._buffer
-
     def use(self, array: np.ndarray) -> None:
         """Make ``array`` (C-contiguous, any shape/dtype, >= max bytes for outputs) this tensor's buffer."""
         if array is self._used and self._buffer is not None:
@@ -805,9 +797,6 @@ class DeviceMemory(TensorMemory):
     def fill(self, value: float, *, stream: int) -> None:
         _fill_device(self._dev.ptr, self.nbytes, stream)
 
-    def release_input(self) -> None:
-        self._keep = None
-
     def _release(self) -> None:
         self._keep = None
         self._dev.free()
@@ -823,9 +812,8 @@ class HostMemory(TensorMemory):
     strategy = "host"
     fixed_addresses = True
 
-    def __init__(self, tensor: TensorPlan, *, declared: str) -> None:
+    def __init__(self, tensor: TensorPlan) -> None:
         super().__init__(tensor, fmt="linear")
-        self.declared = declared
         self._host = aligned_empty(self.nbytes, ALIGNMENT)
         self._feed: np.ndarray | None = None
 
@@ -865,7 +853,7 @@ def make_memory(tensor: TensorPlan, strategy: str, *, device: str, registry: Hos
     if tensor.format not in FORMATS:
         raise InputError(f"tensor {tensor.name!r}: unknown format {tensor.format!r}")
     if device == "cpu":
-        return HostMemory(tensor, declared=strategy)
+        return HostMemory(tensor)
     if strategy == "pageable":
         return PageableMemory(tensor, staged=graph)
     if strategy == "pinned":

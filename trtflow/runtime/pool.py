@@ -168,7 +168,7 @@ class RunnerPool:
         self._capacity = [max(1, r.buffer_sets) if r.device == "cuda" else 1 for r in self.runners]
         head = self.runners[0]
         self.plan, self.Outputs, self.device, self.backend = head.plan, head.Outputs, head.device, head.backend
-        self._convert = head._convert_outputs
+        self._convert = head.as_outputs
 
     # -- dispatch ------------------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -237,7 +237,7 @@ class RunnerPool:
     def submit(self, **inputs: Any) -> PoolPending[Any]:
         i = self._acquire()
         try:
-            p = self.runners[i]._submit(inputs, convert=self._convert)
+            p = self.runners[i].submit_with(inputs, self._convert)
         except BaseException as exc:
             self._release(i, exc)
             raise

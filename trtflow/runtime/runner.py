@@ -1,7 +1,7 @@
 """The Runner: lifecycle, lock and the public API of one artifact's runtime.
 
-A generated ``runner.py`` subclasses :class:`Runner` and declares, in ``_allocate()``, exactly which
-streams and buffer sets it owns. The parts it is made of, each in its own module:
+A generated ``runner.py`` subclasses :class:`Runner` and declares, in its ``allocate(alloc)`` hook
+(through an :class:`Allocator`), exactly which streams and buffer sets it owns. The parts it is made of, each in its own module:
 
 | module | what |
 |---|---|
@@ -185,7 +185,7 @@ class Runner:
                 self._graphs = Graphs(wanted=self.cuda_graph, engine=self._cuda, backend=self.backend)
                 self.placement = devices.placement(device_index) if device_index is not None else None
                 with devices.local_allocation(self.placement) if self.placement else contextlib.nullcontext():
-                    self._allocate()
+                    self.allocate(Allocator(self))
                 self._check_allocation()
                 self._setup_request_path()
         except BaseException:
@@ -208,12 +208,13 @@ class Runner:
                                      allow_host_code=allow_host_code)
 
     # == what a generated runner declares ==============================================================
-    def _allocate(self) -> None:
-        """Create the streams and buffer sets this runner owns. Generated runners spell this out."""
-        self._create_streams()
-        self._engine_scratch()
-        for _ in range(self.depth):
-            self._add_buffer_set({t.name: self._memory(t.name, t.memory) for t in self.plan.tensors})
+    def allocate(self, alloc: Allocator) -> None:
+        """The hook a runner declares what it owns in: streams, the engine's scratch, ``depth`` buffer
+        sets of one memory per tensor. Called once by ``__init__``; generated runners spell it out."""
+        alloc.streams()
+        alloc.scratch()
+        for _ in range(alloc.depth):
+            alloc.buffer_set({t.name: alloc.memory(t.name, t.memory) for t in self.plan.tensors})
 
     def _create_streams(self) -> None:
         """sync/async: one stream ``main``; pipelined: ``h2d``, ``compute``, ``d2h``. None on the CPU."""
@@ -232,13 +233,6 @@ class Runner:
         if size > 0:
             self._scratch = cuda.malloc(size)  # cudaMalloc returns 256-byte aligned memory
             engine.set_scratch(self._scratch)
-
-    def _view_or_none(self, name: str) -> np.ndarray | None:
-        """:meth:`input_view` at the plan shape, or None where the strategy has no host staging."""
-        try:
-            return self.input_view(name)
-        except InputError:
-            return None
 
     def _memory(self, name: str, strategy: str) -> TensorMemory:
         """The memory of tensor ``name`` with ``strategy``, at its max shape (see trtflow.runtime.memory)."""
@@ -353,12 +347,27 @@ class Runner:
         return len(self._sets)
 
     def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
-        """Run one request and wait. ``feeds`` maps tensor names (or identifiers) to arrays."""
+        """Run one request and wait. ``feeds`` maps tensor names (or identifiers) to arrays; the
+        outputs come back as a dict by tensor name, in plan order."""
         return self._call(feeds, copy=copy, convert=_identity)  # type: ignore[no-any-return]
+
+    def run_with(self, feeds: Mapping[str, Any], convert: Callable[[dict[str, Any]], T], *, copy: bool = False) -> T:
+        """:meth:`run`, its outputs passed through ``convert`` (generated runners: their NamedTuple)."""
+        return self._call(feeds, copy=copy, convert=convert)  # type: ignore[no-any-return]
 
     def submit_feeds(self, feeds: Mapping[str, Any]) -> Pending[dict[str, Any]]:
         """Start one request; returns at once with a :class:`Pending` (``.result()``, ``.done()``)."""
         return self._submit(feeds, convert=_identity)
+
+    def submit_with(self, feeds: Mapping[str, Any], convert: Callable[[dict[str, Any]], T]) -> Pending[T]:
+        """:meth:`submit_feeds`, the result passed through ``convert``."""
+        return self._submit(feeds, convert=convert)
+
+    def as_outputs(self, outs: dict[str, Any]) -> Any:
+        """Outputs by name as the runner's ``Outputs`` type (generated runners), else the dict itself."""
+        if self.Outputs is None:
+            return outs
+        return self.Outputs(*[outs[n] for n in self._out_names])
 
     def stream(self, requests: Iterable[Mapping[str, Any]], *, copy: bool = False) -> Iterator[Any]:
         """Run every request, keeping up to ``depth`` in flight; yield results in order.
@@ -369,7 +378,7 @@ class Runner:
         for feeds in requests:
             if len(inflight) >= self.depth:
                 yield inflight.popleft().result(copy=copy)
-            inflight.append(self._submit(feeds, convert=self._convert_outputs))
+            inflight.append(self._submit(feeds, convert=self.as_outputs))
         while inflight:
             yield inflight.popleft().result(copy=copy)
 
@@ -392,6 +401,13 @@ class Runner:
                                  "runner-owned host staging to write into",
                                  hint="pass your own array; pinned/mapped/write_combined linear tensors have views")
             return view
+
+    def input_view_or_none(self, name: str) -> np.ndarray | None:
+        """:meth:`input_view` at the plan shape, or None where the strategy has no host staging."""
+        try:
+            return self.input_view(name)
+        except InputError:
+            return None
 
     def register(self, name: str, array: np.ndarray) -> None:
         """Page-lock ``array`` in place for tensor ``name`` (strategy ``registered``).
@@ -540,13 +556,14 @@ class Runner:
         """asyncio: run one request and await it without blocking the event loop (see
         :mod:`trtflow.runtime.aio`). Up to ``depth`` requests run, the rest queue in order; outputs
         are views valid until your next ``await`` (``copy=True``: owned arrays)."""
-        return await self._infer(feeds, copy=copy, convert=_identity)  # type: ignore[no-any-return]
+        return await self.infer_with(feeds, _identity, copy=copy)
 
-    async def _infer(self, feeds: Mapping[str, Any], *, copy: bool,
-                     convert: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    async def infer_with(self, feeds: Mapping[str, Any], convert: Callable[[dict[str, Any]], T], *,
+                         copy: bool = False) -> T:
+        """:meth:`infer_feeds`, the outputs passed through ``convert``."""
         from trtflow.runtime import aio
 
-        return await aio.infer(self, feeds, copy=copy, convert=convert or self._convert_outputs)
+        return await aio.infer(self, feeds, copy=copy, convert=convert)  # type: ignore[no-any-return]
 
     def __enter__(self) -> Self:
         return self
@@ -564,15 +581,10 @@ class Runner:
         if self._closed:
             raise RunnerClosed(f"{type(self).__name__} is closed", hint="create a new runner")
 
-    def _convert_outputs(self, outs: dict[str, Any]) -> Any:
-        if self.Outputs is None:
-            return outs
-        return self.Outputs(*[outs[n] for n in self._out_names])
-
     def _call(self, feeds: Mapping[str, Any], *, copy: bool, convert: Callable[[dict[str, Any]], Any] | None = None) -> Any:
         with self._lock:  # the one acquisition of this request
             t0 = time.perf_counter() if self.timing else 0.0
-            pending = self._submit_locked(feeds, convert or self._convert_outputs)
+            pending = self._submit_locked(feeds, convert or self.as_outputs)
             outs = pending._result(copy)
             if pending.timing is not None:
                 pending.timing = self.last_timing = pending.timing.with_wall((time.perf_counter() - t0) * 1e3)
@@ -580,7 +592,7 @@ class Runner:
 
     def _submit(self, feeds: Mapping[str, Any], *, convert: Callable[[dict[str, Any]], T] | None = None) -> Pending[T]:
         with self._lock:
-            return self._submit_locked(feeds, convert or self._convert_outputs)
+            return self._submit_locked(feeds, convert or self.as_outputs)
 
     def _submit_locked(self, feeds: Mapping[str, Any], conv: Callable[[dict[str, Any]], Any]) -> Pending[Any]:
         if self._closed:
@@ -631,6 +643,31 @@ class Runner:
             cuda.stream_synchronize(s)
 
 
+class Allocator:
+    """What a runner's :meth:`Runner.allocate` hook declares with: one instance per runner, during
+    ``__init__``. Everything it creates is the runner's, released by :meth:`Runner.close`."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self.depth = runner.depth  # buffer sets the topology needs
+
+    def streams(self) -> None:
+        """sync/async: one stream ``main``; pipelined: ``h2d``, ``compute``, ``d2h``. None on the CPU."""
+        self._runner._create_streams()
+
+    def scratch(self) -> None:
+        """Device scratch the engine asks for (TensorRT user-managed memory); none when its size is 0."""
+        self._runner._engine_scratch()
+
+    def memory(self, name: str, strategy: str) -> TensorMemory:
+        """The memory of tensor ``name`` with ``strategy`` at its max shape (checked against plan.json)."""
+        return self._runner._memory(name, strategy)
+
+    def buffer_set(self, mems: Mapping[str, TensorMemory]) -> None:
+        """One buffer set: a memory per engine tensor (its events are added by the runner)."""
+        self._runner._add_buffer_set(mems)
+
+
 # == helpers =========================================================================================
 def _identity(x: dict[str, Any]) -> dict[str, Any]:
     return x
@@ -674,4 +711,4 @@ def available_executor(name: str) -> bool:
         return False
 
 
-__all__ = ["Pending", "Runner", "StageTiming", "available_executor"]
+__all__ = ["Allocator", "Pending", "Runner", "StageTiming", "available_executor"]
