@@ -1,101 +1,11 @@
-"""Small real ONNX models and plans shared by the backend tests (plus a check that they are valid ONNX).
-
-Each model already matches its plan (identity I/O contract), so a backend can build it directly,
-without the graph passes.
-"""
+"""The shared test models (tests/helpers/models.py) are valid ONNX."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
-from trtflow.plan import Plan, make_plan
-from trtflow.recipe import parse_recipe
-
-OPSET = 17
-DYNAMIC_PROFILE = "inputs: {x: {profile: {min: [1,3,16,16], opt: [4,3,16,16], max: [8,3,16,16]}}}\n"
-
-
-def _save(graph: onnx.GraphProto, path: Path, *, extra_opsets: tuple[tuple[str, int], ...] = ()) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)] +
-                              [helper.make_opsetid(d, v) for d, v in extra_opsets])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    return path
-
-
-def conv_bn_relu(path: Path, *, batch: int | str = 1) -> Path:
-    """x[batch,3,16,16] -> Conv(8,3x3) -> BatchNormalization -> Relu -> y[batch,8,16,16]."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b"),
-        numpy_helper.from_array(rng.uniform(0.5, 1.5, (8,)).astype(np.float32), "gamma"),
-        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "beta"),
-        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "mean"),
-        numpy_helper.from_array(rng.uniform(0.5, 1.5, (8,)).astype(np.float32), "var"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"], name="bn"),
-        helper.make_node("Relu", ["bn"], ["y"], name="relu"),
-    ]
-    graph = helper.make_graph(nodes, "conv_bn_relu",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8, 16, 16])], inits)
-    return _save(graph, path)
-
-
-def fp16_uint8_inputs(path: Path) -> Path:
-    """x: fp16 image [1,3,16,16]; m: uint8 mask [1,1,16,16] cast in the graph; y = float(conv(x) * m)."""
-    rng = np.random.default_rng(1)
-    w = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float16), "w")
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-        helper.make_node("Cast", ["m"], ["m16"], to=TensorProto.FLOAT16, name="cast_mask"),
-        helper.make_node("Mul", ["c", "m16"], ["p"], name="mask"),
-        helper.make_node("Cast", ["p"], ["y"], to=TensorProto.FLOAT, name="cast_out"),
-    ]
-    graph = helper.make_graph(nodes, "fp16_uint8",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 16, 16]),
-                               helper.make_tensor_value_info("m", TensorProto.UINT8, [1, 1, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [w])
-    return _save(graph, path)
-
-
-def unique_op(path: Path) -> Path:
-    """A standard ONNX op (Unique) that TensorRT's parser refuses and onnxruntime runs."""
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-         helper.make_node("Unique", ["r"], ["y"], name="uniq", sorted=1)], "unique",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])])
-    return _save(graph, path)
-
-
-def custom_op(path: Path) -> Path:
-    """An op of a custom domain: no backend implements it."""
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-         helper.make_node("FancyOp", ["r"], ["y"], name="fancy", domain="com.example")], "custom",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    return _save(graph, path, extra_opsets=(("com.example", 1),))
-
-
-def make_project(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pyproject.toml").write_text("[project]\nname='x'\n")
-    return folder
-
-
-def plan_for(folder: Path, model: str, body: str = "", *, name: str = "r") -> Plan:
-    """Plan of a recipe ``folder/<name>.yaml`` = ``model: <model>`` + ``body``."""
-    make_project(folder)
-    return make_plan(parse_recipe(f"model: {model}\n{body}", folder / f"{name}.yaml"))
+from helpers.models import conv_bn_relu, fp16_uint8_inputs, unique_op
 
 
 def test_models_are_valid_onnx(tmp_path: Path) -> None:

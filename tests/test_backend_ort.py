@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_backend_models import DYNAMIC_PROFILE, conv_bn_relu, custom_op, fp16_uint8_inputs, plan_for
+from helpers.models import DYNAMIC_PROFILE, conv_bn_relu, custom_op, fp16_uint8_inputs, plan_for
 
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, InputError
 from trtflow.plan.model import Plan

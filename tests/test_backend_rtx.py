@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_backend_models import (
+from helpers.models import (
     DYNAMIC_PROFILE,
     conv_bn_relu,
     custom_op,
@@ -358,8 +358,8 @@ def test_rtx_cuda_graph_recipe_builds_with_require_user_allocation(tmp_path: Pat
 
 def _reshape_by_input(path: Path) -> Path:
     """y = Reshape(x, shape) where ``shape`` (int64[2]) is a graph input: a shape tensor."""
+    from helpers.models import _save
     from onnx import TensorProto, helper
-    from test_backend_models import _save
 
     g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "reshape_input",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),

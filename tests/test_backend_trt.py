@@ -90,12 +90,9 @@ def test_committed_rtx_stub_matches_the_installed_module(tmp_path: Path) -> None
     if importlib.util.find_spec("tensorrt_rtx") is None:
         pytest.skip("tensorrt_rtx is not installed")
     import tensorrt_rtx
+    from helpers import scripts
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import trt_stubs
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    trt_stubs = scripts.load("trt_stubs")
     out = trt_stubs.write_stub(tensorrt_rtx, tensorrt_rtx.__version__, tmp_path / "s.pyi", module_name="tensorrt_rtx")
     assert out.read_text() == (TYPINGS / "tensorrt_rtx" / "tensorrt_rtx" / "__init__.pyi").read_text()
     for stubs in ("tensorrt-10.12", "tensorrt-11.4"):
@@ -157,7 +154,7 @@ def _full_tensorrt_installed() -> bool:
                     "with tensorrt_rtx which is tested for real")
 def test_tensorrt_builds_conv_bn_relu_for_real(tmp_path: Path) -> None:
     import tensorrt
-    from test_backend_models import conv_bn_relu, plan_for
+    from helpers.models import conv_bn_relu, plan_for
 
     from trtflow.backends.tensorrt import TensorRTBackend
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_conv_model
+from helpers.models import ROOT, make_conv_model
 
 from trtflow.bench.run import batch_sizes, knee
 from trtflow.bench.stats import Stats, diagnostics

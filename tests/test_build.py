@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_conv_model
+from helpers.models import ROOT, make_conv_model
 
 from trtflow import artifact as art
 from trtflow.build import build

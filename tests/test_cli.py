@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, make_conv_model
+from helpers.models import ROOT, make_conv_model
 
 
 def trtflow(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -150,7 +150,7 @@ def test_generated_code_is_user_code(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
 def test_nasty_names_run_end_to_end(tmp_path: Path) -> None:
     import onnx
-    import test_runtime_support as sup
+    from helpers import runtime as sup
     from onnx import TensorProto, helper
 
     x_name, outs = 'in"put\n\\ \u00e9', ["class", '"""', "copy", "self"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from image_files import (
+from helpers.image_files import (
     corrupt_header,
     jpeg,
     jpeg_cmyk,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from pathlib import Path
 
-from conftest import ROOT
+from helpers.models import ROOT
 from pydantic import BaseModel
 from typer.testing import CliRunner
 

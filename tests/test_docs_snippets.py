@@ -1,4 +1,4 @@
-"""Every code block in README.md and docs/ runs as written (tests/docs_snippets.py says how).
+"""Every code block in README.md and docs/ runs as written (tests/helpers/docs_snippets.py says how).
 
 GPU blocks are marked ``<!-- snippet: gpu -->`` and run on the GPU machine (tests/gpu/test_gpu_docs.py);
 blocks that cannot run in a test are marked ``no-run`` with a reason and are still syntax-checked.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from docs_snippets import DOCS, KINDS, run_snippet, sandbox, snippets
+from helpers.docs_snippets import DOCS, KINDS, run_snippet, sandbox, snippets
 
 from trtflow.runtime import cuda
 

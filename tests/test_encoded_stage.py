@@ -11,9 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_runtime_support as sup
-from conftest import make_conv_model
-from image_files import corrupt_header, jpeg, jpeg_cmyk, jpeg_gray, jpeg_progressive, png, png_rgba, truncated
+from helpers import runtime as sup
+from helpers.image_files import (
+    corrupt_header,
+    jpeg,
+    jpeg_cmyk,
+    jpeg_gray,
+    jpeg_progressive,
+    png,
+    png_rgba,
+    truncated,
+)
+from helpers.models import make_conv_model
 
 from trtflow.decode import host, inspect
 from trtflow.errors import InputError

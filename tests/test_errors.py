@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, make_conv_model
+from helpers.models import ROOT, make_conv_model
 
 from trtflow import cli
 from trtflow.errors import EXIT_CODES, TrtflowError, error_object

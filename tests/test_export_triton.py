@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_conv_model
-from ecosystem_helpers import add_model, build_artifact, rewrite_report
 from google.protobuf import text_format
+from helpers.ecosystem import add_model, build_artifact, rewrite_report
+from helpers.models import make_conv_model
 from typer.testing import CliRunner
 
 from trtflow.cli import app

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import tomllib
-from conftest import ROOT, make_conv_model
+from helpers.models import ROOT, make_conv_model
 
 
 def hidden(blocked: list[str], *args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers.models import ROOT
 
 pytestmark = pytest.mark.slow
 

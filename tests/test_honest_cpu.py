@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_conv_model
-from ecosystem_helpers import require_backend
+from helpers.ecosystem import require_backend
+from helpers.models import make_conv_model
 from test_errors import run
 
 from trtflow.runtime import cuda

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_conv_model
+from helpers.models import make_conv_model
 
 from trtflow import artifact as art
 from trtflow.build import build
@@ -361,7 +361,7 @@ print("BUILT")
 @pytest.fixture
 def rtx_built(project: Path) -> Path:
     pytest.importorskip("tensorrt_rtx")
-    from ecosystem_helpers import add_model
+    from helpers.ecosystem import add_model
 
     add_model(project, "lraspp_mobilenet_v3.onnx")
     (project / "r.yaml").write_text("model: models/lraspp_mobilenet_v3.onnx\nbuild: {backend: tensorrt_rtx}\n")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_conv_model
+from helpers.models import make_conv_model
 
 from trtflow.terminal import markup, plain
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_conv_model
+from helpers.models import make_conv_model
 
 from trtflow.build import build
 from trtflow.errors import InputError, RecipeError

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers.models import ROOT
 
 from trtflow.errors import RecipeError
 from trtflow.recipe import discover_recipes, load_recipe, parse_recipe
@@ -174,7 +174,7 @@ def test_explicit_name_makes_any_stem_fine(tmp_path: Path) -> None:
 
 def test_dotdot_recipe_never_deletes_the_out_folder(project: Path) -> None:
     """`..yaml` used to build into OUT itself and swap every artifact in it away."""
-    from conftest import make_conv_model
+    from helpers.models import make_conv_model
 
     make_conv_model(project / "m.onnx")
     (project / "keep.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\n")

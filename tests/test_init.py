@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
-from ecosystem_helpers import add_model
+from helpers.ecosystem import add_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, make_conv_model
-from ecosystem_helpers import add_model, build_artifact, rewrite_report
+from helpers.ecosystem import add_model, build_artifact, rewrite_report
+from helpers.models import ROOT, make_conv_model
 from typer.testing import CliRunner
 
 from trtflow.cli import app

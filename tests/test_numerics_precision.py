@@ -8,18 +8,14 @@ each rule and each converter fix alone.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from helpers.numerics import build_and_validate, corpus_model, project
+from helpers.passes import make_project, run_ort
 from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "numerics"))
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from numerics_helpers import build_and_validate, corpus_model, project
-from passes_helpers import make_project, run_ort
 
 from trtflow.passes import lower
 from trtflow.passes.normalize import normalize

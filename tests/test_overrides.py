@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_conv_model
+from helpers.models import make_conv_model
 from test_errors import one_error, run
 
 from trtflow.errors import RecipeError, UsageError

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from helpers.passes import caller_feeds, make_project, ops, real_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import caller_feeds, make_project, ops, real_model, run_ort
 
 from trtflow.passes import PASSES, PassNote, lower
 from trtflow.passes.fold import MAX_ELEMENTS, fold_shapes

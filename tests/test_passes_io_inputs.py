@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from onnx import TensorProto
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import (
+from helpers.passes import (
     caller_feeds,
     contract_only,
     contract_pair,
@@ -23,6 +17,9 @@ from passes_helpers import (
     make_project,
     ops,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto
 
 from trtflow.passes.io_inputs import normalization_constants
 from trtflow.passes.reference import normalize as reference_normalize

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import (
+from helpers.passes import (
     agreement,
     caller_feeds,
     contract_pair,
@@ -22,6 +18,7 @@ from passes_helpers import (
     ops,
     real_model,
 )
+from onnx import TensorProto, helper
 
 from trtflow.errors import ModelError
 from trtflow.passes import PASSES, check_io, lower

@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers.passes import conv_net, elemwise_ok, io_desc, make_project, ops, run_ort
 from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import conv_net, elemwise_ok, io_desc, make_project, ops, run_ort
 
 from trtflow.errors import BackendMissing, ModelError
 from trtflow.passes import normalize, precision

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from helpers.passes import conv_net, make_project, run_ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import conv_net, make_project, run_ort
 
 from trtflow.errors import InputError
 from trtflow.passes.reference import reference_input, reference_outputs, sigmoid, softmax, topk

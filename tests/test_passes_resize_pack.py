@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import make_conv_model
-from image_files import photo
+from helpers.image_files import photo
+from helpers.models import make_conv_model
 
 from trtflow.passes import lower
 from trtflow.passes.reference import reference_input, reference_outputs

@@ -7,14 +7,11 @@ The parser is called directly (not through trtflow.backends) so this checks the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from passes_helpers import MODELS, conv_net, make_project, real_model
+from helpers.passes import MODELS, conv_net, make_project, real_model
 
 from trtflow.passes import lower
 from trtflow.plan import Plan

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS, make_conv_model
+from helpers.models import MODELS, make_conv_model
 
 from trtflow.errors import RecipeError
 from trtflow.plan import Plan, make_plan

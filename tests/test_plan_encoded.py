@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_conv_model
-from image_files import jpeg, jpeg_gray, png
+from helpers.image_files import jpeg, jpeg_gray, png
+from helpers.models import make_conv_model
 
 from trtflow.errors import RecipeError
 from trtflow.plan import Plan, make_plan

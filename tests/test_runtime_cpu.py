@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-import test_runtime_support as sup
+from helpers import runtime as sup
 
 from trtflow.artifact import seal
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, InputError, RunnerClosed

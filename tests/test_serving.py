@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_runtime_support as sup
+from helpers import runtime as sup
 
 from trtflow.errors import InputError, Overloaded, RecipeError, RunnerClosed
 from trtflow.runtime import devices

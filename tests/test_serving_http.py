@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from helpers.models import ROOT
 
 EXAMPLE = ROOT / "examples" / "serve"
 pytestmark = pytest.mark.skipif(

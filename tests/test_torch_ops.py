@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers.numerics import build_and_validate, corpus_model, project
+from helpers.passes import run_ort
 from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "numerics"))
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from numerics_helpers import build_and_validate, corpus_model, project
-from passes_helpers import run_ort
 
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx2torch") is None:
     pytest.skip("torch and onnx2torch are not installed (pip install 'trtflow[torch]')", allow_module_level=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,9 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from helpers import runtime as sup
+from helpers.passes import caller_feeds, make_project, real_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-import test_runtime_support as sup
-from passes_helpers import caller_feeds, make_project, real_model, run_ort
 
 from trtflow.passes import lower
 

@@ -2,7 +2,7 @@
 
 No TensorRT runtime can execute on this project's machines, so the engine contract (scratch memory,
 output shapes, data-dependent outputs, shape tensors, CUDA-graph capturability, the TensorRT-RTX runtime
-config and cache) is pinned by ``test_contract_...`` tests against the faithful fake in tests/trt_fake.py
+config and cache) is pinned by ``test_contract_...`` tests against the faithful fake in tests/helpers/trt_fake.py
 over the fake CUDA runtime. The runtime-cache *file* handling (keying, atomic write, corrupt or foreign
 cache) is plain Python and tested for real, as is the IOutputAllocator subclass on the real
 ``tensorrt_rtx`` trampoline base.
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_runtime_support as sup
-import trt_fake
-from test_backend_models import DYNAMIC_PROFILE, conv_bn_relu, plan_for
+from helpers import runtime as sup
+from helpers import trt_fake
+from helpers.models import DYNAMIC_PROFILE, conv_bn_relu, plan_for
 
 from trtflow.backends import _trt_common as common
 from trtflow.backends.tensorrt import FLAVOR as TRT

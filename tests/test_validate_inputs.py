@@ -7,16 +7,12 @@ fed from .npz data and called with a plain Python int.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "numerics"))
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "passes"))
-from numerics_helpers import build_and_validate, corpus_model, project
-from passes_helpers import conv_net, make_project
+from helpers.numerics import build_and_validate, corpus_model, project
+from helpers.passes import conv_net, make_project
 
 from trtflow.errors import InputError, RecipeError
 from trtflow.validate.inputs import generate_inputs, load_data, mixed_shape, photo_like, shape_cases

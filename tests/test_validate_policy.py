@@ -7,13 +7,10 @@ its max abs in the table).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "numerics"))
-from numerics_helpers import REPO, build_and_validate, project
+from helpers.numerics import REPO, build_and_validate, project
 
 from trtflow.plan.model import TensorPlan
 from trtflow.validate.policy import default_metrics, default_tolerance, resolve

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import corpus
+corpus = scripts.load("corpus")
 
 pytestmark = [pytest.mark.corpus, pytest.mark.rtx]
 TRTFLOW = str(Path(sys.executable).parent / "trtflow")

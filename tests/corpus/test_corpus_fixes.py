@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from helpers import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import corpus
+corpus = scripts.load("corpus")
 
 from trtflow.errors import RecipeError
 from trtflow.init import init_recipe

@@ -1,19 +1,15 @@
 """On the GPU machine: the README's code blocks run as written, the GPU-only ones (`<!-- snippet: gpu -->`)
-included, on CUDA (tests/docs_snippets.py says how a document is run)."""
+included, on CUDA (tests/helpers/docs_snippets.py says how a document is run)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_gpu_runtime import REASON
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"GPU tests: {REASON}")]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from docs_snippets import ROOT, run_snippet, sandbox, snippets
+from helpers.docs_snippets import ROOT, run_snippet, sandbox, snippets
 
 
 def test_readme_snippets_run_on_cuda(tmp_path: Path) -> None:

@@ -16,16 +16,13 @@ What they prove, against libjpeg-turbo (Pillow) on the host:
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers
-import image_files as files
-import test_runtime_support as sup
+from helpers import image_files as files
+from helpers import runtime as sup
 
 ROOT = Path(__file__).resolve().parents[2]
 HW = 64

@@ -7,15 +7,11 @@ The models come from the corpus (``python scripts/corpus.py fetch --gpu`` into .
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "numerics"))
 import test_gpu_runtime as gpu
-from numerics_helpers import build_and_validate, corpus_model, project
+from helpers.numerics import build_and_validate, corpus_model, project
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu.REASON is not None, reason=f"GPU tests: {gpu.REASON}"),
               pytest.mark.filterwarnings("ignore::UserWarning")]

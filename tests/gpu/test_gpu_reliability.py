@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_gpu_runtime import REASON
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"GPU tests: {REASON}")]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_conv_model
+from helpers.models import make_conv_model
 
 
 def _project(tmp: Path, body: str, hw: int = 16, build: str = "") -> Path:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared runtime test helpers
-import test_runtime_support as sup
+from helpers import runtime as sup
 
 ROOT = Path(__file__).resolve().parents[2]
 

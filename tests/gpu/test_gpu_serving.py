@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared runtime test helpers
-import test_runtime_support as sup
+from helpers import runtime as sup
 
 
 def _why_not() -> str | None:

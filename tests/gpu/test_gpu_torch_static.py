@@ -4,16 +4,12 @@ sizes on the host and capture failed ("Cannot copy between CPU and CUDA tensors 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared runtime test helpers
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "passes"))
 import test_gpu_runtime as gpu
-import test_runtime_support as sup
+from helpers import runtime as sup
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu.REASON is not None, reason=f"GPU tests: {gpu.REASON}")]
 
@@ -21,7 +17,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu.REASON is not None, reason
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_lowered_lraspp_captures_and_replays_like_eager(tmp_path: Path, precision: str) -> None:
     import onnx
-    from passes_helpers import make_project
+    from helpers.passes import make_project
 
     from trtflow.passes import lower
     from trtflow.runtime.runner import Runner

@@ -5,14 +5,11 @@ the stream) and the runtime-cache key of this GPU and driver. Run by scripts/gpu
 from __future__ import annotations
 
 import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers
 
 from trtflow.errors import ArtifactError
 from trtflow.runtime import cuda
@@ -32,7 +29,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"G
 
 
 def test_gpu_output_allocator_grows_in_device_memory_and_copies_back(tmp_path: Path) -> None:
-    from test_backend_models import conv_bn_relu, plan_for
+    from helpers.models import conv_bn_relu, plan_for
 
     from trtflow.backends import _trt_common as common
 

@@ -18,7 +18,7 @@ pyCore.cpp say:
 
 The model: ``x`` [N, 3, 16, 16] float32 -> ``y`` [N, 8, 16, 16] (y = 2x, channels repeated), plus optional ``idx``
 (int64 [-1], the flat indices where x > 0, like NonZero) and an optional shape input ``shape`` (int64 [2])
-that reshapes x into ``r``. Kernels run on the fake CUDA runtime's streams (tests/test_runtime_support.py).
+that reshapes x into ``r``. Kernels run on the fake CUDA runtime's streams (tests/helpers/runtime.py).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ class IExecutionContext:
         return not self.engine.model.dds and stream not in (0, 1, 2)  # never the legacy default stream
 
     def execute_async_v3(self, stream_handle: int) -> bool:
-        from test_runtime_support import FAKE, _Op
+        from helpers.runtime import FAKE, _Op
 
         assert FAKE is not None, "install the fake CUDA runtime first"
         m = self.engine.model

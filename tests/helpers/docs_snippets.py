@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"(?P<marks>(?:^<!-- snippet: [^\n]*-->\n)*)^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```",
                     re.MULTILINE | re.DOTALL)

@@ -14,7 +14,7 @@ assert how many CUDA calls one request makes.
 :class:`NullCudart` is the same API with every stream operation a no-op (nothing is queued or run):
 with ``FakeBackend.options = {"null_kernel": True}`` it measures the runner's own host overhead.
 
-Imported by name from the test modules (pytest puts tests/ on sys.path, conftest.py lives there).
+Test modules import it as ``from helpers import runtime as sup``.
 """
 
 from __future__ import annotations
@@ -910,7 +910,7 @@ def install_with_backend(monkeypatch: Any, seed: int) -> FakeCudart:
 
     f = install(monkeypatch, seed=seed)
     monkeypatch.setattr(sys.modules[__name__], "FAKE", f)
-    monkeypatch.setitem(base._REGISTRY, "fakecuda", "test_runtime_support:FakeBackend")
+    monkeypatch.setitem(base._REGISTRY, "fakecuda", "helpers.runtime:FakeBackend")
     monkeypatch.setattr(FakeBackend, "options", {})
     monkeypatch.setattr(FakeBackend, "opened", [])
     return f

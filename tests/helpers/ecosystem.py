@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODELS
+
+from helpers.models import MODELS
 
 
 def add_model(project: Path, name: str) -> Path:
