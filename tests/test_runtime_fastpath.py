@@ -60,12 +60,17 @@ def _calls_of(fake: Any, fn: Any) -> list[str]:
 
 
 # -- CUDA calls per request (the micro-benchmark: counts, not times) -----------------------------------
-GRAPH_CALL = ["cudaGraphLaunch", "cudaStreamSynchronize"]  # staging copy is host work; no event at all
-EAGER_CALL = ["cudaMemcpyAsync", "cudaMemcpyAsync", "cudaStreamSynchronize"]
+# streams.wait: spin synchronizes the stream (no event at all); block (the default) records one blocking-sync
+# event after the request and sleeps on it: one call more, no core burnt while the GPU works
+GRAPH_CALL = {"spin": ["cudaGraphLaunch", "cudaStreamSynchronize"],  # staging copy is host work
+              "block": ["cudaGraphLaunch", "cudaEventRecord", "cudaEventSynchronize"]}
+EAGER_CALL = {"spin": ["cudaMemcpyAsync", "cudaMemcpyAsync", "cudaStreamSynchronize"],
+              "block": ["cudaMemcpyAsync", "cudaMemcpyAsync", "cudaEventRecord", "cudaEventSynchronize"]}
 
 
-def test_graph_request_makes_two_cuda_calls(tmp_path: Path, fake: Any) -> None:
-    art, model = _mlp(tmp_path, {"topology": "sync", "cuda_graph": True})
+@pytest.mark.parametrize("wait", ["spin", "block"])
+def test_graph_request_makes_two_cuda_calls(tmp_path: Path, fake: Any, wait: str) -> None:
+    art, model = _mlp(tmp_path, {"topology": "sync", "cuda_graph": True, "wait": wait})
     with sup.load_runner(art).NetRunner() as r:
         for i in range(3):  # warm-up + capture, then replays
             r(x=_x(i))
@@ -73,27 +78,28 @@ def test_graph_request_makes_two_cuda_calls(tmp_path: Path, fake: Any) -> None:
         for i in range(20):
             x = _x(100 + i)
             calls = _calls_of(fake, lambda: r(x=x))  # noqa: B023 - called at once
-            assert calls == GRAPH_CALL, calls
-        # submit returns after one call (the launch); the result waits with one more
-        assert _calls_of(fake, lambda: r.submit_feeds({"x": _x(7)})) == ["cudaGraphLaunch"]
+            assert calls == GRAPH_CALL[wait], calls
+        # submit returns after the launch (and the event record); the result waits with one more
+        assert _calls_of(fake, lambda: r.submit_feeds({"x": _x(7)})) == GRAPH_CALL[wait][:-1]
         fake.calls.clear()
         for i in range(100):
             r.submit(x=_x(i)).result()
-        assert len(fake.calls) == 1 + 2 * 100  # + the unread submit above, synchronized once before reuse
+        assert len(fake.calls) == 1 + len(GRAPH_CALL[wait]) * 100  # + the unread submit above, synchronized once
         assert r.graph_stats["captures"] == 1
         x = _x(42)
         np.testing.assert_allclose(r(x=x).y, sup.reference(model, {"x": x})["y"], rtol=1e-5, atol=1e-6)
 
 
-def test_eager_request_makes_three_cuda_calls(tmp_path: Path, fake: Any) -> None:
+@pytest.mark.parametrize("wait", ["spin", "block"])
+def test_eager_request_makes_three_cuda_calls(tmp_path: Path, fake: Any, wait: str) -> None:
     for topo in ("sync", "async"):
-        art, model = _mlp(tmp_path / topo, {"topology": topo})
+        art, model = _mlp(tmp_path / topo, {"topology": topo, "wait": wait})
         with sup.load_runner(art).NetRunner() as r:
             r(x=_x(0))
             for i in range(10):
                 x = _x(i)
                 calls = _calls_of(fake, lambda: r(x=x))  # noqa: B023 - called at once
-                assert calls == EAGER_CALL, (topo, calls)
+                assert calls == EAGER_CALL[wait], (topo, calls)
                 np.testing.assert_allclose(r(x=x).y, sup.reference(model, {"x": x})["y"], rtol=1e-5, atol=1e-6)
 
 
@@ -265,7 +271,7 @@ def test_result_views_are_fresh_objects_over_the_same_memory(tmp_path: Path, fak
 
 
 def test_done_polls_the_stream_when_no_event_was_recorded(tmp_path: Path, fake: Any) -> None:
-    art, model = _mlp(tmp_path, {"topology": "async"})
+    art, model = _mlp(tmp_path, {"topology": "async", "wait": "spin"})
     with sup.load_runner(art).NetRunner() as r:
         x = _x(2)
         p = r.submit(x=x)
@@ -297,6 +303,7 @@ def test_nvtx_ranges_are_built_once(tmp_path: Path, fake: Any, monkeypatch: pyte
         annotate = Annotate
 
     monkeypatch.setattr(trace, "nvtx", Nvtx())
+    monkeypatch.setattr(trace, "on", True)
     monkeypatch.setattr(trace, "ranges", {})
     for streams in ({"topology": "sync"}, {"topology": "sync", "cuda_graph": True}):
         art, _ = _mlp(tmp_path / str(len(streams)), streams)

@@ -258,6 +258,7 @@ class FakeCudart:
     cudaStreamNonBlocking = 1
     cudaEventDefault = 0
     cudaEventDisableTiming = 2
+    cudaEventBlockingSync = 1
 
     def cudaHostAlloc(self, n: int, flags: int) -> tuple[Any, int]:
         buf, ptr = self.alloc(n)
@@ -353,7 +354,8 @@ class FakeCudart:
 
     def cudaEventCreateWithFlags(self, flags: int) -> tuple[Any, int]:
         h = self.handle()
-        self.events[h] = {"gen": 0, "done_gen": 0, "time": 0.0, "timing": not int(flags) & 2}
+        self.events[h] = {"gen": 0, "done_gen": 0, "time": 0.0, "timing": not int(flags) & 2,
+                          "blocking": bool(int(flags) & 1)}
         return OK, h
 
     def cudaEventDestroy(self, ev: int) -> tuple[Any]:

@@ -26,6 +26,9 @@ Topology = Literal["sync", "async", "pipelined"]
 MEMORY_STRATEGIES: tuple[str, ...] = get_args(MemoryStrategy)
 HOST_STRATEGIES: tuple[str, ...] = tuple(s for s in MEMORY_STRATEGIES if s != "device")
 TOPOLOGIES: tuple[str, ...] = get_args(Topology)
+#: how the host waits for the GPU (``streams.wait``): sleep on blocking-sync CUDA events, or spin on a core
+Wait = Literal["block", "spin"]
+WAITS: tuple[str, ...] = get_args(Wait)
 #: the layout of plan.json; a plan of another version is refused (rebuild), never half-read
 PLAN_VERSION = 2
 
@@ -66,6 +69,7 @@ class StreamsPlan(_Section):
     topology: str = "sync"
     depth: int = 2              # buffer sets of the pipelined topology
     cuda_graph: bool = False
+    wait: str = "block"         # how the host waits for the GPU: block (blocking-sync events) | spin
 
     @property
     def buffer_sets(self) -> int:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trtflow.plan.model import MemoryStrategy, Topology
+from trtflow.plan.model import MemoryStrategy, Topology, Wait
 
 SCHEMA_VERSION = 1
 
@@ -250,6 +250,10 @@ class Streams(_Strict):
     topology: Topology = Field(default="sync", description="sync | async | pipelined")
     depth: int = Field(default=2, ge=1, le=16, description="Buffer sets in flight for `pipelined`.")
     cuda_graph: bool = Field(default=False, description="Capture copy-in + enqueue + copy-out in a CUDA graph.")
+    wait: Wait = Field(
+        default="block", description="How the host waits for the GPU: `block` sleeps on blocking-sync CUDA events "
+        "(no CPU burnt; a wake-up of some microseconds; trtexec's default), `spin` busy-waits on a core "
+        "(lowest latency; trtexec --useSpinWait).")
 
 
 class ServingBatching(_Strict):

@@ -35,6 +35,7 @@ class BufferSet:
         self.idle = True        # the host saw every request launched on this set complete
         self.done_event = 0     # what the last request recorded last (0: no events, its stream completes it)
         self.graph_ran = False  # the last request ran as one graph on one stream (only ev_d2h follows it)
+        self.done_only = False  # the last request recorded ev_d2h only (one stream, the host waits blocking)
         self.in_mems: tuple[TensorMemory, ...] = ()
         self.out_mems: tuple[TensorMemory, ...] = ()
         self.volatile: tuple[tuple[str, TensorMemory], ...] = ()  # addresses may change between requests
@@ -48,17 +49,19 @@ class BufferSet:
         self.volatile = tuple((n, m) for n, m in self.mems.items() if not m.fixed_addresses)
         self.outside_in = tuple(i for i, m in enumerate(self.in_mems) if m.outside_graph)
 
-    def create_events(self, *, timing: bool) -> None:
-        self.ev_h2d = cuda.event_create(timing=timing)
-        self.ev_compute = cuda.event_create(timing=timing)
-        self.ev_d2h = cuda.event_create(timing=timing)
+    def create_events(self, *, timing: bool, blocking: bool = False) -> None:
+        """``blocking``: the events the host waits on put it to sleep until the GPU reaches them
+        (``cudaEventBlockingSync``, ``streams.wait: block``) instead of spinning on a core."""
+        self.ev_h2d = cuda.event_create(timing=timing, blocking=blocking)
+        self.ev_compute = cuda.event_create(timing=timing, blocking=blocking)
+        self.ev_d2h = cuda.event_create(timing=timing, blocking=blocking)
         if timing:
             self.t_h2d, self.t_compute, self.t_d2h = (cuda.event_create(timing=True) for _ in range(3))
         self.has_mapped_input = any(m.strategy == "mapped" and m.is_input for m in self.mems.values())
 
-    def enable_consumed_event(self) -> None:
+    def enable_consumed_event(self, *, blocking: bool = False) -> None:
         """The engine fires an event once it has read the inputs: the next H2D into this set may start then."""
-        self.ev_consumed = cuda.event_create()
+        self.ev_consumed = cuda.event_create(blocking=blocking)
         self.consumed_ok = True
 
     @property
@@ -68,7 +71,7 @@ class BufferSet:
 
     def host_free_event(self) -> int:
         """After this event the host may rewrite this set's input staging."""
-        if self.graph_ran:  # copies, compute and D2H ran as one graph, followed by ev_d2h only
+        if self.graph_ran or self.done_only:  # one graph / one stream followed by ev_d2h only
             return self.ev_d2h
         if self.has_mapped_input:
             return self.ev_consumed if self.consumed_ok else self.ev_compute

@@ -298,6 +298,9 @@ def stream_destroy(stream: int) -> None:
 
 
 def stream_synchronize(stream: int) -> None:
+    """Wait for all work on ``stream``. How the host waits is the device's schedule flag (spin by default
+    with few CUDA contexts per core), not the caller's choice: where the host should sleep, record an event
+    made with ``blocking=True`` and :func:`event_synchronize` it."""
     rt = _rt if _rt is not None else _runtime()
     res = rt.cudaStreamSynchronize(stream)
     err = res[0] if type(res) is tuple else res
@@ -324,9 +327,14 @@ def stream_wait_event(stream: int, event: int) -> None:
         _fail("cudaStreamWaitEvent", rt, err)
 
 
-def event_create(*, timing: bool = False) -> int:
+def event_create(*, timing: bool = False, blocking: bool = False) -> int:
+    """A CUDA event. ``blocking`` (``cudaEventBlockingSync``): a host thread in :func:`event_synchronize`
+    on it sleeps until the GPU signals completion instead of busy-waiting on a CPU core (the default of
+    events; trtexec creates its events blocking unless ``--useSpinWait``). Costs a wake-up on completion."""
     rt = _runtime()
-    flags = rt.cudaEventDefault if timing else rt.cudaEventDisableTiming
+    flags = int(rt.cudaEventDefault if timing else rt.cudaEventDisableTiming)
+    if blocking:
+        flags |= int(rt.cudaEventBlockingSync)
     ev = _check("cudaEventCreateWithFlags", rt.cudaEventCreateWithFlags(flags))
     _track("event", 1)
     return int(ev)
@@ -346,6 +354,7 @@ def event_record(event: int, *, stream: int) -> None:
 
 
 def event_synchronize(event: int) -> None:
+    """Wait for ``event``: sleeping if it was made with ``blocking=True``, else spinning on a CPU core."""
     rt = _rt if _rt is not None else _runtime()
     res = rt.cudaEventSynchronize(event)
     err = res[0] if type(res) is tuple else res

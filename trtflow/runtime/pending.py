@@ -134,7 +134,7 @@ class Pending(Generic[T]):
 
     def _wait(self) -> None:
         if not self._complete:
-            if trace.nvtx is None:
+            if not trace.on:
                 self._sync()
             else:
                 with trace.span("trtflow.wait"):

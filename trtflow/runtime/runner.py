@@ -71,8 +71,8 @@ from typing_extensions import Self
 from trtflow import artifact as art
 from trtflow.backends.base import Backend, CpuEngine, CudaEngine, Device, get_backend, pick_executor
 from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed
-from trtflow.plan.model import TOPOLOGIES
-from trtflow.runtime import cuda, devices
+from trtflow.plan.model import TOPOLOGIES, WAITS
+from trtflow.runtime import cuda, devices, trace
 from trtflow.runtime.buffers import BufferSet
 from trtflow.runtime.devices import DeviceLock
 from trtflow.runtime.encoded import Decoders, make_encoded_memory
@@ -102,7 +102,9 @@ class Runner:
     device: ``auto`` (CUDA when available and the executor supports it), ``cuda`` or ``cpu``.
     check_finite: reject inputs holding NaN or Inf (host arrays only; costs one pass over the data).
     timing: record CUDA events around H2D / compute / D2H of every request (see ``last_timing``).
-    topology, depth, cuda_graph: override ``plan.streams`` (experiments, benchmarks).
+    topology, depth, cuda_graph, wait: override ``plan.streams`` (experiments, benchmarks). ``wait``: how the
+        host waits for the GPU: ``block`` (sleep on blocking-sync events, trtexec's default) or ``spin``
+        (busy-wait on a core: a few microseconds sooner, one core per waiting thread; trtexec ``--useSpinWait``).
     allow_host_code: let the engine run host code embedded in the plan (TensorRT version-compatible
         plans carry a lean runtime). Off by default: loading such a plan is refused with a hint.
     device_index: run on this GPU (default: the caller's current device). The runner then makes it
@@ -123,7 +125,7 @@ class Runner:
                  check_finite: bool = False, timing: bool = False, topology: str | None = None,
                  depth: int | None = None, cuda_graph: bool | None = None, allow_host_code: bool = False,
                  device_index: int | None = None, share_engine: Runner | None = None,
-                 decoder: str = "auto") -> None:
+                 decoder: str = "auto", wait: str | None = None) -> None:
         self.device_index = device_index
         self._lock: Any = threading.RLock() if device_index is None else DeviceLock(device_index)
         self._before_close: list[Callable[[], None]] = []  # run first by close(), outside the lock
@@ -161,6 +163,9 @@ class Runner:
         self.depth = (art.check_depth(streams.depth if depth is None else depth, "Runner(depth=...)")
                       if self.topology == "pipelined" else 1)
         self.cuda_graph = streams.cuda_graph if cuda_graph is None else bool(cuda_graph)
+        self.wait = streams.wait if wait is None else str(wait)
+        if self.wait not in WAITS:
+            raise ArtifactError(f"unknown wait mode {self.wait!r}", hint=f"one of {', '.join(WAITS)}")
         self._check_declared_names()
 
         builder = str(self.report.get("backend") or self.plan.build.backend)
@@ -308,20 +313,22 @@ class Runner:
             return
         engine = self._cuda
         assert engine is not None
+        blocking = self.wait == "block"
         for bs in self._sets:
-            bs.create_events(timing=self.timing)
+            bs.create_events(timing=self.timing, blocking=blocking)
         # Inputs-consumed events let the next H2D into a buffer set start before its compute ends.
         probe = cuda.event_create()
         supported = bool(engine.set_input_consumed_event(probe))
         cuda.event_destroy(probe)
         if supported:
             for bs in self._sets:
-                bs.enable_consumed_event()
+                bs.enable_consumed_event(blocking=blocking)
         compute = self._streams.get("compute", self._streams.get("main", 0))
         sets = [bs.graphs for bs in self._sets]
         self._binding = EngineBinding(engine, functools.partial(self._graphs.before_shape_change, sets, compute))
         self._launcher = cuda_schedule(self.topology, engine, self._binding, self._graphs, self._streams,
-                                       timing=self.timing, outputs=self.plan.outputs, backend=self.backend)
+                                       timing=self.timing, outputs=self.plan.outputs, backend=self.backend,
+                                       blocking=blocking)
 
     # == public API =====================================================================================
     @property
@@ -598,7 +605,11 @@ class Runner:
         if self._closed:
             self._check_open()
         t_submit = time.perf_counter()
-        values, key = self._inputs.check(feeds, check_finite=self.check_finite)
+        if not trace.on:
+            values, key = self._inputs.check(feeds, check_finite=self.check_finite)
+        else:
+            with trace.span("trtflow.check"):
+                values, key = self._inputs.check(feeds, check_finite=self.check_finite)
         bs = self._next_set()
         plan = self._plans.get(key)
         if plan is None:

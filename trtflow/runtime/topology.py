@@ -89,8 +89,9 @@ class CudaSchedule(ABC):
     """What both CUDA topologies share: staging, the copies, the engine's reported shapes."""
 
     def __init__(self, engine: CudaEngine, binding: EngineBinding, graphs: Graphs, streams: dict[str, int], *,
-                 timing: bool, outputs: Sequence[TensorPlan], backend: str) -> None:
+                 timing: bool, outputs: Sequence[TensorPlan], backend: str, blocking: bool = False) -> None:
         self.engine, self.binding, self.graphs, self.timing = engine, binding, graphs, timing
+        self.blocking = blocking  # streams.wait: block -- the host waits on (blocking-sync) events, never on streams
         self.outputs, self.backend = tuple(outputs), backend
         if "main" in streams:
             self.s_in = self.s_c = self.s_out = streams["main"]
@@ -104,7 +105,7 @@ class CudaSchedule(ABC):
     def _stage(self, bs: BufferSet, values: list[Any], plan: ShapePlan, t_submit: float) -> float:
         """Host work of a request: staging (never captured), then bind; the host ms with timing."""
         shapes, s = plan.in_shapes, self.s_in
-        if trace.nvtx is None:
+        if not trace.on:
             for mem, x, shape in zip(bs.in_mems, values, shapes):
                 mem.prepare(x, shape, stream=s)
         else:
@@ -117,7 +118,7 @@ class CudaSchedule(ABC):
 
     def _copies_in(self, bs: BufferSet, shapes: tuple[Shape, ...]) -> None:
         s = self.s_in
-        if trace.nvtx is None:
+        if not trace.on:
             for mem, shape in zip(bs.in_mems, shapes):
                 mem.enqueue_in(shape, stream=s)
         else:
@@ -127,7 +128,7 @@ class CudaSchedule(ABC):
 
     def _copies_out(self, bs: BufferSet, items: OutItems) -> None:
         s = self.s_out
-        if trace.nvtx is None:
+        if not trace.on:
             for mem, (_, shape) in zip(bs.out_mems, items):
                 mem.enqueue_out(shape, stream=s)
         else:
@@ -143,15 +144,18 @@ class CudaSchedule(ABC):
 
 
 class SingleStream(CudaSchedule):
-    """``sync`` / ``async``: one stream, one buffer set; events only with ``timing``."""
+    """``sync`` / ``async``: one stream, one buffer set. Events: all with ``timing``; else ev_d2h alone with
+    ``streams.wait: block`` (the host sleeps on it), else none (the host synchronizes the stream)."""
 
     def launch(self, bs: BufferSet, values: list[Any], plan: ShapePlan, t_submit: float) -> tuple[float, bool, OutItems]:
         s, timing = self.s_c, self.timing
+        done = timing or self.blocking  # ev_d2h is recorded: it completes the request
         if not (bs.idle or not bs.used):  # host staging of this set may still be read by its previous request
             bs.wait_host_free(s)
         bs.idle = False
         bs.graph_ran = False
-        bs.done_event = bs.ev_d2h if timing else 0
+        bs.done_only = done and not timing
+        bs.done_event = bs.ev_d2h if done else 0
         host_in = self._stage(bs, values, plan, t_submit)
         graphs = self.graphs
         if graphs.on and not plan.after_run:  # copy-in + enqueue + copy-out as one graph
@@ -168,7 +172,7 @@ class SingleStream(CudaSchedule):
                 key: tuple[Any, ...] = (plan.gkey, tuple(mem.graph_key() for mem in bs.mems.values()))
                 if not graphs.run(sg, key, functools.partial(self._whole_request, bs, plan), s, plan):
                     self._reported(plan)  # the body ran eagerly: check the engine's reports once
-            if timing:  # stages ran as one unit (graph or its eager warm-up): timed as one
+            if done:  # stages ran as one unit (graph or its eager warm-up): timed as one
                 cuda.event_record(bs.ev_d2h, stream=s)
                 bs.graph_ran = True
             return host_in, True, plan.out_items
@@ -185,7 +189,7 @@ class SingleStream(CudaSchedule):
             cuda.event_record(bs.ev_compute, stream=s)
             cuda.event_record(bs.t_d2h, stream=s)
         self._copies_out(bs, items)
-        if timing:
+        if done:
             cuda.event_record(bs.ev_d2h, stream=s)
         return host_in, False, items
 
@@ -250,9 +254,9 @@ class Pipelined(CudaSchedule):
 
 
 def cuda_schedule(topology: str, engine: CudaEngine, binding: EngineBinding, graphs: Graphs, streams: dict[str, int],
-                  *, timing: bool, outputs: Sequence[TensorPlan], backend: str) -> CudaSchedule:
+                  *, timing: bool, outputs: Sequence[TensorPlan], backend: str, blocking: bool = False) -> CudaSchedule:
     cls = Pipelined if topology == "pipelined" else SingleStream
-    return cls(engine, binding, graphs, streams, timing=timing, outputs=outputs, backend=backend)
+    return cls(engine, binding, graphs, streams, timing=timing, outputs=outputs, backend=backend, blocking=blocking)
 
 
 class HostRun:
