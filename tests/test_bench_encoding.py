@@ -4,6 +4,7 @@ scripts/gpu_suite.sh)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -52,10 +53,29 @@ def test_targets_and_the_table() -> None:
     assert ts["input stage (c) vs (b), one image"]["met"] and ts["end to end (c) vs (a)"]["met"]
     assert ts["(c) wall / (decode + compute + transfers)"]["met"] is (6.0 / 5.6 <= 1.15)
     assert ts["throughput (d) vs 1/max(decode, compute, transfers)"]["measured"] == pytest.approx(320 / (1e3 / 3.0))
-    assert ts["bytes over the bus per image (c) vs (b)"]["met"]
+    h2d = ts["H2D bytes per image (c) vs (b): the input the GPU decode saves"]
+    assert h2d["met"] and h2d["measured"] == pytest.approx(12_288_000 / 740_000)
+    total = ts["total bytes over the bus per image (c) vs (b), H2D + D2H"]
+    assert total["met"] is None and total["measured"] == pytest.approx(12_288_100 / 740_100)  # shown, not judged
+    assert ts["total bytes over the bus per image (g) bit-packed masks vs (b)"]["measured"] == pytest.approx(12_288_100 / 1100)
     rep.targets = list(ts.values())
     text = enc.render(rep.to_dict())
     assert "| (c) GPU decode, sync |" in text and "(e) skipped: why" in text and "| NO |" not in text.split("target")[0]
+    assert "| 740000 | 100 | 740100 |" in text  # H2D, D2H and total columns
+    assert "the issue's 1/15 target is applied to H2D" in text
+
+
+def test_cpu_phases_are_split_and_rendered() -> None:
+    r = row("c", cpu_ms_per_image=5.0)
+    r.cpu_phases = {"enqueue": {"thread": 3.0, "process": 3.1}, "h2d_or_decode": {"thread": 0.9, "process": 1.5},
+                    "wait": {"thread": 0.01, "process": 0.02}, "other": {"thread": 0.3, "process": 0.38},
+                    "total": {"thread": 4.21, "process": 5.0}}
+    assert enc.top_phases(r, 2) == "enqueue 3.10, h2d_or_decode 1.50"
+    rep = enc.EncodingReport("seg", "GPU", "x.jpg", 740_000, {}, [row("b", cpu_ms_per_image=30.0), r], {})
+    (t,) = [t for t in enc.targets(rep) if t["target"].startswith("host CPU time per image (c)")]
+    assert t["measured"] == pytest.approx(6.0) and not t["met"] and "enqueue 3.10" in t["note"]
+    text = enc.render(rep.to_dict())
+    assert "| (c) | 1.50 (0.90) | 3.10 (3.00) | 0.02 (0.01) | 0.38 (0.30) | 5.00 (4.21) |" in text
 
 
 def test_the_sweep_needs_a_gpu_and_says_so() -> None:
@@ -65,3 +85,60 @@ def test_the_sweep_needs_a_gpu_and_says_so() -> None:
     r = subprocess.run([sys.executable, "-m", "trtflow.cli", "bench", str(RECIPE), "--sweep", "encoding"],
                        check=False, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 3 and "needs a CUDA GPU" in r.stderr + r.stdout
+
+
+def test_contract_the_sweep_runs_every_row_on_the_fake_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every configuration (a)-(h) of the sweep on the fake CUDA runtime, the fakecuda engine and a fake
+    nvImageCodec (Pillow as a stream op): the code path the GPU run takes, its rows, phases and files."""
+    import test_runtime_support as sup
+    from image_files import jpeg
+    from test_encoded_stage import FakeNv
+
+    from trtflow.build import build
+    from trtflow.decode import nvimgcodec
+
+    fake = sup.install_with_backend(monkeypatch, seed=4)
+    monkeypatch.setattr(nvimgcodec, "_nv", FakeNv(fake).module)
+    monkeypatch.setattr(enc, "ROW_SECONDS", 0.5)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    sup.conv_model(tmp_path / "m.onnx", hw=32)
+    (tmp_path / "s.jpg").write_bytes(jpeg(32, 32, 7))
+    (tmp_path / "r.yaml").write_text(
+        "model: m.onnx\nbuild: {backend: onnxruntime}\ninputs:\n  image:\n    encoding: jpeg\n    sample: s.jpg\n"
+        "    preprocess: {scale: 0.0039, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}\n"
+        "outputs:\n  logits: {reduce: {op: argmax, axis: 1, dtype: uint8}, memory: pinned}\n"
+        "streams: {topology: pipelined, depth: 3}\n")
+    out = tmp_path / "out"
+    rep = enc.sweep_encoding(load_recipe(tmp_path / "r.yaml"), build=lambda v: build(v, out_root=out),
+                             backend="fakecuda", warmup=1, iterations=3, link={}, card="fake GPU",
+                             variants_dir=out / ".variants")
+    assert [r.key for r in rep.rows] == list("abcdefgh") and not rep.skipped
+    by = {r.key: r for r in rep.rows}
+    assert by["c"].bytes_in == len(jpeg(32, 32, 7)) and by["b"].bytes_in == 32 * 32 * 3
+    for r in rep.rows:
+        assert r.cpu_phases["total"]["process"] > 0 and r.wait == "block", r.key
+    assert {"check", "stage_in", "h2d_or_decode", "enqueue", "wait"} <= set(by["c"].cpu_phases)
+    assert "host_decode" in by["b"].cpu_phases and "host_post" in by["a"].cpu_phases
+    assert "CUDA graph: captured" in by["h"].notes[0] and "CUDA graph: off" in by["d"].notes[0]
+    saved = json.loads((out / ".variants" / "encoding.json").read_text())
+    assert [r["key"] for r in saved["rows"]] == list("abcdefgh") and saved["targets"]
+    assert "Host CPU ms per image by phase" in enc.render(saved)
+
+
+def test_a_sweep_out_of_time_skips_what_is_left_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import test_runtime_support as sup
+    from image_files import jpeg
+
+    from trtflow.build import build
+
+    sup.install_with_backend(monkeypatch, seed=4)
+    monkeypatch.setattr(enc, "SWEEP_SECONDS", 0.0)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    sup.conv_model(tmp_path / "m.onnx", hw=32)
+    (tmp_path / "s.jpg").write_bytes(jpeg(32, 32, 7))
+    (tmp_path / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\ninputs:\n  image:\n"
+                                     "    encoding: jpeg\n    sample: s.jpg\n")
+    rep = enc.sweep_encoding(load_recipe(tmp_path / "r.yaml"), build=lambda v: build(v, out_root=tmp_path / "o"),
+                             backend="fakecuda", warmup=1, iterations=3, link={}, card="fake GPU",
+                             variants_dir=tmp_path / "o" / ".variants", only="abc")
+    assert not rep.rows and set(rep.skipped) == set("abc") and "time budget" in rep.skipped["a"]
