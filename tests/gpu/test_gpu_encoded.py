@@ -79,11 +79,9 @@ QUEUED_BYTES = 1 << 30
 
 def runner(art: Path, **kw: Any) -> Any:
     """The artifact's generated runner class (``r(image=...)`` returns its Outputs NamedTuple), on CUDA."""
-    from trtflow.artifact import load
+    from trtflow import load_runner
 
-    plan, _ = load(art)
-    cls = getattr(sup.load_runner(art), plan.class_name)
-    return cls(backend=BACKEND, device="cuda", decoder=kw.pop("decoder", "gpu"), **kw)
+    return load_runner(art)(backend=BACKEND, device="cuda", decoder=kw.pop("decoder", "gpu"), **kw)
 
 
 def reference(plan: Any, pixels: np.ndarray) -> np.ndarray:
