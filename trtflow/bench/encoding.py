@@ -90,7 +90,7 @@ class Row:
     transfer_floor_ms: float | None = None  # bytes / measured pinned bandwidth
     decoder: str = ""
     notes: list[str] = field(default_factory=list)
-    #: host CPU ms per image by phase: {phase: {"thread": ms, "process": ms}}, plus "other" and "total"
+    #: host ms per image by phase: {phase: {"thread": CPU ms, "process": CPU ms, "wall": ms}}, + "other", "total"
     cpu_phases: dict[str, dict[str, float]] = field(default_factory=dict)
     wait: str = ""   # how the host waited for the GPU (streams.wait)
 
@@ -239,10 +239,11 @@ def _back_to_back(run_all: Callable[[], int]) -> _Run:
         n = run_all()
         wall, cpu, thread = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - th0
     n = max(n, 1)
-    phases = {PHASES.get(k, k): {"thread": acc.thread_ms[k] / n, "process": acc.process_ms[k] / n} for k in acc.calls}
-    phases["other"] = {"thread": thread * 1e3 / n - sum(v["thread"] for v in phases.values()),
-                       "process": cpu * 1e3 / n - sum(v["process"] for v in phases.values())}
-    phases["total"] = {"thread": thread * 1e3 / n, "process": cpu * 1e3 / n}
+    phases = {PHASES.get(k, k): {"thread": acc.thread_ms[k] / n, "process": acc.process_ms[k] / n,
+                                 "wall": acc.wall_ms[k] / n} for k in acc.calls}
+    phases["other"] = {c: total / n - sum(v[c] for v in phases.values())
+                       for c, total in (("thread", thread * 1e3), ("process", cpu * 1e3), ("wall", wall * 1e3))}
+    phases["total"] = {"thread": thread * 1e3 / n, "process": cpu * 1e3 / n, "wall": wall * 1e3 / n}
     return _Run(n / wall, cpu / n, phases)
 
 
