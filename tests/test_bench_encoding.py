@@ -90,8 +90,8 @@ def test_the_sweep_needs_a_gpu_and_says_so() -> None:
 def test_contract_the_sweep_runs_every_row_on_the_fake_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every configuration (a)-(h) of the sweep on the fake CUDA runtime, the fakecuda engine and a fake
     nvImageCodec (Pillow as a stream op): the code path the GPU run takes, its rows, phases and files."""
-    import test_runtime_support as sup
-    from image_files import jpeg
+    from helpers import runtime as sup
+    from helpers.image_files import jpeg
     from test_encoded_stage import FakeNv
 
     from trtflow.build import build
@@ -126,8 +126,8 @@ def test_contract_the_sweep_runs_every_row_on_the_fake_gpu(tmp_path: Path, monke
 
 
 def test_a_sweep_out_of_time_skips_what_is_left_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import test_runtime_support as sup
-    from image_files import jpeg
+    from helpers import runtime as sup
+    from helpers.image_files import jpeg
 
     from trtflow.build import build
 

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import test_runtime_support as sup
+from helpers import runtime as sup
 from test_encoded_stage import FakeNv
 
 GPU_TESTS = Path(__file__).resolve().parent / "gpu" / "test_gpu_encoded.py"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_runtime_support as sup
+from helpers import runtime as sup
 
 from trtflow.errors import ArtifactError, RecipeError
 
