@@ -12,7 +12,6 @@ Usage (GPU machine, repository root): python3 scripts/gpu_timing.py [--out timin
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import statistics
@@ -61,11 +60,10 @@ def artifact(root: Path, model: Path, memory: str, streams: dict[str, Any], name
 
 
 def load(art: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(f"runner_{art.name}", art / "runner.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The artifact's generated module (trtflow.load_runner: verified first)."""
+    import trtflow
+
+    return sys.modules[trtflow.load_runner(art).__module__]
 
 
 def med(values: list[float | None]) -> float | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import importlib.util
 import io
 import json
 import os
@@ -53,15 +52,9 @@ def _stats(ns: list[int]) -> dict[str, float]:
 
 
 def _load_class(artifact: Path) -> type:
-    from trtflow.plan.model import Plan
+    import trtflow
 
-    plan = Plan.from_json((artifact / "plan.json").read_text())
-    spec = importlib.util.spec_from_file_location("trtflow_generated_runner", artifact / "runner.py")
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"{artifact}/runner.py not found: build the artifact first (trtflow build)")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return getattr(mod, plan.class_name)  # type: ignore[no-any-return]
+    return trtflow.load_runner(artifact)
 
 
 def _inputs(runner: Any, rotate: int) -> list[dict[str, Any]]:

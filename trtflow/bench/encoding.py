@@ -194,10 +194,10 @@ def batched_model(model: Path, dest: Path, batch: int) -> Path | str:
 # -- measuring ---------------------------------------------------------------------------------------------------
 def _runner(art: Path, *, topology: str, depth: int = 1, backend: str, decoder: str = "auto",
             cuda_graph: bool | None = None) -> Any:
-    from trtflow.runtime.runner import Runner
+    from trtflow import load_runner
 
-    return Runner(art, backend=backend, device="cuda", timing=True, topology=topology, depth=depth, decoder=decoder,
-                  cuda_graph=cuda_graph)
+    return load_runner(art)(backend=backend, device="cuda", timing=True, topology=topology, depth=depth,
+                            decoder=decoder, cuda_graph=cuda_graph)
 
 
 class _Clock:

@@ -131,10 +131,10 @@ def compare(results: list[LoadResult], *, per_device: bool) -> None:
 
 def stage_floor(artifact: Path, plan: Plan, *, backend: str, device: str, warmup: int, iterations: int) -> float | None:
     """1/max(stage) of one runner of the artifact (CUDA events), or None where stages are not timed (CPU)."""
+    from trtflow import load_runner
     from trtflow.bench.measure import measure
-    from trtflow.runtime.runner import Runner
 
-    with Runner(artifact, backend=backend, device=device, timing=True) as r:
+    with load_runner(artifact)(backend=backend, device=device, timing=True) as r:
         if r.device != "cuda":
             return None
         res = measure(r, plan, label="floor", memory="/".join(sorted({t.memory for t in plan.tensors})),

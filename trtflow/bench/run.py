@@ -74,9 +74,9 @@ def measure_start(artifact: Path, plan: Plan, *, backend: str, device: str) -> d
     """
     import time
 
+    from trtflow import load_runner
     from trtflow.backends._trt_common import RUNTIME_CACHE_DIR
     from trtflow.bench.measure import input_sets
-    from trtflow.runtime.runner import Runner
 
     feeds = input_sets(plan, 1)[0]
     cache = artifact / RUNTIME_CACHE_DIR
@@ -88,7 +88,7 @@ def measure_start(artifact: Path, plan: Plan, *, backend: str, device: str) -> d
     try:
         for kind in ("cold", "warm"):
             t0 = time.perf_counter()
-            with Runner(artifact, backend=backend, device=device) as r:
+            with load_runner(artifact)(backend=backend, device=device) as r:
                 r.submit_feeds(feeds).result_dict()
                 out[f"{kind}_ms"] = (time.perf_counter() - t0) * 1e3
                 out["runtime_cache"] = str(getattr(r._engine, "runtime_cache", "n/a"))
@@ -122,10 +122,11 @@ def variant_artifact(artifact: Path, memory: str) -> Path:
 
 
 def _runner(artifact: Path, *, topology: str, depth: int, cuda_graph: bool, backend: str, device: str) -> Any:
-    from trtflow.runtime.runner import Runner
+    """The artifact's generated runner (what users ship: the bench never runs a parallel code path)."""
+    from trtflow import load_runner
 
-    return Runner(artifact, backend=backend, device=device, timing=True, topology=topology, depth=depth,
-                  cuda_graph=cuda_graph)
+    return load_runner(artifact)(backend=backend, device=device, timing=True, topology=topology, depth=depth,
+                                 cuda_graph=cuda_graph)
 
 
 def bench_config(artifact: Path, plan: Plan, *, label: str, memory: str | None, topology: str | None,
