@@ -4,6 +4,7 @@
 Usage (from the repository root):
     /work/exportenv/bin/python models/export.py            # export + verify
     /work/exportenv/bin/python models/export.py --no-check # export only
+    /work/exportenv/bin/python models/export.py lraspp_mobilenet_v3_small_dyn.onnx   # one file
 
 Needs torch==2.14.1, torchvision==0.29.1, onnx; onnxruntime for the check.
 
@@ -37,6 +38,7 @@ import torch.nn as nn
 import torchvision
 from torchvision.models import mobilenet_v3_small
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+from torchvision.models.segmentation.lraspp import _lraspp_mobilenetv3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPSET = 17
@@ -115,6 +117,17 @@ def build_lraspp() -> nn.Module:
     return OutOnly(net).eval()
 
 
+def build_lraspp_small() -> nn.Module:
+    """LR-ASPP on MobileNetV3-Small at width 0.5 (the paper's small segmentation head), torchvision's own
+    builder (``_lraspp_mobilenetv3``, which ``lraspp_mobilenet_v3_large`` calls with the large backbone).
+    Width 0.5 keeps the file at 1.5 MB: it travels to the GPU machine with the corpus (64 MiB in all)."""
+    torch.manual_seed(0)
+    net = _lraspp_mobilenetv3(mobilenet_v3_small(weights=None, width_mult=0.5, dilated=True), num_classes=21)
+    randomize_conv_biases(net)
+    randomize_bn(net, (4, 3, 256, 320))
+    return OutOnly(net).eval()
+
+
 def build_mnv3_small() -> nn.Module:
     torch.manual_seed(0)
     net = mobilenet_v3_small(weights=None, num_classes=1000)
@@ -129,19 +142,23 @@ def build_tiny_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
 
 
-# name, builder key, input name, input shape (None = dynamic batch), output name
+# name, builder key, input name, export shape, output name, dynamic axes (False: static; True: batch;
+# "nhw": batch, height and width - the output follows the input's H and W)
 SPECS = [
     ("lraspp_mobilenet_v3.onnx", "lraspp", "image", (1, 3, 520, 520), "out", False),
     ("lraspp_mobilenet_v3_hd.onnx", "lraspp", "image", (1, 3, 1600, 2560), "out", False),
     ("mobilenet_v3_small.onnx", "mnv3s", "images", (1, 3, 224, 224), "logits", True),
     ("tiny_mlp.onnx", "mlp", "x", (1, 64), "y", False),
+    ("lraspp_mobilenet_v3_small_dyn.onnx", "lraspp_small", "image", (1, 3, 256, 320), "out", "nhw"),
 ]
-BUILDERS = {"lraspp": build_lraspp, "mnv3s": build_mnv3_small, "mlp": build_tiny_mlp}
+BUILDERS = {"lraspp": build_lraspp, "mnv3s": build_mnv3_small, "mlp": build_tiny_mlp,
+            "lraspp_small": build_lraspp_small}
 
 
 def export(model, path, in_name, shape, out_name, dyn_batch):
     dummy = torch.zeros(shape, dtype=torch.float32)
-    dynamic_axes = {in_name: {0: "batch"}, out_name: {0: "batch"}} if dyn_batch else None
+    axes = {0: "batch", 2: "height", 3: "width"} if dyn_batch == "nhw" else {0: "batch"}
+    dynamic_axes = {in_name: axes, out_name: axes} if dyn_batch else None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
@@ -192,18 +209,21 @@ def verify(model, path, in_name, shape, dyn_batch, key):
         return m, float("nan"), float("nan")
 
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    batches = [1, 3] if dyn_batch else [shape[0]]
+    # dynamic H, W: the export size, a smaller non-square one and a larger one (the Resize sizes must follow)
+    shapes = ([(1, 3, 256, 320), (3, 3, 96, 160), (2, 3, 480, 352)] if dyn_batch == "nhw" else
+              [(b,) + tuple(shape[1:]) for b in ([1, 3] if dyn_batch else [shape[0]])])
     worst_rel, worst_abs = 0.0, 0.0
-    for b in batches:
+    for s in shapes:
+        b = s[0]
         g = torch.Generator().manual_seed(1234 + b)
-        x = torch.randn((b,) + tuple(shape[1:]), generator=g)
+        x = torch.randn(s, generator=g)
         with torch.no_grad():
             ref = model(x).numpy()
         got = sess.run(None, {in_name: x.numpy()})[0]
         assert got.shape == ref.shape, (got.shape, ref.shape)
         assert np.isfinite(ref).all() and np.isfinite(got).all(), "NaN/Inf"
         assert ref.std() > 1e-2, f"degenerate output: std={ref.std()}"
-        if key == "lraspp":
+        if key.startswith("lraspp"):
             ncls = len(np.unique(ref.argmax(1)))
             assert ncls >= 3, f"argmax gives only {ncls} classes"
             print(f"  {os.path.basename(path)}: out std={ref.std():.3f} argmax classes={ncls}/21")
@@ -220,11 +240,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-check", action="store_true", help="skip ONNX checker / onnxruntime comparison")
     ap.add_argument("--out-dir", default=HERE)
+    ap.add_argument("files", nargs="*", help="export only these files (default: all)")
     args = ap.parse_args()
 
     print(f"torch {torch.__version__}  torchvision {torchvision.__version__}", file=sys.stderr)
     models, rows = {}, []
     for fname, key, in_name, shape, out_name, dyn in SPECS:
+        if args.files and fname not in args.files:
+            continue
         if key not in models:
             models[key] = BUILDERS[key]()
         path = os.path.join(args.out_dir, fname)

@@ -2,8 +2,9 @@
 # The GPU suite: run on the GPU machine from the repository root.
 #   bash scripts/gpu_suite.sh            (logs and timing.json go to $OUT, default ./out)
 # Installs the wheels the GPU image lacks (.whl/, from ../shared/device/fetch-wheels.sh), runs the GPU
-# tests (pytest -m gpu tests/gpu), then the per-strategy timing script and the serving measurements
-# (scripts/gpu_serving.py), and prints short tables last.
+# tests (pytest -m gpu tests/gpu), then the per-strategy timing script, the serving measurements
+# (scripts/gpu_serving.py), the encoding sweep and the model corpus on torch (scripts/gpu_corpus.py), and
+# prints short tables last.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -47,9 +48,16 @@ if ! python3 -c 'import json, sys; json.load(open(sys.argv[1]))["rows"]' "$OUT/e
 fi
 python3 -m trtflow.bench.encoding "$OUT/encoding.json" > "$OUT/encoding.md" 2>> "$OUT/encoding.log" || tail -n 20 "$OUT/encoding.log"
 
+# the model corpus through the torch engine on CUDA (#10): init -> build -> validate at min, max, non-square,
+# fp32 and fp16 (~1-3 min); needs `python scripts/corpus.py fetch --gpu --dest .corpus-gpu` carried along
+timeout "${CORPUS_TIMEOUT:-240}" python3 scripts/gpu_corpus.py --out "$OUT/corpus_gpu.json" ${CORPUS_ARGS:-} 2>&1 \
+  | tee "$OUT/corpus_gpu.txt"
+corpus_rc=${PIPESTATUS[0]}
+
 echo
 echo "GPU tests: $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$OUT/pytest_gpu.txt" | tail -n 1) (exit $tests_rc)"
 sed -n '/^.* | torch /,$p' "$OUT/timing.txt"
 sed -n '/^## Serving/,$p' "$OUT/serving.txt"
 cat "$OUT/encoding.md" 2>/dev/null; echo "(encoding sweep exit $encoding_rc)"
+sed -n '/^## Corpus/,$p' "$OUT/corpus_gpu.txt"; echo "(corpus exit $corpus_rc: 1 = some model fails on torch, see corpus_gpu.json)"
 [ "$tests_rc" -eq 0 ] && [ "$timing_rc" -eq 0 ] && [ "$serving_rc" -eq 0 ] && [ "$encoding_rc" -eq 0 ]
