@@ -27,9 +27,13 @@ import ctypes
 import enum
 import types
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+from trtflow.backends.base import Backend, CudaEngine
+from trtflow.plan.model import BuildInfo, Plan
 
 
 class TensorLocation(enum.IntEnum):
@@ -147,6 +151,7 @@ class Model:
     scratch: int = 4096          # device_memory_size_v2
     ask: int | None = None       # bytes the allocator is asked for (None: the exact result size)
     max_batch: int = 8
+    stream_capturable: bool = True  # what is_stream_capturable answers for a non-default stream
 
     @property
     def inputs(self) -> list[str]:
@@ -171,6 +176,8 @@ class IExecutionContext:
         self.memory = (int(memory), int(size))
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        if name == "shape" and self.engine.model.shape_input:  # static: its one shape is accepted
+            return tuple(shape) == (2,)
         if name != "x" or len(shape) != 4 or tuple(shape[1:]) != (3, 16, 16) or not 1 <= shape[0] <= self.engine.model.max_batch:
             return False
         self.shapes["x"] = tuple(shape)
@@ -220,7 +227,8 @@ class IExecutionContext:
         return True
 
     def is_stream_capturable(self, stream: int) -> bool:
-        return not self.engine.model.dds and stream not in (0, 1, 2)  # never the legacy default stream
+        m = self.engine.model
+        return m.stream_capturable and not m.dds and stream not in (0, 1, 2)  # never the legacy default stream
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         from helpers.runtime import FAKE, _Op
@@ -337,3 +345,35 @@ RTX_ONLY_NAMES: dict[str, list[str]] = {
     "CudaGraphStrategy": ["DISABLED", "WHOLE_GRAPH_CAPTURE"],
     "DynamicShapesKernelSpecializationStrategy": ["LAZY", "EAGER", "NONE"],
 }
+
+
+class FakeTrtBackend(Backend):
+    """Backend ``faketrt`` for runner-level contract tests: opens the real :class:`TrtEngine` over this
+    fake (TensorRT-RTX flavour) with the artifact's plan; the model comes from :attr:`model`."""
+
+    name = "faketrt"
+    extra = "dev"
+    module = "onnxruntime"
+    builds_engine = True
+    rank = 0
+    devices = ("cuda",)
+    model: ClassVar[Model] = Model()
+    opened: ClassVar[list[Any]] = []
+
+    @classmethod
+    def can_execute_here(cls) -> bool:
+        return True
+
+    def build(self, onnx_path: Path, plan: Plan, out_dir: Path, *, progress: Any = None) -> BuildInfo:
+        raise NotImplementedError("the fake TensorRT opens hand-made artifacts only")
+
+    def open(self, artifact_dir: Path, plan: Plan, *, device: Literal["cpu", "cuda"],
+             allow_host_code: bool = False) -> CudaEngine:
+        from trtflow.backends import _trt_common as common
+        from trtflow.backends.tensorrt_rtx import FLAVOR
+
+        fake = FakeTrt(rtx=True)
+        engine = common.TrtEngine(fake.module, FLAVOR, object(), ICudaEngine(self.model, rtx=True),  # type: ignore[arg-type]
+                                  common.LogSink(), object(), plan)
+        FakeTrtBackend.opened.append(engine)
+        return engine

@@ -57,9 +57,11 @@ class Engine(ABC):
 class CudaEngine(Engine):
     """An engine that computes over device addresses the runtime binds, on the runtime's stream.
 
-    Per request the runtime calls :meth:`set_input_shape` (only when a shape changed), asks
-    :meth:`output_shape` (once per combination of input shapes), :meth:`set_address` (only when an
-    address changed) and :meth:`enqueue`. Output buffers are sized at the profile's max shape.
+    Per request the runtime calls :meth:`set_input_shape` and, for :attr:`host_inputs`,
+    :meth:`set_input_values` (only when they changed), asks :meth:`output_shape` (once per combination
+    of input shapes and host values), :meth:`set_address` (only when an address changed) and
+    :meth:`enqueue`; before capturing a graph (after a warm-up enqueue) it asks :attr:`capturable`
+    again. Output buffers are sized at the profile's max shape.
     """
 
     device: ClassVar[Device] = "cuda"
@@ -67,10 +69,19 @@ class CudaEngine(Engine):
     #: captured at other input shapes stay valid; False (TensorRT): a graph bakes the execution
     #: context's state at capture, so the runtime drops every graph when the input shapes change.
     graphs_outlive_shape_changes: ClassVar[bool] = False
+    #: Inputs the engine reads on the HOST (TensorRT shape tensors: ``is_shape_inference_io`` at
+    #: ``TensorLocation.HOST``). The runtime hands their values over with :meth:`set_input_values`
+    #: before :meth:`output_shape` and :meth:`enqueue`; output shapes then depend on those values.
+    host_inputs: frozenset[str] = frozenset()
 
     @abstractmethod
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
         """The shape of input ``name`` for the next :meth:`enqueue` (inside the profile)."""
+
+    def set_input_values(self, name: str, values: np.ndarray) -> None:
+        """The values of host input ``name`` (one of :attr:`host_inputs`) for the next
+        :meth:`output_shape` / :meth:`enqueue`; the engine keeps its own copy."""
+        raise TypeError(f"{type(self).__name__} reads no input on the host (host_inputs is empty)")
 
     @abstractmethod
     def set_address(self, name: str, ptr: int) -> None:
@@ -112,7 +123,9 @@ class CudaEngine(Engine):
 
     @property
     def capturable(self) -> bool:
-        """Whether :meth:`enqueue` can be captured into a CUDA graph."""
+        """Whether :meth:`enqueue` can be captured into a CUDA graph. Asked when the runner opens and
+        again right before each capture, after the warm-up enqueue on the stream to capture (TensorRT-RTX:
+        ``is_stream_capturable`` of that stream)."""
         return False
 
     def capture_graph(self, stream: int, body: Callable[[], None]) -> CapturedGraph | None:

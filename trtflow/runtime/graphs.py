@@ -3,7 +3,7 @@
 Per buffer set a small LRU of captured graphs (:class:`SetGraphs`), keyed by the input shapes and the
 device addresses a graph bakes in; the runner's policy (:class:`Graphs`) decides whether graphs are
 used at all, captures on a miss after one eager warm-up run (initialisation must not be captured; the
-warm-up computes the request), falls back to eager for good when a capture fails (saying why in
+warm-up computes the request) if the engine still says it is ``capturable`` then, falls back to eager for good when a capture fails (saying why in
 :attr:`Graphs.notes`), and drops every graph before the engine's input shapes change where a graph
 bakes the execution context's state (``CudaEngine.graphs_outlive_shape_changes`` False: TensorRT;
 trtexec and NVIDIA's guidance: one graph per context). Engines with their own allocator capture
@@ -98,6 +98,7 @@ class Graphs:
     def __init__(self, *, wanted: bool, engine: CudaEngine | None, backend: str) -> None:
         self.wanted = wanted
         self.engine = engine
+        self.backend = backend
         self.stats = {"captures": 0, "replays": 0, "failures": 0, "dropped": 0}
         self.notes: list[str] = []
         self.on = wanted and engine is not None
@@ -146,6 +147,13 @@ class Graphs:
         sg.last_plan = sg.last = None
         body()  # eager warm-up: initialisation must not be captured, and it computes this request
         cuda.stream_synchronize(stream)
+        assert self.engine is not None
+        if not self.engine.capturable:  # asked again now (TensorRT-RTX: is_stream_capturable of this stream)
+            self.on = False
+            self.stats["failures"] += 1
+            self.notes.insert(0, f"engine of backend {self.backend!r} says, after the warm-up run, that its "
+                              "stream cannot be captured: running eagerly")
+            return False
         try:
             graph = self._capture(stream, body)
         except Exception as exc:  # noqa: BLE001 - any capture problem means: run eagerly, say why

@@ -80,7 +80,7 @@ from trtflow.runtime.graphs import Graphs
 from trtflow.runtime.inputs import Inputs, describe
 from trtflow.runtime.memory import HostRegistry, RegisteredMemory, TensorMemory, make_memory, np_dtype
 from trtflow.runtime.pending import Pending, StageTiming
-from trtflow.runtime.shapes import OutputShapes, ShapeKey, ShapePlan
+from trtflow.runtime.shapes import OutputShapes, ShapeKey, ShapePlan, host_values
 from trtflow.runtime.topology import (
     CudaSchedule,
     EngineBinding,
@@ -145,6 +145,7 @@ class Runner:
         self._launcher: CudaSchedule | None = None  # the topology of a CUDA engine
         self._host: HostRun | None = None           # ... or the CPU's
         self._binding: EngineBinding | None = None
+        self._value_index: tuple[int, ...] = ()  # inputs the engine reads on the host (shape tensors)
         self.check_finite = check_finite
         self.timing = timing
         self.last_timing: StageTiming | None = None
@@ -325,7 +326,18 @@ class Runner:
                 bs.enable_consumed_event(blocking=blocking)
         compute = self._streams.get("compute", self._streams.get("main", 0))
         sets = [bs.graphs for bs in self._sets]
-        self._binding = EngineBinding(engine, functools.partial(self._graphs.before_shape_change, sets, compute))
+        self._binding = EngineBinding(engine, self.plan.inputs,
+                                      functools.partial(self._graphs.before_shape_change, sets, compute))
+        self._value_index = self._binding.value_index
+        stray = sorted(set(engine.host_inputs) - set(self._binding.value_names))
+        if stray:
+            raise ArtifactError(f"backend {self.backend!r} reads tensors {stray} on the host, which are not inputs "
+                                "of plan.json", hint="the artifact's plan disagrees with its engine: rebuild it")
+        for t in self.plan.inputs:
+            if t.name in engine.host_inputs and (t.memory == "device" or t.encoding):
+                raise ArtifactError(f"input {t.name!r} is a shape tensor (its values are read on the host): it cannot "
+                                    f"use {'memory: device' if t.memory == 'device' else 'encoding: ' + str(t.encoding)}",
+                                    hint=f"give it a host memory strategy in the recipe (inputs.{t.name}.memory: pinned)")
         self._launcher = cuda_schedule(self.topology, engine, self._binding, self._graphs, self._streams,
                                        timing=self.timing, outputs=self.plan.outputs, backend=self.backend,
                                        blocking=blocking)
@@ -610,6 +622,8 @@ class Runner:
         else:
             with trace.span("trtflow.check"):
                 values, key = self._inputs.check(feeds, check_finite=self.check_finite)
+        if self._value_index:  # shape tensors: the output shapes depend on their values too
+            key += host_values(values, self._value_index)
         bs = self._next_set()
         plan = self._plans.get(key)
         if plan is None:
@@ -631,8 +645,7 @@ class Runner:
         return p
 
     def _shape_plan(self, key: ShapeKey) -> ShapePlan:
-        binding = self._binding
-        plan = self._out_shapes.plan(key, self._cuda, binding.set_input_shape if binding is not None else None)
+        plan = self._out_shapes.plan(key, self._binding)
         if plan.after_run:
             self._graphs.note_after_run([self._out_names[i] for i in plan.after_run])
         if len(self._plans) >= 64:

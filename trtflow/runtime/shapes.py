@@ -12,6 +12,10 @@ output's exact shape comes, in this order of preference, from
    expression for: the buffer stays an upper bound and the request takes the shape the engine
    reports (:meth:`CudaEngine.reported_shape`, or what :meth:`CpuEngine.infer` returns).
 
+Where the engine reads inputs on the host (:attr:`CudaEngine.host_inputs`, TensorRT shape tensors),
+output shapes depend on those inputs' VALUES too: the key of a :class:`ShapePlan` then ends with
+them, and the engine is handed them (:meth:`CudaEngine.set_input_values`) before it is asked.
+
 There is no guessing: a shape that exceeds the buffer, or an engine report that contradicts the
 plan, is an :class:`~trtflow.errors.ArtifactError` (the artifact is stale or its plan is wrong).
 """
@@ -19,28 +23,37 @@ plan, is an :class:`~trtflow.errors.ArtifactError` (the artifact is stale or its
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from trtflow.backends.base import CudaEngine
 from trtflow.errors import ArtifactError, TrtflowError
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.plan.shape_expr import ShapeFn, compile_shape
 
+if TYPE_CHECKING:
+    from trtflow.runtime.topology import EngineBinding
+
 Shape = tuple[int, ...]
-ShapeKey = tuple[Shape, ...]  # input shapes in plan order
+#: input shapes in plan order, then (engines with host inputs) the flat values of each host input, in plan order
+ShapeKey = tuple[Shape, ...]
 
 
 class ShapePlan:
     """What one combination of input shapes implies (the runner caches these per :data:`ShapeKey`)."""
 
-    __slots__ = ("after_run", "checked", "gkey", "in_shapes", "key", "out_items", "out_shapes", "shapes")
+    __slots__ = ("after_run", "checked", "gkey", "in_shapes", "key", "out_items", "out_shapes", "shapes", "values")
 
     def __init__(self, key: ShapeKey, shapes: dict[str, Shape], out_shapes: dict[str, Shape],
-                 after_run: tuple[int, ...]) -> None:
-        self.key = self.in_shapes = key                     # input shapes, in plan order
+                 after_run: tuple[int, ...], values: dict[str, Shape] | None = None) -> None:
+        self.key = key
+        self.in_shapes = key[:len(shapes)]                  # input shapes, in plan order
         self.shapes = shapes                                # input name -> shape
+        self.values = values or {}                          # host input name -> its flat values
         self.out_shapes = out_shapes                        # output name -> shape (never mutated)
         self.out_items = tuple(out_shapes.items())
-        self.gkey = tuple(shapes.items())                   # the shape part of a graph's key
+        self.gkey = tuple(shapes.items()) + tuple(self.values.items())  # the shape part of a graph's key
         #: outputs (indices in plan order) whose shape the engine reports after running; their
         #: ``out_shapes`` entry is the upper bound (max shape)
         self.after_run = after_run
@@ -70,14 +83,20 @@ class OutputShapes:
         self._fns = tuple(fns)
         self._names = tuple(t.name for t in plan.inputs)
 
-    def plan(self, key: ShapeKey, engine: CudaEngine | None,
-             set_input_shape: Callable[[str, Shape], None] | None = None) -> ShapePlan:
-        """The :class:`ShapePlan` of input shapes ``key``; a CUDA engine is told the input shapes
-        first (through ``set_input_shape``, which skips unchanged ones) so it can answer."""
-        shapes = dict(zip(self._names, key))
-        if engine is not None and set_input_shape is not None:
+    def plan(self, key: ShapeKey, binding: EngineBinding | None = None) -> ShapePlan:
+        """The :class:`ShapePlan` of ``key``; a CUDA engine is told the input shapes and host values
+        first (through ``binding``, which skips unchanged ones) so it can answer. No binding: the CPU."""
+        n = len(self._names)
+        shapes = dict(zip(self._names, key[:n]))
+        engine = None
+        values: dict[str, Shape] = {}
+        if binding is not None:
+            engine = binding.engine
+            values = dict(zip(binding.value_names, key[n:]))
             for name, shape in shapes.items():
-                set_input_shape(name, shape)
+                binding.set_input_shape(name, shape)
+            for name, flat in values.items():
+                binding.set_input_values(name, flat, shapes[name])
         by_ident = {t.ident: shape for t, shape in zip(self._inputs, key)}
         out: dict[str, Shape] = {}
         after: list[int] = []
@@ -86,7 +105,7 @@ class OutputShapes:
             if exact is None:
                 after.append(i)
             out[o.name] = o.max_shape if exact is None else exact
-        return ShapePlan(key, shapes, out, tuple(after))
+        return ShapePlan(key, shapes, out, tuple(after), values)
 
     def _exact(self, o: TensorPlan, fn: ShapeFn | None, by_ident: Mapping[str, Shape],
                engine: CudaEngine | None) -> Shape | None:
@@ -100,6 +119,11 @@ class OutputShapes:
             if all(d is not None for d in dims):
                 return check_fits(o, tuple(int(d) for d in dims if d is not None), "its shape expression gives")
         return None  # known only after running
+
+
+def host_values(values: Sequence[Any], index: tuple[int, ...]) -> ShapeKey:
+    """The part of a :data:`ShapeKey` made of host inputs' values: inputs ``index`` (plan order) flattened."""
+    return tuple(tuple(np.asarray(values[i]).reshape(-1).tolist()) for i in index)
 
 
 def check_fits(o: TensorPlan, shape: Sequence[int], source: str) -> Shape:
@@ -135,4 +159,5 @@ def reported_items(plan: ShapePlan, outputs: Sequence[TensorPlan],
     return tuple(items)
 
 
-__all__ = ["OutputShapes", "Shape", "ShapeKey", "ShapePlan", "check_fits", "reported_items"]
+__all__ = ["OutputShapes", "Shape", "ShapeKey", "ShapePlan", "check_fits", "host_values",
+           "reported_items"]

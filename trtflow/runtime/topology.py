@@ -23,12 +23,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from trtflow.backends.base import CpuEngine, CudaEngine
 from trtflow.plan.model import TensorPlan
 from trtflow.runtime import cuda, trace
 from trtflow.runtime.buffers import BufferSet
 from trtflow.runtime.graphs import Graphs
-from trtflow.runtime.memory import HostMemory, TensorMemory
+from trtflow.runtime.memory import HostMemory, TensorMemory, np_dtype
 from trtflow.runtime.pending import OutItems, StageTiming
 from trtflow.runtime.shapes import Shape, ShapePlan, reported_items
 
@@ -39,13 +41,20 @@ def stream_roles(topology: str) -> tuple[str, ...]:
 
 
 class EngineBinding:
-    """What the CUDA engine was told last (shapes, addresses, consumed event), so a request tells
-    it only what changed; ``before_shape_change`` runs before an input shape changes (graphs)."""
+    """What the CUDA engine was told last (shapes, host values, addresses, consumed event), so a request
+    tells it only what changed; ``before_shape_change`` runs before an input shape or a host input's
+    values change (graphs bake both)."""
 
-    def __init__(self, engine: CudaEngine, before_shape_change: Callable[[], None]) -> None:
+    def __init__(self, engine: CudaEngine, inputs: Sequence[TensorPlan], before_shape_change: Callable[[], None]) -> None:
         self.engine = engine
         self._before_shape_change = before_shape_change
+        host = engine.host_inputs
+        #: inputs whose values the engine reads on the host (their values end each ShapeKey), plan order
+        self.value_names = tuple(t.name for t in inputs if t.name in host)
+        self.value_index = tuple(i for i, t in enumerate(inputs) if t.name in host)
+        self._dtypes = {t.name: np_dtype(t.dtype) for t in inputs if t.name in host}
         self.shapes: dict[str, Shape] = {}
+        self.values: dict[str, Shape] = {}
         self.addrs: dict[str, int] = {}
         self.consumed = 0
         self.bound: tuple[BufferSet, ShapePlan] | None = None  # what the engine is bound to now
@@ -56,6 +65,14 @@ class EngineBinding:
                 self._before_shape_change()
             self.engine.set_input_shape(name, shape)
             self.shapes[name] = shape
+
+    def set_input_values(self, name: str, flat: Shape, shape: Shape) -> None:
+        """The values of host input ``name`` (``flat``, C order) at ``shape``, when they changed."""
+        if self.values.get(name) != flat:
+            if name in self.values:
+                self._before_shape_change()
+            self.engine.set_input_values(name, np.asarray(flat, dtype=self._dtypes[name]).reshape(shape))
+            self.values[name] = flat
 
     def bind(self, bs: BufferSet, plan: ShapePlan) -> None:
         """Shapes, addresses and consumed event of ``bs`` at ``plan``; skipped when the engine is bound
@@ -74,6 +91,8 @@ class EngineBinding:
         engine = self.engine
         for name, shape in plan.shapes.items():
             self.set_input_shape(name, shape)
+        for name, flat in plan.values.items():
+            self.set_input_values(name, flat, plan.shapes[name])
         for name, mem in bs.mems.items():
             ptr = mem.device_ptr
             if self.addrs.get(name) != ptr:
