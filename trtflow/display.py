@@ -14,6 +14,7 @@ RULE_TEXT = {
     "initializer_underflow": "a weight below fp16's range",
     "activation": "an activation above data_max",
     "op_type": "the op type",
+    "index_arithmetic": "shape/index arithmetic",
     "recipe": "the recipe",
 }
 
@@ -45,6 +46,8 @@ def mixed_precision_reason(k: dict[str, Any]) -> str:
         return f"weight '{tensor}' loses {k['value']:.1%} of its magnitude in fp16 (> {k['limit']:.0%})"
     if rule == "activation":
         return f"activation '{tensor}' reaches |x| {k['value']:.3g} > data_max {k['limit']:g}"
+    if rule == "index_arithmetic":
+        return f"float math on integer values (shapes, indices, counters): '{tensor}' is read as an index"
     if rule == "recipe":
         return "named in mixed_precision.keep_fp32_ops/keep_fp32_nodes"
     return "op type kept in fp32 by default (overflows or computes indices)"

@@ -15,7 +15,9 @@ output produced by a blocked op (LRASPP ends in Resize) comes out fp16 anyway.
 fp16 uses ``onnxconverter_common.float16`` plus fixes for its gaps: ``Cast(to=float)`` nodes are not
 retargeted; an initializer shared by a blocked and an unblocked node stays fp32 for both; unnamed
 nodes give colliding cast names; and inputs ONNX always types float32 (Resize ``roi``/``scales``) are
-lowered too, which is why it blocks Resize altogether. bf16 has no converter there: :func:`to_bf16`
+lowered too, which is why it blocks Resize altogether. The converter also lowers If/Loop bodies, so
+every fix applies inside them too. Float math on integer values (shape, index and counter arithmetic:
+:func:`index_arithmetic`) stays fp32 in both precisions. bf16 has no converter there: :func:`to_bf16`
 is a small schema-driven lowering of our own, checked against TensorRT-RTX's parser.
 """
 
@@ -105,6 +107,24 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[tuple[onnx.GraphProto, onnx.No
             yield from all_nodes(g)
 
 
+def all_graphs(graph: onnx.GraphProto, skip: Blocked | None = None) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph (If/Loop bodies), parents first; not the bodies of nodes in ``skip``
+    (the fp16 converter does not enter the bodies of nodes it keeps fp32)."""
+    yield graph
+    for node in graph.node:
+        if skip is None or node not in skip:
+            for g in subgraphs(node):
+                yield from all_graphs(g, skip)
+
+
+def model_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """:func:`value_types` of ``graph`` and all its subgraphs (tensor names are unique across scopes)."""
+    types: dict[str, int] = {}
+    for g in all_graphs(graph):
+        types.update(value_types(g))
+    return types
+
+
 def weight_problem(t: TensorProto, init_max: float) -> tuple[str, float, float] | None:
     """Why a float32 weight cannot go to fp16 as the converter would store it, as (rule, value, limit).
 
@@ -168,6 +188,76 @@ def weights_out_of_range(model: onnx.ModelProto, policy: Policy, block: frozense
                     kept[node.name] = _reason(node, hit[0], f"{node.name}.{attr.name}", hit[1], hit[2])
                     break
     return kept
+
+
+def index_arithmetic(model: onnx.ModelProto, block: frozenset[str]) -> dict[str, dict[str, Any]]:
+    """Nodes doing float math on integer values that end up as integers again: shape, index and counter
+    arithmetic, which must stay in the model's fp32 (fp16 holds integers exactly only up to 2048, bf16
+    up to 256), by node name.
+
+    Exporters compute shapes and indices in float: YOLOv8's anchors are ``Range(0, Cast(Gather(Shape(x)),
+    float), 1)``; Paddle2ONNX counts decoder steps with ``Cast(int64->float) -> Add(1.0) -> Cast(->int64)``
+    inside a Loop. A node is such arithmetic when (forward) every input that is not a constant is an
+    integer tensor or such a float, and (backward) its float result reaches, through such nodes only, a
+    reader that turns it into an index: a node whose outputs are all non-float (Cast to an integer,
+    comparisons), a Range, or an input ONNX types float32 whatever T is (Resize ``roi``/``scales``).
+    Float tensors of data (activations, an int32 input cast to float and fed to a dense layer) never
+    qualify: they do not return to integers. Constant nodes feeding such a node stay fp32 with it.
+    Subgraphs (If/Loop bodies) included: tensor names are unique across scopes in a valid model.
+    """
+    from trtflow.passes.normalize import infer_shapes
+
+    opset = opset_of(model)
+    probe = infer_shapes(_copy(model))  # the converter re-infers too: same types as it sees
+    types = model_types(probe.graph)
+    const = {i.name for g in all_graphs(probe.graph) for i in g.initializer}
+    nodes = [n for _, n in all_nodes(probe.graph)]
+    arith: list[onnx.NodeProto] = []
+    derived: set[str] = set()  # float tensors computed from integers (and constants) only
+    for node in nodes:
+        inputs = [x for x in node.input if x]
+        if any(True for _ in subgraphs(node)) or node.op_type in ("Shape", "Size"):
+            continue
+        if node.op_type == "Constant" or (inputs and all(x in const for x in inputs)):
+            const.update(node.output)
+            continue
+        varying = [x for x in inputs if x not in const]
+        floats = [x for x in (*inputs, *node.output) if types.get(x) == TensorProto.FLOAT]
+        if floats and varying and all(x in derived or types.get(x) in _INDEX_TYPES for x in varying):
+            derived.update(x for x in node.output if types.get(x) == TensorProto.FLOAT)
+            arith.append(node)
+    consumed: set[str] = set()  # float tensors read as an index
+    readers: dict[str, str] = {}  # node -> the float tensor it reads as an index
+    for node in nodes:
+        float_in = [x for x in node.input if x and types.get(x) == TensorProto.FLOAT]
+        if not float_in or node.op_type in ("Shape", "Size") or any(True for _ in subgraphs(node)):
+            continue
+        if node.op_type == "Range" or all(types.get(x, TensorProto.FLOAT) in _INDEX_TYPES
+                                          for x in node.output if x):
+            consumed.update(float_in)
+            readers[node.name] = float_in[0]
+        else:
+            consumed.update(node.input[k] for k in fixed_float_slots(node, opset))
+    kept: dict[str, dict[str, Any]] = {}
+    read: set[str] = set()  # what the kept nodes read
+    for node in reversed(arith):  # the reader itself too: a Cast(float -> int64) of such a float stays fp32
+        hit = next((x for x in node.output if x in consumed), None) or readers.get(node.name)
+        if hit is None:
+            continue
+        if node.op_type not in block:
+            kept[node.name] = _reason(node, "index_arithmetic", hit, None, None)
+        inputs_f = {x for x in node.input if x and types.get(x) == TensorProto.FLOAT}
+        consumed |= inputs_f
+        read |= inputs_f
+    for node in nodes:  # the float Constant nodes they read (initializers of fp32 nodes stay fp32 anyway)
+        if node.op_type == "Constant" and node.output[0] in read and types.get(node.output[0]) == TensorProto.FLOAT:
+            kept[node.name] = _reason(node, "index_arithmetic", node.output[0], None, None)
+    return {n.name: kept[n.name] for n in nodes if n.name in kept}  # in graph order
+
+
+_INDEX_TYPES = frozenset({TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
+                          TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16, TensorProto.UINT8,
+                          TensorProto.BOOL})
 
 
 def _reason(node: onnx.NodeProto, rule: str, tensor: str | None, value: float | None,
@@ -254,9 +344,11 @@ def fp32_nodes(model: onnx.ModelProto, plan: Plan | None, policy: Policy,
                block: frozenset[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every node fp16 lowering must keep in fp32 beyond the op block list, with its reason; and what the
     calibration run did. Rules in order (the first that applies is the one reported): named in the
-    recipe, a weight out of range, an activation out of range on the calibration run."""
+    recipe, shape/index arithmetic, a weight out of range, an activation out of range on the calibration run."""
     kept = {n.name: _reason(n, "recipe", None, None, None) for _, n in all_nodes(model.graph)
             if n.op_type not in block and policy.names(n)}
+    for name, why in index_arithmetic(model, block).items():
+        kept.setdefault(name, why)
     for name, why in weights_out_of_range(model, policy, block).items():
         kept.setdefault(name, why)
     calibration: dict[str, Any] = {"ran": False, "why": "mixed_precision.calibrate is false"}
@@ -325,7 +417,8 @@ def to_fp16(model: onnx.ModelProto, plan: Plan | None = None) -> onnx.ModelProto
     counted = Counter(n.op_type for _, n in all_nodes(model.graph))
     op_kept = [_reason(n, "op_type", None, None, None) for _, n in all_nodes(model.graph) if n.op_type in block]
     opset = opset_of(model)
-    float_weights = fixed_float_initializers(model.graph, blocked, opset)
+    float_weights = {k: v for g in all_graphs(model.graph, blocked)
+                     for k, v in fixed_float_initializers(g, blocked, opset).items()}
     made_by = {x: (n.name, k) for n in model.graph.node for k, x in enumerate(n.output) if x}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -336,11 +429,15 @@ def to_fp16(model: onnx.ModelProto, plan: Plan | None = None) -> onnx.ModelProto
     # passed the 1 % underflow rule above) and, for weights it converts anyway, huge ones cut to 65504.
     clamped = [str(w.message) for w in caught if "truncated" in str(w.message)]
     restore_captured_casts(out.graph, made_by)
-    feed_blocked_bodies_fp32(out.graph, blocked)
+    types, names = model_types(out.graph), NameGen(out.graph)
+    for g in all_graphs(out.graph, blocked):  # the converter lowers If/Loop bodies too: fix them alike
+        feed_blocked_bodies_fp32(g, blocked, types, names)
     toposort(out.graph)
-    retarget_casts(out.graph, TensorProto.FLOAT16)
-    split_shared_initializers(out.graph, blocked)
-    keep_float_slots(out.graph, float_weights, blocked, opset)
+    types = model_types(out.graph)
+    for g in all_graphs(out.graph, blocked):
+        retarget_casts(g, TensorProto.FLOAT16, types)
+        split_shared_initializers(g, blocked, names)
+        keep_float_slots(g, float_weights, blocked, opset, types, names)
     bypass_cast_roundtrips(out.graph)
     drop_unused_initializers(out.graph)  # fp16 copies of weights that only fed fixed-float slots
     summary = {
@@ -391,19 +488,21 @@ def bypass_cast_roundtrips(graph: onnx.GraphProto) -> None:
     through Cast(to=fp32) stays fp32; a graph output made by Cast(to=fp16) of an fp32 tensor becomes
     that fp32 tensor. The I/O contract passes then add the one boundary cast the plan asks for.
     """
-    types, names = value_types(graph), NameGen(graph)
-    producer = {x: n for n in graph.node for x in n.output}
+    types, names = model_types(graph), NameGen(graph)
+    producer = {x: n for g in all_graphs(graph) for n in g.node for x in n.output}
     outputs = {o.name for o in graph.output}
 
     def cast_to(node: onnx.NodeProto | None, to: int) -> bool:
         return node is not None and node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
 
-    for node in graph.node:  # interior: fp32 -> fp16 -> fp32
-        if not cast_to(node, TensorProto.FLOAT) or node.output[0] in outputs:
-            continue
-        inner = producer.get(node.input[0])
-        if cast_to(inner, TensorProto.FLOAT16) and types.get(inner.input[0]) == TensorProto.FLOAT:  # type: ignore[union-attr]
-            replace_uses(graph, node.output[0], inner.input[0])  # type: ignore[union-attr]
+    for g in all_graphs(graph):  # interior, If/Loop bodies included: fp32 -> fp16 -> fp32
+        body_outputs = {o.name for o in g.output}
+        for node in g.node:
+            if not cast_to(node, TensorProto.FLOAT) or node.output[0] in body_outputs:
+                continue
+            inner = producer.get(node.input[0])
+            if cast_to(inner, TensorProto.FLOAT16) and types.get(inner.input[0]) == TensorProto.FLOAT:  # type: ignore[union-attr]
+                replace_uses(g, node.output[0], inner.input[0])  # type: ignore[union-attr]
     for vi in graph.input:  # inputs read only as fp32
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT16:
             continue
@@ -426,7 +525,8 @@ def bypass_cast_roundtrips(graph: onnx.GraphProto) -> None:
         for k in reversed([k for k, v in enumerate(graph.value_info) if v.name == vi.name]):
             del graph.value_info[k]
         vi.type.tensor_type.elem_type = TensorProto.FLOAT
-    _drop_dead_casts(graph)
+    for g in all_graphs(graph):
+        _drop_dead_casts(g)
 
 
 def restore_captured_casts(graph: onnx.GraphProto, made_by: dict[str, tuple[str, int]]) -> None:
@@ -450,12 +550,13 @@ def restore_captured_casts(graph: onnx.GraphProto, made_by: dict[str, tuple[str,
             graph.node.append(cast_node(src, x, TensorProto.FLOAT16, names(f"{node}_output_cast{k}")))
 
 
-def feed_blocked_bodies_fp32(graph: onnx.GraphProto, blocked: Blocked) -> None:
+def feed_blocked_bodies_fp32(graph: onnx.GraphProto, blocked: Blocked, types: dict[str, int] | None = None,
+                             names: NameGen | None = None) -> None:
     """An If/Loop kept fp32 keeps its bodies fp32 (the converter does not enter them), but the outer
     tensors they capture were lowered: cast those back to fp32 for them."""
     from trtflow.passes.normalize import used_names
 
-    types, names = value_types(graph), NameGen(graph)
+    types, names = types or value_types(graph), names or NameGen(graph)
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         bodies = list(subgraphs(node)) if node in blocked else []
@@ -560,10 +661,11 @@ def fixed_float_initializers(graph: onnx.GraphProto, block: Blocked, opset: int)
     return out
 
 
-def keep_float_slots(graph: onnx.GraphProto, originals: dict[str, TensorProto], block: Blocked,
-                     opset: int) -> None:
-    """Feed fixed-float slots the converter turned fp16: the original fp32 weight, or a Cast."""
-    types, names = value_types(graph), NameGen(graph)
+def keep_float_slots(graph: onnx.GraphProto, originals: dict[str, TensorProto], block: Blocked, opset: int,
+                     types: dict[str, int] | None = None, names: NameGen | None = None) -> None:
+    """Feed fixed-float slots the converter turned fp16: the original fp32 weight, or a Cast.
+    ``types``/``names``: the whole model's, for a subgraph (its captures are typed outside it)."""
+    types, names = types or value_types(graph), names or NameGen(graph)
     fp32: dict[str, str] = {}
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
@@ -586,9 +688,10 @@ def keep_float_slots(graph: onnx.GraphProto, originals: dict[str, TensorProto], 
     graph.node.extend(nodes)
 
 
-def retarget_casts(graph: onnx.GraphProto, low: int) -> None:
-    """``Cast(to=float)`` whose output the converter retyped to fp16 must cast to fp16."""
-    types = value_types(graph)
+def retarget_casts(graph: onnx.GraphProto, low: int, types: dict[str, int] | None = None) -> None:
+    """``Cast(to=float)`` whose output the converter retyped to fp16 must cast to fp16 (the converter
+    retypes value_info, never a Cast's ``to``; in If/Loop bodies as at the top)."""
+    types = types or value_types(graph)
     for node in graph.node:
         if node.op_type != "Cast":
             continue
@@ -597,10 +700,10 @@ def retarget_casts(graph: onnx.GraphProto, low: int) -> None:
             to.i = low
 
 
-def split_shared_initializers(graph: onnx.GraphProto, block: Blocked) -> None:
+def split_shared_initializers(graph: onnx.GraphProto, block: Blocked, names: NameGen | None = None) -> None:
     """Give unblocked consumers of an fp32 initializer (left fp32 for a blocked consumer) an fp16 copy."""
     fp32 = {i.name: i for i in graph.initializer if i.data_type == TensorProto.FLOAT}
-    names = NameGen(graph)
+    names = names or NameGen(graph)
     copies: dict[str, str] = {}
     for node in graph.node:
         if node in block or node.op_type == "Cast":
@@ -682,6 +785,7 @@ class _Bf16Lowering:
         self.opset = opset_of(model)
         self.types = value_types(self.graph)
         self.names = NameGen(self.graph)
+        self.index = index_arithmetic(model, BF16_BLOCK)  # bf16 holds integers exactly only up to 256
 
     def slot_kinds(self, node: onnx.NodeProto) -> _Kinds:
         """Per actual input/output: 'bf16' or 'fp32' for float tensors, None for anything else."""
@@ -710,7 +814,8 @@ class _Bf16Lowering:
 
     def schema(self, node: onnx.NodeProto) -> onnx.defs.OpSchema | None:
         """The node's schema at the model's opset, or None when it must stay fp32 as a whole."""
-        if node.op_type in BF16_BLOCK or node.domain not in ("", "ai.onnx") or self.policy.names(node):
+        if (node.op_type in BF16_BLOCK or node.domain not in ("", "ai.onnx") or self.policy.names(node)
+                or node.name in self.index):
             return None
         if any(a.name == "dtype" for a in node.attribute):
             return None  # output type fixed by an attribute we would have to rewrite
@@ -743,9 +848,11 @@ class _Bf16Lowering:
             if vi.type.tensor_type.elem_type == TensorProto.FLOAT and home.get(vi.name) == TensorProto.BFLOAT16:
                 vi.type.tensor_type.elem_type = TensorProto.BFLOAT16
         lowered = sum(1 for _, outs in kinds if "bf16" in outs)
-        kept = [_reason(node, "recipe" if self.policy.names(node) else "op_type", None, None, None)
+        kept = [self.index.get(node.name) or _reason(node, "recipe" if self.policy.names(node) else "op_type",
+                                                     None, None, None)
                 for node, (ins, outs) in zip(g.node, kinds)
-                if "fp32" in (*ins, *outs) and "bf16" not in (*ins, *outs) and node.op_type != "Cast"]
+                if "fp32" in (*ins, *outs) and "bf16" not in (*ins, *outs)
+                and (node.op_type != "Cast" or node.name in self.index)]
         summary = {"precision": "bf16", "policy": self.policy.to_dict(), "nodes": len(g.node) - len(casts),
                    "kept_fp32": len(kept), "by_rule": dict(Counter(k["rule"] for k in kept)), "kept": kept,
                    "calibration": {"ran": False, "why": "bf16 has fp32's range: no range rules"}}
