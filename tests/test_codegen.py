@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trtflow.codegen import CodegenError, generate_runner, write_runner
-from trtflow.plan.model import BudgetsPlan, BuildPlan, LinkPlan, Plan, StreamsPlan, TensorPlan
+from trtflow.plan.model import BudgetsPlan, BuildPlan, LinkPlan, Plan, StreamsPlan, TensorPlan, ValidatePlan
 from trtflow.plan.planner import sanitize_identifiers
 
 NASTY = ['x"y\'z', "new\nline", "back\\slash", "\u00e9\u6f22\u5b57", "class", "copy", "self", '"""', "'''",
@@ -39,7 +39,7 @@ def _plan(inputs: list[str], outputs: list[str], *, path: str = "r.yaml", topolo
                 model_sha256="f" * 64, opset=17, precision="fp32", tf32=False,
                 inputs=tuple(_tensor(n, idents[n], "input") for n in inputs),
                 outputs=tuple(_tensor(n, idents[n], "output", "device") for n in outputs),
-                streams=StreamsPlan(topology=topology), build=BuildPlan(), validate={}, budgets=BudgetsPlan(),
+                streams=StreamsPlan(topology=topology), build=BuildPlan(), validate=ValidatePlan(), budgets=BudgetsPlan(),
                 link=LinkPlan())
 
 

@@ -89,8 +89,10 @@ HOSTILE_PLANS = {
     "role swapped": (lambda p: p["inputs"][0].update(role="output"), "role"),
     "negative bytes": (lambda p: p["inputs"][0].update(max_bytes=-4), "must be an integer from 0"),
     "huge bytes": (lambda p: p["inputs"][0].update(max_bytes=1 << 60), "must be an integer from 0"),
-    "plan version 3": (lambda p: p.update(plan_version=3), "this trtflow reads plan version 2"),
-    "old plan version 1": (lambda p: p.update(plan_version=1), "plan version 1"),
+    "plan version 4": (lambda p: p.update(plan_version=4), "this trtflow reads plan version 3"),
+    "old plan version 2": (lambda p: p.update(plan_version=2), "plan version 2"),
+    "unknown generator": (lambda p: p["validate"].update(inputs={"x": {"kind": "magic"}}), "not a valid plan"),
+    "per_output a list": (lambda p: p["validate"].update(per_output=[]), "not a valid plan"),
     "streams a list": (lambda p: p.update(streams=[]), "streams"),
     "tensor a string": (lambda p: p["inputs"].__setitem__(0, "x"), "not a valid plan"),
     "missing field": (lambda p: p.pop("inputs"), "not a valid plan"),
@@ -181,11 +183,12 @@ def test_hostile_report_exit_codes_through_the_cli(built: Path, project: Path) -
 
 
 def test_plan_of_an_older_version_is_refused_with_rebuild_exit_6(built: Path, project: Path) -> None:
-    """A plan.json written by an older trtflow (plan version 1: untyped sections) is never half-read."""
-    edit_plan(built, lambda p: p.update(plan_version=1))
+    """A plan.json written by an older trtflow (plan version 2: untyped validate/mixed_precision) is never
+    half-read."""
+    edit_plan(built, lambda p: p.update(plan_version=2))
     p = cli("validate", "r.yaml", "--no-build", "--out", str(built.parent), cwd=project)
     assert p.returncode == 6, p.stderr
-    assert "plan version 1" in p.stderr and "rebuild" in p.stderr and "Traceback" not in p.stderr
+    assert "plan version 2" in p.stderr and "rebuild" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_hashes_are_cached_per_process_and_rewrites_are_seen(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from helpers.models import MODELS, make_conv_model
 from trtflow.errors import RecipeError
 from trtflow.plan import Plan, make_plan
 from trtflow.plan.formats import FORMATS, inflation, nbytes, pack, unpack
+from trtflow.plan.model import ChoiceGen, ImageGen
 from trtflow.plan.planner import sanitize_identifiers
 from trtflow.recipe import parse_recipe
 
@@ -31,15 +32,34 @@ def test_default_plan_reads_model(project: Path) -> None:
     (i,), (o,) = p.inputs, p.outputs
     assert (i.name, i.shape, i.dtype, i.bytes) == ("image", (1, 3, 16, 16), "float32", 3 * 16 * 16 * 4)
     assert (o.name, o.shape, o.memory) == ("logits", (1, 5, 16, 16), "pinned")
-    assert p.class_name == "RRunner" and p.validate["default"] is None
-    assert p.validate["per_output"]["logits"]["atol"] == p.validate["per_output"]["logits"]["rtol"] == 1e-4
+    assert p.class_name == "RRunner" and p.validate.shapes == ("opt",)  # static inputs: one shape set
+    check = p.validate.per_output["logits"]
+    assert check.atol == check.rtol == 1e-4 and check.tolerance_from == "default for a float32 output of a fp32 build"
 
 
 def test_plan_roundtrips_json(project: Path) -> None:
     p = plan_for(project, "precision: fp16\ninputs: {image: {dtype: uint8, layout: NHWC}}\n")
     assert Plan.from_json(p.to_json()) == p
-    assert p.validate["per_output"]["logits"]["atol"] == 1e-2  # an fp32 output of an fp16 build
-    assert p.mixed_precision["data_max"] == 512.0
+    assert p.validate.per_output["logits"].atol == 1e-2  # an fp32 output of an fp16 build
+    assert p.mixed_precision.data_max == 512.0
+
+
+def test_validate_and_mixed_precision_sections_are_typed_and_resolved_once(project: Path) -> None:
+    """plan.validate / plan.mixed_precision are frozen typed sections: the image generator's range, the shape
+    sets and every output's check are resolved by the planner, and survive plan.json unchanged."""
+    p = plan_for(project, "precision: fp16\ninputs: {image: {dtype: uint8, profile: {min: [1, 3, 16, 16], "
+                 "opt: [2, 3, 16, 16], max: [4, 3, 16, 16]}}}\nmixed_precision: {keep_fp32_ops: [Conv]}\n"
+                 "validate: {inputs: {image: {kind: image}}, samples: 3}\n", batch="N")
+    v = p.validate
+    assert v.inputs["image"] == ImageGen(range=(0.0, 255.0))  # an integer input: pixel values 0..255
+    assert v.shapes == ("opt", "min", "max", "mixed") and v.samples == 3  # dynamic input: four shape sets
+    assert p.mixed_precision.keep_fp32_ops == ("Conv",) and p.mixed_precision.calibrate is True
+    again = Plan.from_json(p.to_json())
+    assert again == p and isinstance(again.validate.inputs["image"], ImageGen)
+    q = plan_for(project, "validate: {inputs: {image: {kind: choice, values: [0.5, 1]}}, shapes: [max, "
+                 "{image: [1, 3, 16, 16]}]}\n")
+    assert q.validate.inputs["image"] == ChoiceGen(values=(0.5, 1)) and q.validate.shapes == ("max", {"image": (1, 3, 16, 16)})
+    assert Plan.from_json(q.to_json()) == q
 
 
 def test_contract_bytes_uint8_nhwc_and_argmax(project: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.numerics import REPO, build_and_validate, project
 
-from trtflow.plan.model import TensorPlan
+from trtflow.plan.model import MetricCheck, TensorPlan
 from trtflow.validate.policy import default_metrics, default_tolerance, resolve
 
 pytestmark = pytest.mark.filterwarnings("ignore::trtflow.passes._graph.PassNote")
@@ -40,12 +40,12 @@ def test_resolve_says_where_each_number_comes_from() -> None:
     outs = (_t("a", "float32"), _t("b", "float16"), _t("m", "uint8", {"op": "argmax"}), _t("c", "float32"))
     v = {"tolerances": {"c": {"atol": 0.5, "rtol": 0.1}}, "metrics": {}, "default": None}
     r = resolve(v, "fp32", outs)
-    assert (r["a"]["atol"], r["b"]["atol"], r["c"]["atol"]) == (1e-4, 1e-3, 0.5)
-    assert r["b"]["tolerance_from"] == "default for a float16 output of a fp32 build"
-    assert r["c"]["tolerance_from"] == "validate.tolerances"
-    assert r["m"]["gate"] == "metrics" and r["m"]["atol"] is None and r["m"]["metrics"][0]["kind"] == "agreement"
+    assert (r["a"].atol, r["b"].atol, r["c"].atol) == (1e-4, 1e-3, 0.5)
+    assert r["b"].tolerance_from == "default for a float16 output of a fp32 build"
+    assert r["c"].tolerance_from == "validate.tolerances"
+    assert r["m"].gate == "metrics" and r["m"].atol is None and r["m"].metrics[0].kind == "agreement"
     r = resolve({**v, "default": {"atol": 0.2, "rtol": 0.2}}, "fp32", outs)
-    assert r["a"]["atol"] == 0.2 and r["m"]["atol"] is None  # validate.default is for float outputs
+    assert r["a"].atol == 0.2 and r["m"].atol is None  # validate.default is for float outputs
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_table_shows_the_deciding_metric_next_to_max_abs(tmp_path: Path) -> None
     a = np.zeros((1, 100), np.uint8)
     b = a.copy()
     b[0, 0] = 16  # one class id differs by 16
-    o = compare("mask", a, b, atol=0.0, rtol=0.0, metrics=[{"kind": "agreement", "min": 0.99}], numeric_gate=False)
+    o = compare("mask", a, b, atol=0.0, rtol=0.0, metrics=[MetricCheck("agreement", 0.99)], numeric_gate=False)
     rep = ValidationReport("r", "a", "onnxruntime", "cpu", "ref", "elemwise", "f", "max", 1, [o], ["opt"])
     console = Console(record=True, width=200)
     old, cli.console = cli.console, console

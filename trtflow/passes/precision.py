@@ -40,7 +40,7 @@ from trtflow.errors import BackendMissing, ModelError, TrtflowError
 from trtflow.extras import install_hint
 from trtflow.passes._graph import NameGen, cast_node, note, opset_of, rename_tensor, subgraphs
 from trtflow.passes.normalize import drop_unused_initializers, infer_shapes
-from trtflow.plan.model import Plan
+from trtflow.plan.model import MixedPrecisionPlan, Plan
 
 # Kept in fp32 on top of the converter's defaults (Resize, TopK, Range, CumSum, Min, Max, NMS, ...):
 # ops whose fp16 result overflows (65504) for ordinary inputs.
@@ -54,7 +54,6 @@ FP16_MAX = 65504.0
 FP16_MIN_KEPT = 1e-7  # the converter raises smaller non-zero magnitudes to this (its min_positive_val)
 FP16_MIN_NORMAL = 6.103515625e-05  # 2^-14: below it fp16 is subnormal
 UNDERFLOW_MAX = 0.01  # a weight whose fp16 copy moves more than 1 % of its sum |x| stays fp32
-DATA_MAX = 512.0      # ModelOpt AutoCast's default: activations above it keep their nodes fp32
 
 # bf16 has fp32's range, so only ops that compute indices/geometry or draw random numbers stay fp32.
 BF16_BLOCK = frozenset({"NonMaxSuppression", "RoiAlign", "Range", "CumSum", "RandomNormal", "RandomUniform",
@@ -76,20 +75,19 @@ def precision(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
 # -- which nodes stay fp32, and why -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Policy:
-    """The recipe's ``mixed_precision`` section (defaults: ModelOpt AutoCast's thresholds)."""
+    """The plan's ``mixed_precision`` section, in the form the rules ask it (no defaults here: the plan's)."""
 
-    keep_ops: frozenset[str] = frozenset()
-    keep_nodes: tuple[str, ...] = ()
-    init_max: float = FP16_MAX
-    data_max: float | None = DATA_MAX
-    calibrate: bool = True
+    keep_ops: frozenset[str]
+    keep_nodes: tuple[str, ...]
+    init_max: float
+    data_max: float | None
+    calibrate: bool
 
     @classmethod
     def of(cls, plan: Plan | None) -> Policy:
-        mp = (plan.mixed_precision if plan is not None else None) or {}
-        return cls(keep_ops=frozenset(mp.get("keep_fp32_ops") or ()), keep_nodes=tuple(mp.get("keep_fp32_nodes") or ()),
-                   init_max=float(mp.get("init_max", FP16_MAX)), data_max=mp.get("data_max", DATA_MAX),
-                   calibrate=bool(mp.get("calibrate", True)))
+        mp = plan.mixed_precision if plan is not None else MixedPrecisionPlan()
+        return cls(keep_ops=frozenset(mp.keep_fp32_ops), keep_nodes=mp.keep_fp32_nodes, init_max=mp.init_max,
+                   data_max=mp.data_max, calibrate=mp.calibrate)
 
     def names(self, node: onnx.NodeProto) -> bool:
         return node.op_type in self.keep_ops or any(fnmatch.fnmatchcase(node.name, p) for p in self.keep_nodes)
@@ -290,7 +288,7 @@ def activation_ranges(model: onnx.ModelProto, plan: Plan) -> tuple[dict[str, flo
             outputs.append(r)
     v = plan.validate
     folder = Path(plan.recipe_path).parent
-    n = len(load_data_samples(plan, folder)) if v.get("data") else int(v.get("samples", 1))
+    n = len(load_data_samples(plan, folder)) if v.data else v.samples
     caller = [generate_inputs(plan, i, folder) for i in range(n)]
     feeds = [{t.source: reference_input(t, c[t.name]) for t in plan.inputs} for c in caller]
     from trtflow.backends.onnxruntime import run_model
@@ -303,7 +301,7 @@ def activation_ranges(model: onnx.ModelProto, plan: Plan) -> tuple[dict[str, flo
                 finite = np.abs(arr[np.isfinite(arr)])
                 ranges[name] = max(ranges.get(name, 0.0), float(finite.max()) if finite.size else 0.0)
     info = {"ran": True, "samples": n, "tensors": len(tensors), "seconds": round(time.perf_counter() - t0, 3),
-            "inputs": "validate.data" if v.get("data") else "validate generators, opt shape"}
+            "inputs": "validate.data" if v.data else "validate generators, opt shape"}
     return ranges, info
 
 

@@ -3,8 +3,9 @@
 Every later stage (graph passes, backends, codegen, runtime, validate, bench) reads a :class:`Plan`,
 never the recipe. ``plan.json`` in the artifact folder is this object, so it is printable and diffable.
 Its sections are frozen typed objects the planner builds once, defaults resolved (:class:`StreamsPlan`,
-:class:`BuildPlan`, :class:`ServingPlan`, :class:`BudgetsPlan`, :class:`LinkPlan`); a section gains a
-field by one typed line here (and its recipe field in ``trtflow.recipe.schema``).
+:class:`BuildPlan`, :class:`ServingPlan`, :class:`BudgetsPlan`, :class:`LinkPlan`, :class:`ValidatePlan`,
+:class:`MixedPrecisionPlan`); a section gains a field by one typed line here (and its recipe field in
+``trtflow.recipe.schema``).
 
 This module also holds the one list of memory-strategy and topology names everything else uses.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from typing_extensions import Self
@@ -30,7 +31,7 @@ TOPOLOGIES: tuple[str, ...] = get_args(Topology)
 Wait = Literal["block", "spin"]
 WAITS: tuple[str, ...] = get_args(Wait)
 #: the layout of plan.json; a plan of another version is refused (rebuild), never half-read
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 
 S = TypeVar("S", bound="_Section")
 
@@ -129,7 +130,131 @@ class LinkPlan(_Section):
     pageable_latency_us: float = 8.1
 
 
-SECTIONS: dict[str, type[_Section]] = {c.name: c for c in (StreamsPlan, BuildPlan, ServingPlan, BudgetsPlan, LinkPlan)}
+@dataclass(frozen=True)
+class MixedPrecisionPlan(_Section):
+    """Which nodes fp16/bf16 lowering keeps in fp32 (recipe ``mixed_precision:``; ModelOpt AutoCast's rules)."""
+
+    name: ClassVar[str] = "mixed_precision"
+    keep_fp32_ops: tuple[str, ...] = ()
+    keep_fp32_nodes: tuple[str, ...] = ()   # shell-style wildcards
+    init_max: float = 65504.0               # fp16: a node reading a weight with |x| above this stays fp32
+    data_max: float | None = 512.0          # fp16: ... whose activation reaches |x| above this (None: rule off)
+    calibrate: bool = True                  # fp16: measure activation ranges on onnxruntime at build time
+
+
+# -- validate: generators per input (recipe ``validate.inputs``), checks per output ------------------------
+@dataclass(frozen=True)
+class RangeGen:
+    """Uniform values in [low, high) (floats) or integers in [low, high] (integer inputs)."""
+
+    kind: ClassVar[str] = "range"
+    low: float = 0.0
+    high: float = 1.0
+
+
+@dataclass(frozen=True)
+class NormalGen:
+    kind: ClassVar[str] = "normal"
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass(frozen=True)
+class ChoiceGen:
+    """Sample k fills the whole input with ``values[k % len(values)]``."""
+
+    kind: ClassVar[str] = "choice"
+    values: tuple[int | float, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class ZerosGen:
+    kind: ClassVar[str] = "zeros"
+
+
+@dataclass(frozen=True)
+class ImageGen:
+    """A photo-like image; ``range`` is resolved by the planner ([0, 255] integer inputs, [0, 1] floats)."""
+
+    kind: ClassVar[str] = "image"
+    range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels_last: bool | None = None       # None: from the input's layout, else guessed from the shape
+
+
+Generator = RangeGen | NormalGen | ChoiceGen | ZerosGen | ImageGen
+GENERATORS: dict[str, type[Generator]] = {c.kind: c for c in (RangeGen, NormalGen, ChoiceGen, ZerosGen, ImageGen)}
+
+
+def make_generator(d: dict[str, Any]) -> Generator:
+    """A generator from its mapping (``{"kind": ..., params}``: the recipe's dump or plan.json)."""
+    return GENERATORS[d["kind"]](**{k: _frozen(v) for k, v in d.items() if k != "kind"})
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """A task metric an output must reach (``agreement``, ``iou``, ``topk_overlap``): at least ``min``."""
+
+    kind: str
+    min: float
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """How ``trtflow validate`` decides one output, resolved once by the planner
+    (:func:`trtflow.validate.policy.resolve`): the tolerance or metrics, and where each came from."""
+
+    gate: str                          # "tolerance" (atol/rtol decide) | "metrics" (the metrics decide)
+    atol: float | None                 # None: an integer/bool output without a tolerance
+    rtol: float | None
+    tolerance_from: str | None         # "validate.tolerances", "validate.default", "default for a ..."
+    metrics: tuple[MetricCheck, ...] = ()
+    metrics_from: str | None = None
+
+
+ShapeSet = str | dict[str, tuple[int, ...]]   # "min" | "opt" | "max" | "mixed" | {input: shape, model layout}
+
+
+@dataclass(frozen=True)
+class ValidatePlan(_Section):
+    """What ``trtflow validate`` runs and how it decides, defaults resolved: the recipe's tolerances,
+    metrics and default are folded into ``per_output`` (one :class:`OutputCheck` per plan output)."""
+
+    name: ClassVar[str] = "validate"
+    formula: str = "elemwise"          # elemwise (Polygraphy) | allclose (numpy)
+    statistic: str = "max"
+    samples: int = 2                   # per shape set (with ``data``: a cap of the file's samples)
+    seed: int = 0
+    generator: str = "uniform"         # inputs without a generator: uniform [0, 1) | normal
+    inputs: dict[str, Generator] = field(default_factory=dict)   # input name -> generator
+    shapes: tuple[ShapeSet, ...] = ("opt",)                      # the shape sets, in order
+    data: str | None = None            # .npz of input arrays, relative to the recipe
+    per_output: dict[str, OutputCheck] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Self:
+        if not isinstance(d, dict):
+            raise TypeError(f"plan section {cls.name!r} must be an object, got {type(d).__name__}")
+        d = dict(d)
+        inputs = d.pop("inputs", {})
+        per_output = d.pop("per_output", {})
+        shapes = d.pop("shapes", ("opt",))
+        base = super().from_dict(d)
+        gens = {k: make_generator(g) for k, g in inputs.items()}
+        checks = {k: OutputCheck(**{**c, "metrics": tuple(MetricCheck(**m) for m in c.get("metrics", ()))})
+                  for k, c in per_output.items()}
+        sets = tuple(s if isinstance(s, str) else {n: tuple(v) for n, v in s.items()} for s in shapes)
+        return replace(base, inputs=gens, per_output=checks, shapes=sets)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["inputs"] = {k: {"kind": g.kind, **asdict(g)} for k, g in self.inputs.items()}
+        return out
+
+
+SECTIONS: dict[str, type[_Section]] = {c.name: c for c in (StreamsPlan, BuildPlan, ServingPlan, BudgetsPlan, LinkPlan,
+                                                           ValidatePlan, MixedPrecisionPlan)}
 
 
 @dataclass(frozen=True)
@@ -239,14 +364,14 @@ class Plan:
     outputs: tuple[TensorPlan, ...]
     streams: StreamsPlan
     build: BuildPlan
-    validate: dict[str, Any]
+    validate: ValidatePlan
     budgets: BudgetsPlan
     link: LinkPlan
     warnings: tuple[str, ...] = ()
     serving: ServingPlan = field(default_factory=ServingPlan)
     trtflow_version: str = ""
     plan_version: int = PLAN_VERSION
-    mixed_precision: dict[str, Any] = field(default_factory=dict)  # recipe `mixed_precision:` (fp16/bf16 lowering)
+    mixed_precision: MixedPrecisionPlan = field(default_factory=MixedPrecisionPlan)
     fixed_inputs: tuple[FixedInput, ...] = ()   # model inputs folded to constants (recipe `value:`)
     # If nodes whose condition tests input shapes and holds one way at every shape of the profile
     # (symbolic shape inference decided it): node name -> "then" | "else". Only that branch is built.
@@ -286,7 +411,9 @@ class Plan:
         return sum(t.predicted_ms for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["validate"] = self.validate.to_dict()  # generators carry their kind (a ClassVar asdict skips)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"

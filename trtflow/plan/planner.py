@@ -17,11 +17,15 @@ from trtflow.plan.model import (
     BudgetsPlan,
     BuildPlan,
     FixedInput,
+    Generator,
     LinkPlan,
+    MixedPrecisionPlan,
     Plan,
     ServingPlan,
     StreamsPlan,
     TensorPlan,
+    ValidatePlan,
+    make_generator,
 )
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo, is_named_dim, read_model_info
 from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, identity, parse
@@ -505,10 +509,9 @@ class _Planner:
             naive_predicted_ms=_ms(naive, float(self.link["pageable_gbps"]), float(self.link["pageable_latency_us"])),
             source=io.name, model_dtype=io.dtype, model_shape=model_shape, **extra)
 
-    def check_memory(self, tensors: list[TensorPlan]) -> None:
-        """The runner allocates every tensor at its max shape once per buffer set, on the host (staging) and
-        on the GPU: refuse a plan that cannot fit, with the numbers, before anything is built."""
-        sets = self.recipe.streams.depth if self.recipe.streams.topology == "pipelined" else 1
+    def check_memory(self, tensors: list[TensorPlan], sets: int) -> None:
+        """The runner allocates every tensor at its max shape once per buffer set (``sets``), on the host
+        (staging) and on the GPU: refuse a plan that cannot fit, with the numbers, before anything is built."""
         total = sum(t.max_bytes for t in tensors) * sets
         limit_mib = self.recipe.build.max_io_mib
         if limit_mib is not None:
@@ -536,6 +539,25 @@ class _Planner:
             raise self.err(where, f"two engine tensors would be named {name!r}: {first} and {what}",
                            hint="rename the model's tensor (or reduce another output); names must be distinct")
         made_by[name] = (what, loc)
+
+    def validate_plan(self, inputs: list[TensorPlan], outputs: list[TensorPlan]) -> ValidatePlan:
+        """``validate:`` with its defaults resolved: the shape sets, each image generator's value range,
+        and one check per output (tolerances per output dtype and precision, trtflow.validate.policy)."""
+        v = self.recipe.validate_
+        dtypes = {io.name: io.dtype for io in self.info.inputs} | {t.name: t.dtype for t in inputs}
+        gens: dict[str, Generator] = {}
+        for name, g in v.inputs.items():
+            d = g.model_dump()
+            if d["kind"] == "image" and d["range"] is None:
+                d["range"] = (0.0, 255.0) if dtypes[name].startswith(("int", "uint")) else (0.0, 1.0)
+            gens[name] = make_generator(d)
+        if v.shapes is not None:
+            shapes = tuple(s if isinstance(s, str) else {k: tuple(d) for k, d in s.items()} for s in v.shapes)
+        else:
+            shapes = ("opt", "min", "max", "mixed") if any(t.dynamic for t in inputs) else ("opt",)
+        return ValidatePlan(formula=v.formula, statistic=v.statistic, samples=v.samples, seed=v.seed,
+                            generator=v.generator, inputs=gens, shapes=shapes, data=v.data,
+                            per_output=resolve_validation(v.model_dump(), self.recipe.precision, outputs))
 
     def run(self) -> Plan:
         r = self.recipe
@@ -569,22 +591,21 @@ class _Planner:
         for io in self.info.outputs:
             spec = out_specs[io.name]
             outputs += self.plan_outputs(io, spec, idents, self.resolve_dims(io, spec, exprs[io.name]), inputs)
-        self.check_memory(inputs + outputs)
+        streams = StreamsPlan.from_dict(r.streams.model_dump())
+        self.check_memory(inputs + outputs, streams.buffer_sets)
         dynamic = [t.name for t in inputs if t.dynamic]
         if r.streams.cuda_graph and dynamic:
             self.warnings.append(f"cuda_graph with dynamic inputs {dynamic}: the graph is recaptured "
                                  "whenever a shape changes")
-        validate = r.validate_.model_dump()
-        validate["per_output"] = resolve_validation(validate, r.precision, outputs)  # tolerances per output dtype
         name = self.loaded.name
         return Plan(
             name=name, class_name=class_name_for(name), recipe_path=str(self.loaded.path),
             recipe_sha256=self.loaded.text_sha256, model_path=str(self.info.path), model_sha256=self.info.sha256,
             opset=self.info.opset, precision=r.precision, tf32=r.precision == "tf32",
-            inputs=tuple(inputs), outputs=tuple(outputs), streams=StreamsPlan.from_dict(r.streams.model_dump()),
+            inputs=tuple(inputs), outputs=tuple(outputs), streams=streams,
             serving=ServingPlan.from_dict(r.serving.model_dump()), build=BuildPlan.from_dict(r.build.model_dump()),
-            validate=validate, budgets=BudgetsPlan.from_dict(r.budgets.model_dump()), link=LinkPlan.from_dict(self.link),
-            mixed_precision=r.mixed_precision.model_dump(),
+            validate=self.validate_plan(inputs, outputs), budgets=BudgetsPlan.from_dict(r.budgets.model_dump()), link=LinkPlan.from_dict(self.link),
+            mixed_precision=MixedPrecisionPlan.from_dict(r.mixed_precision.model_dump()),
             warnings=tuple(self.warnings), trtflow_version=__version__, fixed_inputs=fixed,
             if_branches=self.if_branches)
 

@@ -62,6 +62,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -161,8 +162,8 @@ class Runner:
         self.topology = topology or streams.topology
         if self.topology not in TOPOLOGIES:
             raise ArtifactError(f"unknown stream topology {self.topology!r}", hint=f"one of {', '.join(TOPOLOGIES)}")
-        self.depth = (art.check_depth(streams.depth if depth is None else depth, "Runner(depth=...)")
-                      if self.topology == "pipelined" else 1)
+        chosen = replace(streams, topology=self.topology, depth=streams.depth if depth is None else depth)
+        self.depth = art.check_depth(chosen.buffer_sets, "Runner(depth=...)")  # 1 unless pipelined
         self.cuda_graph = streams.cuda_graph if cuda_graph is None else bool(cuda_graph)
         self.wait = streams.wait if wait is None else str(wait)
         if self.wait not in WAITS:

@@ -16,10 +16,13 @@ the reference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from trtflow.plan.model import MetricCheck
 
 EPS = 1e-12
 
@@ -143,7 +146,7 @@ METRICS = {"agreement": agreement, "iou": mean_iou, "topk_overlap": topk_overlap
 
 
 def compare(name: str, a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, formula: str = "elemwise",
-            statistic: str = "max", metrics: list[dict[str, Any]] | None = None,
+            statistic: str = "max", metrics: Sequence[MetricCheck] = (),
             numeric_gate: bool = True, case: str = "opt") -> OutputComparison:
     """Compare candidate ``a`` with reference ``b``; shapes must match exactly.
 
@@ -162,7 +165,7 @@ def compare(name: str, a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float
         statistic_ok = _stat(absdiff, statistic) <= atol or _stat(rel, statistic) <= rtol
     else:
         statistic_ok = _stat(absdiff - rtol * np.abs(b64[finite]), statistic) <= atol
-    results = [MetricResult(m["kind"], METRICS[m["kind"]](a, b), float(m["min"])) for m in (metrics or [])]
+    results = [MetricResult(m.kind, METRICS[m.kind](a, b), m.min) for m in metrics]
     return OutputComparison(
         name=name, dtype=str(a.dtype), shape=tuple(a.shape), formula=formula, statistic=statistic,
         atol=atol, rtol=rtol,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.errors import RecipeError
-from trtflow.plan.model import Plan, TensorPlan
+from trtflow.plan.model import ChoiceGen, ImageGen, NormalGen, Plan, RangeGen, TensorPlan, ZerosGen
 
 _SAMPLE_KEY = re.compile(r"(\d+)/(.+)", re.DOTALL)
 # Where a `mixed` shape puts each dynamic dim between min and max, by dim position: different positions
@@ -47,10 +47,10 @@ class ShapeCase:
 
 # -- shape sets ---------------------------------------------------------------------------------------
 def shape_cases(plan: Plan, requested: Sequence[Any] | None = None) -> list[ShapeCase]:
-    """The shape sets to validate at: ``requested`` (recipe or CLI: words, trtexec strings or dicts in the
-    model's layout), else the default for the plan."""
+    """The shape sets to validate at: ``requested`` (CLI: words, trtexec strings or dicts in the model's
+    layout), else ``plan.validate.shapes`` (the recipe's, or the planner's default)."""
     if requested is None:
-        requested = ["opt"] if not any(t.dynamic for t in plan.inputs) else ["opt", "min", "max", "mixed"]
+        requested = plan.validate.shapes
     cases: list[ShapeCase] = []
     for item in requested:
         case = parse_shape_set(plan, item) if isinstance(item, str) else explicit_case(plan, item)
@@ -148,8 +148,7 @@ def generate_inputs(plan: Plan, sample: int, folder: Path, *, batch: int | None 
     ``shapes``: the shape set (default opt). ``batch`` replaces dim 0 of inputs whose profile lets it vary
     (batch sweeps); it ignores ``data``.
     """
-    v = plan.validate
-    if v.get("data") and batch is None and shapes is None:
+    if plan.validate.data and batch is None and shapes is None:
         samples = load_data(plan, folder)
         return samples[sample % len(samples)]
     return {t.name: generate(t, plan, sample, _shape_for(t, shapes, batch)) for t in plan.inputs}
@@ -165,26 +164,23 @@ def _shape_for(t: TensorPlan, shapes: dict[str, tuple[int, ...]] | None, batch: 
 def generate(t: TensorPlan, plan: Plan, sample: int, shape: tuple[int, ...]) -> np.ndarray:
     """Input ``t`` of sample ``sample`` at ``shape``, from its generator in ``validate.inputs``."""
     v = plan.validate
-    rng = np.random.default_rng([int(v.get("seed", 0)), sample, _name_seed(t.name)])
-    spec = (v.get("inputs") or {}).get(t.name)
+    rng = np.random.default_rng([v.seed, sample, _name_seed(t.name)])
+    spec = v.inputs.get(t.name)
     dtype = _np_dtype(t.dtype)
-    kind = spec["kind"] if spec else None
-    if kind == "zeros":
+    if isinstance(spec, ZerosGen):
         return np.zeros(shape, dtype)
-    if kind == "choice":
-        values = spec["values"]  # type: ignore[index]
-        return np.full(shape, values[sample % len(values)]).astype(dtype)
-    if kind == "range":
-        lo, hi = float(spec["low"]), float(spec["high"])  # type: ignore[index]
+    if isinstance(spec, ChoiceGen):
+        return np.full(shape, spec.values[sample % len(spec.values)]).astype(dtype)
+    if isinstance(spec, RangeGen):
+        lo, hi = spec.low, spec.high
         if dtype.kind in "iub":
             return rng.integers(math.ceil(lo), math.floor(hi) + 1, size=shape).astype(dtype)
         return rng.uniform(lo, hi, size=shape).astype(dtype)
-    if kind == "normal":
-        x = rng.normal(float(spec["mean"]), float(spec["std"]), size=shape)  # type: ignore[index]
-        return _to_dtype(x, dtype)
-    if kind == "image":
-        return image_input(rng, t, shape, spec)  # type: ignore[arg-type]
-    return _default(rng, dtype, shape, v.get("generator", "uniform"))
+    if isinstance(spec, NormalGen):
+        return _to_dtype(rng.normal(spec.mean, spec.std, size=shape), dtype)
+    if isinstance(spec, ImageGen):
+        return image_input(rng, t, shape, spec)
+    return _default(rng, dtype, shape, v.generator)
 
 
 def _name_seed(name: str) -> int:
@@ -222,13 +218,13 @@ def _default(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], 
 
 
 # -- image-like inputs --------------------------------------------------------------------------------
-def image_input(rng: np.random.Generator, t: TensorPlan, shape: tuple[int, ...], spec: dict[str, Any]) -> np.ndarray:
+def image_input(rng: np.random.Generator, t: TensorPlan, shape: tuple[int, ...], spec: ImageGen) -> np.ndarray:
     """Photo-like images in ``shape``: channel axis from ``channels_last``/the layout, else NCHW."""
     dtype = _np_dtype(t.dtype)
     if len(shape) < 2:
         raise RecipeError(f"validate.inputs.{t.name}: an image generator needs an input of rank >= 2, "
                           f"{t.name!r} has shape {list(shape)}")
-    last = spec.get("channels_last")
+    last = spec.channels_last
     if last is None:
         last = t.layout == "NHWC" or (len(shape) >= 3 and shape[-1] in (1, 3, 4) and shape[-3] not in (1, 3, 4))
     lead: tuple[int, ...]
@@ -240,12 +236,12 @@ def image_input(rng: np.random.Generator, t: TensorPlan, shape: tuple[int, ...],
         lead, c, h, w = shape[:-3], shape[-3], shape[-2], shape[-1]
     images = [photo_like(rng, h, w, c) for _ in range(math.prod(lead))]
     x = np.stack(images) if images else np.zeros((0, h, w, c))
-    lo, hi = spec.get("range") or ((0.0, 255.0) if dtype.kind in "iu" else (0.0, 1.0))
+    lo, hi = spec.range
     x = lo + x * (hi - lo)
-    if spec.get("mean") is not None:
-        x = x - np.asarray(spec["mean"], dtype=np.float64)[:c]
-    if spec.get("std") is not None:
-        x = x / np.asarray(spec["std"], dtype=np.float64)[:c]
+    if spec.mean is not None:
+        x = x - np.asarray(spec.mean, dtype=np.float64)[:c]
+    if spec.std is not None:
+        x = x / np.asarray(spec.std, dtype=np.float64)[:c]
     x = x.reshape(*lead, h, w, c)
     if len(shape) == 2:
         x = x[..., 0]
@@ -341,7 +337,7 @@ def _text_panel(rng: np.random.Generator, img: np.ndarray) -> None:
 # -- .npz data ----------------------------------------------------------------------------------------
 def load_data(plan: Plan, folder: Path) -> list[dict[str, np.ndarray]]:
     """Every sample of ``validate.data``; inputs the file lacks are generated (at opt) per sample."""
-    path = (folder / plan.validate["data"]).resolve()
+    path = (folder / str(plan.validate.data)).resolve()
     names = {t.name: t for t in plan.inputs}
     try:
         npz = np.load(path, allow_pickle=False)

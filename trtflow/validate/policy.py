@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trtflow.plan.model import MetricCheck, OutputCheck
+
 # Compute precision -> tolerance. fp32: 1e-4, ten times Polygraphy's 1e-5, which fails two fp32 graphs of
 # one model on ONE library (init's mobilenet_v3_small, lowered vs original on onnxruntime CPU: max abs 1.3e-4
 # on logits of magnitude ~10 at batch 4, summation order; elemwise needs both abs and rel beyond it, so a
@@ -51,16 +53,17 @@ def default_metrics(precision: str, dtype: str, reduce: dict[str, Any] | None = 
     return [{"kind": "agreement", "min": AGREEMENT_MIN.get(precision, AGREEMENT_MIN["fp32"])}]
 
 
-def resolve(validate: dict[str, Any], precision: str, outputs: Any) -> dict[str, dict[str, Any]]:
+def resolve(validate: dict[str, Any], precision: str, outputs: Any) -> dict[str, OutputCheck]:
     """Per output name: the tolerance (or None), the metrics, whether the tolerance gates it, and why.
 
     ``validate``: the recipe's ``validate`` section as a dict; ``outputs``: the plan's output tensors
-    (``name``, ``source``, ``dtype``, ``reduce``). Recorded in ``plan.validate["per_output"]``.
+    (``name``, ``source``, ``dtype``, ``reduce``). The planner calls it once; the result is
+    ``plan.validate.per_output``, which is all ``trtflow validate`` reads.
     """
     explicit = validate.get("tolerances") or {}
     metrics = validate.get("metrics") or {}
     user_default = validate.get("default")
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, OutputCheck] = {}
     for t in outputs:
         floaty = t.dtype in FLOAT_DTYPES
         tol = explicit.get(t.name) or explicit.get(t.source)
@@ -77,12 +80,12 @@ def resolve(validate: dict[str, Any], precision: str, outputs: Any) -> dict[str,
         if not mets:
             mets = default_metrics(precision, t.dtype, t.reduce, t.name)
             mets_why = f"default for a {t.dtype} output" if mets else None
-        out[t.name] = {
-            "gate": "tolerance" if floaty or t.name in explicit or t.source in explicit else "metrics",
-            "atol": None if tol is None else float(tol["atol"]),
-            "rtol": None if tol is None else float(tol["rtol"]),
-            "tolerance_from": why,
-            "metrics": [{"kind": m["kind"], "min": float(m["min"])} for m in mets],
-            "metrics_from": mets_why,
-        }
+        out[t.name] = OutputCheck(
+            gate="tolerance" if floaty or t.name in explicit or t.source in explicit else "metrics",
+            atol=None if tol is None else float(tol["atol"]),
+            rtol=None if tol is None else float(tol["rtol"]),
+            tolerance_from=why,
+            metrics=tuple(MetricCheck(kind=m["kind"], min=float(m["min"])) for m in mets),
+            metrics_from=mets_why,
+        )
     return out

@@ -21,7 +21,6 @@ from trtflow import artifact as art
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.validate.compare import FORMULA_TEXT, OutputComparison, compare
 from trtflow.validate.inputs import generate_inputs, load_data, shape_cases
-from trtflow.validate.policy import resolve
 
 
 @dataclass
@@ -156,7 +155,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
     v = plan.validate
     runs = _runs(plan, samples, shapes)
     runner_cls = import_runner(artifact)
-    per_output = v.get("per_output") or resolve(v, plan.precision, plan.outputs)  # plans older than per_output
+    per_output = v.per_output
     from trtflow.backends.onnxruntime import reference_session
 
     ref_sess = reference_session(Path(plan.model_path))  # one session for every sample
@@ -192,16 +191,16 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
                     progress(done, total)
             for t in plan.outputs:
                 pol = per_output[t.name]
-                gate = pol["gate"] == "tolerance"
                 out.append(compare(t.name, np.stack(cand[t.name]), np.stack(refs[t.name]),
-                                   atol=pol["atol"] or 0.0, rtol=pol["rtol"] or 0.0, formula=v["formula"],
-                                   statistic=v["statistic"], metrics=pol["metrics"], numeric_gate=gate, case=label))
+                                   atol=pol.atol or 0.0, rtol=pol.rtol or 0.0, formula=v.formula,
+                                   statistic=v.statistic, metrics=pol.metrics, numeric_gate=pol.gate == "tolerance",
+                                   case=label))
     candidate, engine_file, engine_validated = describe_candidate(built, str(used_backend), str(used_device))
     mp = built.get("mixed_precision")
     return ValidationReport(
         name=plan.name, artifact=str(artifact), backend=str(used_backend), device=str(used_device),
-        reference="onnxruntime CPU fp32, original model", formula=v["formula"],
-        formula_text=FORMULA_TEXT[v["formula"]], statistic=v["statistic"],
+        reference="onnxruntime CPU fp32, original model", formula=v.formula,
+        formula_text=FORMULA_TEXT[v.formula], statistic=v.statistic,
         samples=max((len(b) for _, b in runs), default=0), outputs=out, cases=[label for label, _ in runs],
         mixed_precision=mp if isinstance(mp, dict) else None, seconds=time.perf_counter() - t0,
         candidate=candidate, engine_file=engine_file, engine_validated=engine_validated,
@@ -214,7 +213,7 @@ def _runs(plan: Plan, samples: int | None,
     by their shapes (samples of one group are stacked for the comparison)."""
     v = plan.validate
     folder = Path(plan.recipe_path).parent
-    if v.get("data") and not shapes:
+    if v.data and not shapes:
         groups: dict[tuple[Any, ...], list[dict[str, np.ndarray]]] = {}
         for feeds in load_data(plan, folder)[:samples]:
             groups.setdefault(tuple(feeds[t.name].shape for t in plan.inputs), []).append(feeds)
@@ -222,9 +221,9 @@ def _runs(plan: Plan, samples: int | None,
             return [("data", next(iter(groups.values())))]
         return [("data " + ",".join(f"{t.name}:{_dims(s)}" for t, s in zip(plan.inputs, key)), group)
                 for key, group in groups.items()]
-    n = samples or int(v.get("samples", 1))
+    n = samples or v.samples
     return [(case.label, [generate_inputs(plan, i, folder, shapes=case.shapes) for i in range(n)])
-            for case in shape_cases(plan, shapes if shapes else v.get("shapes"))]
+            for case in shape_cases(plan, shapes or None)]
 
 
 def _dims(shape: tuple[int, ...]) -> str:
