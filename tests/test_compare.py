@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from trtflow.plan.model import MetricCheck
 from trtflow.validate.compare import agreement, compare, failing_mask, mean_iou, topk_overlap
 
 
@@ -43,8 +44,8 @@ def test_task_metrics() -> None:
     assert mean_iou(m, m) == 1.0
     assert topk_overlap(np.array([[1, 2, 3]]), np.array([[3, 2, 9]])) == 2 / 3
     r = compare("mask", m, np.array([[0, 1], [2, 1]]), atol=0, rtol=0, numeric_gate=False,
-                metrics=[{"kind": "agreement", "min": 0.7}])
+                metrics=[MetricCheck("agreement", 0.7)])
     assert r.passed and r.metrics[0].value == 0.75
     r = compare("mask", m, np.array([[0, 1], [2, 1]]), atol=0, rtol=0, numeric_gate=False,
-                metrics=[{"kind": "agreement", "min": 0.9}])
+                metrics=[MetricCheck("agreement", 0.9)])
     assert not r.passed
