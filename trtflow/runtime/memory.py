@@ -1,19 +1,23 @@
 """Memory strategies: where one engine I/O tensor's bytes live and how they reach the engine.
 
-One small interface, :class:`TensorMemory`, and one small class per strategy:
+One small interface, :class:`TensorMemory`. A host strategy is three small parts (in the spirit of
+cuda.core's MemoryResource): a host staging kind (:class:`HostStaging`: allocate / deallocate, device
+accessible or not), a device buffer (:class:`DeviceBuffer`) and a packer (:class:`Packer`: the caller's
+array <-> the staging bytes, linear or a vectorized format). :func:`make_memory` picks them:
 
-| strategy         | host side                               | device side                  | per request                  |
-|------------------|-----------------------------------------|------------------------------|------------------------------|
-| ``pageable``     | the caller's numpy array, as is         | cudaMalloc buffer            | cudaMemcpyAsync (pageable)   |
-| ``pinned``       | runner-owned cudaHostAlloc staging      | cudaMalloc buffer            | host copy into staging + DMA |
-| ``write_combined`` | pinned + cudaHostAllocWriteCombined (inputs only) | cudaMalloc buffer | as pinned                 |
-| ``registered``   | the caller's own buffer, cudaHostRegister'ed in place | cudaMalloc buffer | DMA straight from it     |
-| ``mapped``       | cudaHostAllocMapped staging             | the same memory (zero copy)  | the engine reads/writes PCIe |
-| ``device``       | none                                    | cudaMalloc buffer, or the caller's CUDA array (zero copy) | none |
+| strategy         | host staging kind                                   | device side                  | per request                  |
+|------------------|-----------------------------------------------------|------------------------------|------------------------------|
+| ``pageable``     | numpy; a linear input is the caller's array as is; pinned under CUDA graphs | device buffer | cudaMemcpyAsync (pageable) |
+| ``pinned``       | cudaHostAlloc                                       | device buffer                | host copy into staging + DMA |
+| ``write_combined`` | cudaHostAlloc write-combined (inputs only)        | device buffer                | as pinned                    |
+| ``registered``   | the caller's own buffer, cudaHostRegister'ed in place (:class:`RegisteredMemory`) | device buffer | DMA straight from it |
+| ``mapped``       | cudaHostAllocMapped                                 | the same memory (zero copy)  | the engine reads/writes PCIe |
+| ``device``       | none (:class:`DeviceMemory`)                        | device buffer, or the caller's CUDA array (zero copy) | none |
 
-Every buffer is allocated once at ``max_shape`` (``max_bytes``, vectorized-format padding included).
-For a vectorized format (``hwc8``, ``chw32``...) host staging holds the packed physical layout:
-:func:`trtflow.plan.formats.pack` / ``unpack`` run on the host.
+Every buffer is allocated once at ``max_shape`` (``max_bytes``, vectorized-format padding included),
+host part first, through one helper (:func:`_rollback`) that releases what was allocated when a later
+part fails. For a vectorized format (``hwc8``, ``chw32``...) host staging holds the packed physical
+layout: :func:`trtflow.plan.formats.pack` / ``unpack`` run on the host.
 
 The split of a request into :meth:`TensorMemory.prepare` (host work, outside any CUDA graph) and
 :meth:`~TensorMemory.enqueue_in` / :meth:`~TensorMemory.enqueue_out` (stream work, capturable) is
@@ -32,6 +36,7 @@ import os
 import threading
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,7 +50,6 @@ from trtflow.runtime import cuda
 ALIGNMENT = 256  # TensorRT requires >= 256-byte aligned I/O addresses
 PAGE = 4096
 _CACHE = 32  # views / byte counts cached per memory, by shape (dynamic shapes: cleared when full)
-
 
 
 def np_dtype(name: str) -> np.dtype[Any]:
@@ -244,8 +248,10 @@ class DeviceArray:
 
     def copy(self) -> DeviceArray:
         """A device copy that owns its memory (freed when garbage-collected)."""
-        ptr = cuda.malloc(self.nbytes)
-        cuda.memcpy(ptr, self.ptr, self.nbytes, "d2d")
+        with _rollback() as undo:
+            ptr = cuda.malloc(self.nbytes)
+            undo.callback(cuda.free, ptr)
+            cuda.memcpy(ptr, self.ptr, self.nbytes, "d2d")
         return DeviceArray(ptr, self.shape, self.dtype, owned=True)
 
     def numpy(self) -> np.ndarray:
@@ -311,6 +317,208 @@ class HostRegistry:
                 cuda.host_unregister(key[0])
 
 
+# -- one allocation helper -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _rollback(owned: contextlib.ExitStack | None = None) -> Iterator[contextlib.ExitStack]:
+    """Allocate step by step, registering each release on the stack (``owned.callback(free, ptr)``): if a
+    later step raises, what was allocated is released (last first) and the error propagates. On success
+    nothing is released; whoever keeps ``owned`` closes it to release everything."""
+    owned = owned if owned is not None else contextlib.ExitStack()
+    try:
+        yield owned
+    except BaseException:
+        owned.close()
+        raise
+
+
+# -- part 1: host staging kinds (memory resources: allocate / deallocate, device accessible or not) ----
+@dataclass(eq=False, slots=True)
+class HostBuffer:
+    """Host bytes of one tensor: the flat uint8 ``array`` at ``ptr``. ``device_ptr``: the device's address
+    of the same bytes (mapped memory), else 0; ``key``: what the kind needs to deallocate it."""
+
+    array: np.ndarray
+    ptr: int
+    device_ptr: int = 0
+    key: Any = None
+
+
+NO_HOST = HostBuffer(np.empty(0, dtype=np.uint8), 0)
+
+
+class HostStaging(ABC):
+    """A kind of host memory a tensor is staged in (cuda.core's MemoryResource, host side)."""
+
+    name: ClassVar[str]
+    #: the device reads and writes these bytes in place over PCIe: no device buffer and no copies
+    is_device_accessible: ClassVar[bool] = False
+    #: CPU reads are cached (write-combined memory: they are not, so no output lands there)
+    host_readable: ClassVar[bool] = True
+    #: a linear input is the caller's own array, not a copy in staging of ours (none is allocated)
+    borrows_inputs: ClassVar[bool] = False
+
+    @abstractmethod
+    def allocate(self, nbytes: int) -> HostBuffer:
+        """``nbytes`` of this kind, ``ALIGNMENT``-aligned at least."""
+
+    def deallocate(self, buf: HostBuffer) -> None:
+        """Release what :meth:`allocate` returned (numpy memory: the garbage collector does)."""
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class PageableStaging(HostStaging):
+    """Ordinary numpy memory: the driver stages every copy from or to it, synchronously. A linear input
+    is copied from the caller's array as it is."""
+
+    name = "pageable"
+    borrows_inputs = True
+
+    def allocate(self, nbytes: int) -> HostBuffer:
+        array = aligned_empty(nbytes, ALIGNMENT)
+        return HostBuffer(array, data_ptr(array))
+
+
+class PinnedStaging(HostStaging):
+    """Page-locked memory of ours (cudaHostAlloc with ``flag``): copies are DMA at full PCIe speed."""
+
+    name = "pinned"
+    flag: ClassVar[cuda.HostAllocKind] = "default"
+
+    def allocate(self, nbytes: int) -> HostBuffer:
+        with _rollback() as undo:
+            ptr = cuda.host_alloc(nbytes, self.flag)
+            undo.callback(cuda.free_host, ptr)
+            dev = cuda.host_get_device_pointer(ptr) if self.is_device_accessible else 0
+            return HostBuffer(cuda.host_array(ptr, nbytes), ptr, dev)
+
+    def deallocate(self, buf: HostBuffer) -> None:
+        cuda.free_host(buf.ptr)
+
+
+class WriteCombinedStaging(PinnedStaging):
+    """Pinned + cudaHostAllocWriteCombined: fast H2D, very slow CPU reads (inputs only)."""
+
+    name = "write_combined"
+    flag = "write_combined"
+    host_readable = False
+
+
+class MappedStaging(PinnedStaging):
+    """cudaHostAllocMapped + cudaHostGetDevicePointer: the engine reads/writes it over PCIe, no memcpy at
+    all (good for data read once, bad for data read many times)."""
+
+    name = "mapped"
+    flag = "mapped"
+    is_device_accessible = True
+
+
+class RegisteredStaging(HostStaging):
+    """numpy memory page-locked in place (cudaHostRegister, reference counted in the runner's
+    :class:`HostRegistry`): a linear input is the caller's own buffer, registered when first used."""
+
+    name = "registered"
+    borrows_inputs = True
+
+    def __init__(self, registry: HostRegistry) -> None:
+        self.registry = registry
+
+    def allocate(self, nbytes: int) -> HostBuffer:
+        return self.borrow(aligned_empty(nbytes))  # own pages: nothing else is registered with them
+
+    def borrow(self, array: np.ndarray) -> HostBuffer:
+        """The caller's C-contiguous ``array``, page-locked until :meth:`deallocate`."""
+        key = self.registry.acquire(array)
+        return HostBuffer(array.reshape(-1).view(np.uint8), key[0], key=key)
+
+    def deallocate(self, buf: HostBuffer) -> None:
+        self.registry.release(buf.key)
+
+
+PAGEABLE, PINNED, WRITE_COMBINED, MAPPED = PageableStaging(), PinnedStaging(), WriteCombinedStaging(), MappedStaging()
+
+
+# -- part 2: the device buffer ---------------------------------------------------------------------------
+class DeviceBuffer:
+    """cudaMalloc'ed bytes (device accessible only); :meth:`free` is idempotent."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.ptr = cuda.malloc(nbytes)
+        self.nbytes = nbytes
+
+    def free(self) -> None:
+        if self.ptr:
+            ptr, self.ptr = self.ptr, 0
+            cuda.free(ptr)
+
+
+# -- part 3: packers (the caller's array <-> the staging bytes) ------------------------------------------
+class Packer(ABC):
+    """How a caller's array becomes the staging bytes of a tensor, and its staging bytes an output."""
+
+    def __init__(self, dtype: np.dtype[Any], fmt: str) -> None:
+        self.dtype, self.fmt = dtype, fmt
+
+    def view(self, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The logical array at ``shape`` over ``flat`` that callers may write/read in place, if any."""
+        return None
+
+    @abstractmethod
+    def pack(self, array: Any, host: HostBuffer, shape: tuple[int, ...]) -> None:
+        """Write the caller's ``array`` (logical layout, ``shape``) into ``host``."""
+
+    @abstractmethod
+    def unpack(self, flat: np.ndarray, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
+        """The logical output at ``shape`` from ``flat``: a view, or an owned array with ``copy``."""
+
+    def forget(self) -> None:
+        """Drop cached views (their buffer changed or went away)."""
+
+
+class LinearPacker(Packer):
+    """Linear layout: the staging bytes are the array's own; views are cached by shape."""
+
+    def __init__(self, dtype: np.dtype[Any]) -> None:
+        super().__init__(dtype, "linear")
+        self._views: dict[tuple[int, ...], np.ndarray] = {}  # never handed out: callers get .view() of one
+
+    def view(self, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        v = self._views.get(shape)
+        if v is None:
+            if len(self._views) >= _CACHE:
+                self._views.clear()
+            v = self._views[shape] = _logical(flat, shape, self.dtype, "linear")
+        return v
+
+    def pack(self, array: Any, host: HostBuffer, shape: tuple[int, ...]) -> None:
+        if not _is_staging(array, host.array, host.ptr):  # the caller wrote into the staging view: no copy
+            copy_into(self.view(host.array, shape), array)
+
+    def unpack(self, flat: np.ndarray, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
+        view = self.view(flat, shape)
+        return owned_copy(view) if copy else view.view()
+
+    def forget(self) -> None:
+        self._views.clear()
+
+
+class FormatPacker(Packer):
+    """A vectorized format (``hwc8``, ``chw32``...): staging holds the packed physical layout, packed and
+    unpacked on the host (:func:`trtflow.plan.formats.pack` / ``unpack``)."""
+
+    def pack(self, array: Any, host: HostBuffer, shape: tuple[int, ...]) -> None:
+        _physical(host.array, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
+
+    def unpack(self, flat: np.ndarray, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
+        view = _logical(flat, shape, self.dtype, self.fmt)
+        return owned_copy(view) if copy else view
+
+
+def make_packer(dtype: np.dtype[Any], fmt: str) -> Packer:
+    return LinearPacker(dtype) if fmt == "linear" else FormatPacker(dtype, fmt)
+
+
 # -- the interface -----------------------------------------------------------------------------------
 class TensorMemory(ABC):
     """The memory of one engine I/O tensor in one buffer set.
@@ -320,7 +528,7 @@ class TensorMemory(ABC):
     after the runner synchronized. Everything that takes ``stream`` only enqueues.
     """
 
-    strategy: ClassVar[str]
+    strategy: str
     #: the input copy stays eager (enqueued before a graph launch, never captured): for memory the
     #: caller owns, whose address changes or which may be unregistered while a graph still exists
     outside_graph: bool = False
@@ -334,8 +542,8 @@ class TensorMemory(ABC):
         self.fmt = fmt or tensor.format
         self.dtype = np_dtype(tensor.dtype)
         self.nbytes = nbytes(tensor.max_shape, tensor.dtype, self.fmt)
+        self.packer = make_packer(self.dtype, self.fmt)
         self._closed = False
-        self._views: dict[tuple[int, ...], np.ndarray] = {}  # linear host views by shape (never handed out)
         self._sizes: dict[tuple[int, ...], int] = {}
 
     @property
@@ -352,12 +560,9 @@ class TensorMemory(ABC):
 
     def _view(self, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Cached logical view of ``flat`` (linear format) at ``shape``; hand out ``.view()`` of it."""
-        v = self._views.get(shape)
-        if v is None:
-            if len(self._views) >= _CACHE:
-                self._views.clear()
-            v = self._views[shape] = _logical(flat, shape, self.dtype, "linear")
-        return v
+        view = self.packer.view(flat, shape)
+        assert view is not None, "linear memories only"
+        return view
 
     @property
     @abstractmethod
@@ -388,18 +593,22 @@ class TensorMemory(ABC):
     def fill(self, value: float, *, stream: int) -> None:
         """Poison the buffers (tests: catch outputs the engine never wrote)."""
 
+    def describe(self) -> str:
+        """The strategy and what it is made of (``Runner.describe``)."""
+        return self.strategy
+
     def close(self) -> None:
         """Release what this memory owns; idempotent."""
         if not self._closed:
             self._closed = True
-            self._views.clear()
+            self.packer.forget()
             self._release()
 
     def _release(self) -> None:
         pass
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {self.nbytes} B, {self.fmt})"
+        return f"{type(self).__name__}({self.name!r}, {self.describe()}, {self.nbytes} B)"
 
 
 def _fill_host(flat: np.ndarray | None, dtype: np.dtype[Any], value: float) -> None:
@@ -413,349 +622,175 @@ def _fill_host(flat: np.ndarray | None, dtype: np.dtype[Any], value: float) -> N
         flat[...] = 0xFF
 
 
-def _host_result(mem: TensorMemory, host: np.ndarray, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-    """The output of ``shape`` in host buffer ``host``: unpacked from a vectorized format, or a view."""
-    if mem.fmt != "linear":
-        view = _logical(host, shape, mem.dtype, mem.fmt)
-        return owned_copy(view) if copy else view
-    view = mem._view(host, shape)
-    return owned_copy(view) if copy else view.view()
-
-
-class _DeviceBuffer:
-    def __init__(self, n: int) -> None:
-        self.ptr = cuda.malloc(n)
-        self.n = n
-
-    def free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr = self.ptr, 0
-            cuda.free(ptr)
-
-
 def _fill_device(ptr: int, n: int, stream: int) -> None:
     """All-ones bytes: NaN in every float format, -1 / 255 in integer ones."""
     if ptr and n:
         cuda.memset_async(ptr, 0xFF, n, stream=stream)
 
 
-# -- pinned / write-combined: runner-owned page-locked staging ----------------------------------------
-class PinnedMemory(TensorMemory):
-    strategy = "pinned"
+# -- host strategies: a staging kind + a device buffer + a packer ---------------------------------------
+class StagedMemory(TensorMemory):
+    """A host strategy made of its parts: ``staging`` (the kind of host bytes), a device buffer (none
+    where the staging is device accessible: mapped) and the packer of the tensor's format.
+
+    Inputs: :meth:`prepare` packs the caller's array into staging (a kind that borrows inputs takes a
+    linear array as it is), :meth:`enqueue_in` copies it to the device buffer. Outputs:
+    :meth:`enqueue_out` copies the device buffer into staging, :meth:`result` unpacks it.
+    Allocated host part first, device part second; released in the reverse order.
+    """
+
     fixed_addresses = True
-    _alloc_kinds: tuple[cuda.HostAllocKind, ...] = ("default",)
 
-    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
+    def __init__(self, tensor: TensorPlan, *, strategy: str, staging: HostStaging, fmt: str | None = None) -> None:
         super().__init__(tensor, fmt=fmt)
-        self._host_ptr = cuda.host_alloc(self.nbytes, *self._alloc_kinds)
-        try:
-            self._host = cuda.host_array(self._host_ptr, self.nbytes)
-            self._dev = _DeviceBuffer(self.nbytes)
-        except BaseException:
-            cuda.free_host(self._host_ptr)
-            raise
-
-    @property
-    def device_ptr(self) -> int:
-        return self._dev.ptr
-
-    def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        return self._view(self._host, shape).view() if self.fmt == "linear" else None
-
-    def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
-        if self.fmt == "linear":
-            if _is_staging(array, self._host, self._host_ptr):
-                return  # the caller wrote into the staging view: nothing to copy
-            copy_into(self._view(self._host, shape), array)
-        else:
-            _physical(self._host, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
-
-    def enqueue_in(self, shape: tuple[int, ...], *, stream: int) -> None:
-        cuda.memcpy_async(self._dev.ptr, self._host_ptr, self.bytes_for(shape), "h2d", stream=stream)
-
-    def enqueue_out(self, shape: tuple[int, ...], *, stream: int) -> None:
-        cuda.memcpy_async(self._host_ptr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
-
-    def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        return _host_result(self, self._host, shape, copy=copy)
-
-    def graph_key(self) -> tuple[int, ...]:
-        return (self._dev.ptr, self._host_ptr)
-
-    def fill(self, value: float, *, stream: int) -> None:
-        _fill_device(self._dev.ptr, self.nbytes, stream)
-        if self.strategy != "write_combined":
-            _fill_host(self._host, self.dtype, value)
-
-    def _release(self) -> None:
-        self._dev.free()
-        cuda.free_host(self._host_ptr)
-        self._host = np.empty(0, dtype=np.uint8)
-
-
-class WriteCombinedMemory(PinnedMemory):
-    """Pinned + write-combined: fast H2D, very slow CPU reads. Inputs only."""
-
-    strategy = "write_combined"
-    _alloc_kinds = ("write_combined",)
-
-    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
-        if tensor.role != "input":
-            raise InputError(f"tensor {tensor.name!r}: write_combined memory is for inputs only "
+        if not (self.is_input or staging.host_readable):
+            raise InputError(f"tensor {tensor.name!r}: {strategy} memory is for inputs only "
                              "(CPU reads of write-combined memory are uncached)", hint="use pinned for outputs")
-        super().__init__(tensor, fmt=fmt)
-
-
-# -- pageable: the caller's own array, copied as is (the baseline) ---------------------------------------
-class PageableMemory(TensorMemory):
-    """Ordinary (pageable) host memory: the driver stages every copy, synchronously.
-
-    With ``staged=True`` (CUDA graphs: pageable copies cannot be captured) a pinned bounce buffer
-    is used instead, and a host copy into it replaces the pageable DMA.
-    """
-
-    strategy = "pageable"
-    fixed_addresses = True
-
-    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None, staged: bool = False) -> None:
-        super().__init__(tensor, fmt=fmt)
-        self.staged = staged
-        self._src: np.ndarray | None = None
-        self._host_ptr = cuda.host_alloc(self.nbytes) if staged else 0
-        try:
-            if staged:
-                self._host = cuda.host_array(self._host_ptr, self.nbytes)
-            else:  # outputs land here; inputs only use it to pack vectorized formats
-                self._host = aligned_empty(self.nbytes, ALIGNMENT)
-            self._host_addr = data_ptr(self._host)
-            self._dev = _DeviceBuffer(self.nbytes)
-        except BaseException:
-            if staged:
-                cuda.free_host(self._host_ptr)
-            raise
-
-    @property
-    def device_ptr(self) -> int:
-        return self._dev.ptr
-
-    def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        if self.is_input and not self.staged:
-            return None  # the caller's own array is the input
-        return self._view(self._host, shape).view() if self.fmt == "linear" else None
-
-    def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
-        if self.fmt != "linear":
-            _physical(self._host, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
-            self._src = self._host
-        elif self.staged:
-            if not _is_staging(array, self._host, self._host_addr):
-                copy_into(self._view(self._host, shape), array)
-            self._src = self._host
-        else:
-            self._src = array  # kept alive until the copy is enqueued (pageable copies stage it at once)
-
-    def enqueue_in(self, shape: tuple[int, ...], *, stream: int) -> None:
-        src = self._src if self._src is not None else self._host
-        ptr = self._host_addr if src is self._host else data_ptr(src)
-        cuda.memcpy_async(self._dev.ptr, ptr, self.bytes_for(shape), "h2d", stream=stream)
-        if not self.staged:
-            self._src = None
-
-    def enqueue_out(self, shape: tuple[int, ...], *, stream: int) -> None:
-        cuda.memcpy_async(self._host_addr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
-
-    def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        return _host_result(self, self._host, shape, copy=copy)
-
-    def graph_key(self) -> tuple[int, ...]:
-        return (self._dev.ptr, self._host_addr)
-
-    def fill(self, value: float, *, stream: int) -> None:
-        _fill_device(self._dev.ptr, self.nbytes, stream)
-        if not self.is_input:
-            _fill_host(self._host, self.dtype, value)
-
-    def _release(self) -> None:
-        self._dev.free()
-        if self.staged:
-            cuda.free_host(self._host_ptr)
-        self._host = np.empty(0, dtype=np.uint8)
-        self._host_addr = 0
-        self._src = None
-
-
-# -- registered: the caller's long-lived buffer, page-locked in place ---------------------------------
-class RegisteredMemory(TensorMemory):
-    """cudaHostRegister the caller's own numpy buffer in place; DMA straight from/to it.
-
-    Inputs: the array passed at call time is registered on first use (and re-registered when the
-    caller passes a different buffer; registering costs about as much as one pageable copy, so pass
-    the same buffer each time or call ``runner.register(name, array)`` once). Outputs: D2H lands in
-    a buffer registered with ``runner.register(name, array)``, or in a runner-owned registered buffer.
-    Vectorized formats pack into a runner-owned registered buffer. Everything is unregistered on close.
-    """
-
-    strategy = "registered"
-
-    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None, registry: HostRegistry) -> None:
-        super().__init__(tensor, fmt=fmt)
-        # A graph node copying from a host range that was unregistered since capture crashes the
-        # process at launch: the caller's input buffers are therefore never captured.
-        self.outside_graph = self.is_input
-        # inputs: the device buffer is fixed and graphs never see the caller's buffer; outputs: a
-        # graph copies into the registered buffer, which register() may replace
-        self.fixed_addresses = self.is_input
-        self._registry = registry
-        self._key: tuple[int, int] | None = None
-        self._buffer: np.ndarray | None = None  # the registered host buffer (flat uint8)
-        self._buffer_ptr = 0
-        self._used: Any = None  # the array last passed to use(): passing it again changes nothing
-        self._own_key: tuple[int, int] | None = None
-        self._dev = _DeviceBuffer(self.nbytes)
-        try:
-            if not self.is_input or self.fmt != "linear":
-                own = aligned_empty(self.nbytes)
-                self._own_key = registry.acquire(own)
-                self._buffer, self._key, self._buffer_ptr = own, None, data_ptr(own)
-        except BaseException:
-            self._dev.free()
-            raise
-
-    @property
-    def device_ptr(self) -> int:
-        return self._dev.ptr
-
-    def use(self, array: np.ndarray) -> None:
-        """Make ``array`` (C-contiguous, any shape/dtype, >= max bytes for outputs) this tensor's buffer."""
-        if array is self._used and self._buffer is not None:
-            return  # the very array of last time: same buffer, still registered (the registry holds it)
-        flat = array.reshape(-1).view(np.uint8)
-        ptr = data_ptr(flat)
-        if self._buffer is not None and ptr == self._buffer_ptr and flat.nbytes == self._buffer.nbytes:
-            self._used = array
-            return
-        key = self._registry.acquire(array)
-        self._registry.release(self._key)
-        self._key, self._buffer, self._buffer_ptr, self._used = key, flat, ptr, array
-        self._views.clear()
-
-    def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        if self._buffer is None or self.fmt != "linear":
-            return None
-        if self._buffer.nbytes < self.bytes_for(shape):
-            return None
-        return self._view(self._buffer, shape).view()
-
-    def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
-        if self.fmt != "linear":
-            assert self._buffer is not None
-            _physical(self._buffer, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
-        else:
-            self.use(array)
-
-    def enqueue_in(self, shape: tuple[int, ...], *, stream: int) -> None:
-        assert self._buffer is not None
-        cuda.memcpy_async(self._dev.ptr, self._buffer_ptr, self.bytes_for(shape), "h2d", stream=stream)
-
-    def enqueue_out(self, shape: tuple[int, ...], *, stream: int) -> None:
-        assert self._buffer is not None
-        cuda.memcpy_async(self._buffer_ptr, self._dev.ptr, self.bytes_for(shape), "d2h", stream=stream)
-
-    def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        assert self._buffer is not None
-        if self.fmt != "linear":
-            view = _logical(self._buffer, shape, self.dtype, self.fmt)
-            return owned_copy(view) if copy else view
-        view = self._view(self._buffer, shape)
-        return owned_copy(view) if copy else view.view()
-
-    def graph_key(self) -> tuple[int, ...]:
-        if self.outside_graph:
-            return (self._dev.ptr,)
-        return (self._dev.ptr, self._buffer_ptr if self._buffer is not None else 0)
-
-    def fill(self, value: float, *, stream: int) -> None:
-        _fill_device(self._dev.ptr, self.nbytes, stream)
-        if not self.is_input:
-            _fill_host(self._buffer, self.dtype, value)
-
-    def _release(self) -> None:
-        self._dev.free()
-        self._registry.release(self._key)
-        self._registry.release(self._own_key)
-        self._key = self._own_key = None
-        self._buffer = self._used = None
-        self._buffer_ptr = 0
-
-
-# -- mapped: zero-copy host memory the engine reads/writes over PCIe -------------------------------
-class MappedMemory(TensorMemory):
-    """cudaHostAllocMapped + cudaHostGetDevicePointer: no memcpy at all; every engine access of
-    this tensor crosses PCIe (good for data read once, bad for data read many times)."""
-
-    strategy = "mapped"
-    fixed_addresses = True
-
-    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None) -> None:
-        super().__init__(tensor, fmt=fmt)
-        self._host_ptr = cuda.host_alloc(self.nbytes, "mapped")
-        try:
-            self._dev_ptr = cuda.host_get_device_pointer(self._host_ptr)
-        except BaseException:
-            cuda.free_host(self._host_ptr)
-            raise
-        self._host = cuda.host_array(self._host_ptr, self.nbytes)
+        self.strategy, self.staging = strategy, staging
+        #: the caller's linear input array is the H2D source itself, copied ahead of any graph
+        self.borrows = self.outside_graph = self.is_input and staging.borrows_inputs and self.fmt == "linear"
+        self.zero_copy = staging.is_device_accessible
+        self._host = NO_HOST
+        self._keep: Any = None  # a borrowed input array: alive until its copy is enqueued
+        self._owned = contextlib.ExitStack()
+        with _rollback(self._owned) as owned:
+            if not self.borrows:
+                self._host = staging.allocate(self.nbytes)
+                owned.callback(staging.deallocate, self._host)
+            if self.zero_copy:
+                self._dev_ptr = self._host.device_ptr
+            else:
+                dev = DeviceBuffer(self.nbytes)
+                owned.callback(dev.free)
+                self._dev_ptr = dev.ptr
+        self._host_ptr = self._host.ptr  # what H2D reads / D2H writes (a borrowed input: the caller's array)
 
     @property
     def device_ptr(self) -> int:
         return self._dev_ptr
 
     def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        return self._view(self._host, shape).view() if self.fmt == "linear" else None
+        if self._host is NO_HOST:
+            return None  # the caller's own array is the input
+        view = self.packer.view(self._host.array, shape)
+        return None if view is None else view.view()
 
     def prepare(self, array: Any, shape: tuple[int, ...], *, stream: int) -> None:
-        if self.fmt == "linear":
-            if not _is_staging(array, self._host, self._host_ptr):
-                copy_into(self._view(self._host, shape), array)
+        if self.borrows:
+            self._borrow(array)
         else:
-            _physical(self._host, shape, self.dtype, self.fmt)[...] = pack(array, self.fmt)
+            self.packer.pack(array, self._host, shape)
+
+    def _borrow(self, array: Any) -> None:
+        self._keep, self._host_ptr = array, data_ptr(array)  # pageable copies stage it at once
+
+    def enqueue_in(self, shape: tuple[int, ...], *, stream: int) -> None:
+        if not self.zero_copy:
+            cuda.memcpy_async(self._dev_ptr, self._host_ptr, self.bytes_for(shape), "h2d", stream=stream)
+            self._keep = None
+
+    def enqueue_out(self, shape: tuple[int, ...], *, stream: int) -> None:
+        if not self.zero_copy:
+            cuda.memcpy_async(self._host_ptr, self._dev_ptr, self.bytes_for(shape), "d2h", stream=stream)
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        return _host_result(self, self._host, shape, copy=copy)
+        return self.packer.unpack(self._host.array, shape, copy=copy)
 
     def graph_key(self) -> tuple[int, ...]:
-        return (self._dev_ptr,)
+        if self.zero_copy or self.outside_graph:
+            return (self._dev_ptr,)
+        return (self._dev_ptr, self._host_ptr)
 
     def fill(self, value: float, *, stream: int) -> None:
-        _fill_host(self._host, self.dtype, value)
+        if not self.zero_copy:
+            _fill_device(self._dev_ptr, self.nbytes, stream)
+        if not self.is_input and self.staging.host_readable:
+            _fill_host(self._host.array, self.dtype, value)
+
+    def describe(self) -> str:
+        device = "zero copy" if self.zero_copy else "device buffer"
+        return f"{self.strategy} ({self.staging.name} staging, {device}, {self.fmt})"
 
     def _release(self) -> None:
-        self._host = np.empty(0, dtype=np.uint8)
-        cuda.free_host(self._host_ptr)
+        self._keep = None
+        self._host, self._host_ptr, self._dev_ptr = NO_HOST, 0, 0
+        self._owned.close()
+
+
+class RegisteredMemory(StagedMemory):
+    """``registered``: the caller's own numpy buffers, page-locked in place; DMA straight from/to them.
+
+    Inputs: the array passed at call time is registered on first use (and re-registered when the
+    caller passes a different buffer; registering costs about as much as one pageable copy, so pass
+    the same buffer each time or call ``runner.register(name, array)`` once). Outputs: D2H lands in
+    a buffer registered with ``runner.register(name, array)`` (:meth:`use`), or in registered staging
+    of ours. Vectorized formats pack into registered staging of ours. Everything is unregistered on close.
+    """
+
+    def __init__(self, tensor: TensorPlan, *, registry: HostRegistry, fmt: str | None = None) -> None:
+        self._registered = RegisteredStaging(registry)
+        super().__init__(tensor, strategy="registered", staging=self._registered, fmt=fmt)
+        # A graph node copying from a host range that was unregistered since capture crashes the
+        # process at launch: the caller's input buffers are therefore never captured.
+        self.outside_graph = self.is_input
+        # inputs: the device buffer is fixed and graphs never see the caller's buffer; outputs: a
+        # graph copies into the registered buffer, which use() may replace
+        self.fixed_addresses = self.is_input
+        self._lent: HostBuffer | None = None  # the caller's buffer in use, registered by us
+        self._used: Any = None  # the array last passed to use(): passing it again changes nothing
+
+    def use(self, array: np.ndarray) -> None:
+        """Make ``array`` (C-contiguous, any shape/dtype, >= max bytes for outputs) this tensor's buffer."""
+        host = self._host
+        if array is self._used and host is not NO_HOST:
+            return  # the very array of last time: same buffer, still registered (the registry holds it)
+        if host is not NO_HOST and data_ptr(array) == host.ptr and array.nbytes == host.array.nbytes:
+            self._used = array
+            return
+        lent = self._registered.borrow(array)
+        if self._lent is not None:
+            self._registered.deallocate(self._lent)
+        self._lent = self._host = lent
+        self._host_ptr, self._used = lent.ptr, array
+        self.packer.forget()
+
+    _borrow = use
+
+    def host_view(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        if self._host.array.nbytes < self.bytes_for(shape):
+            return None  # a buffer of the caller's, smaller than this shape
+        return super().host_view(shape)
+
+    def _release(self) -> None:
+        lent, self._lent, self._used = self._lent, None, None
+        try:
+            if lent is not None:
+                self._registered.deallocate(lent)
+        finally:
+            super()._release()
 
 
 # -- device: device-resident, shared with torch / cupy without copies --------------------------------
 class DeviceMemory(TensorMemory):
-    """Device-resident tensor. Inputs: a CUDA array (``__cuda_array_interface__``) that is
-    contiguous, of the right dtype and 256-byte aligned is bound zero-copy; a misaligned one is
-    copied D2D into the runner's buffer. The runner's stream waits for the producer's stream.
-    Outputs: :class:`DeviceArray` views of the runner's buffer.
+    """``device``: no host staging, a device buffer, linear layout. Inputs: with ``bind_inputs`` a CUDA
+    array (``__cuda_array_interface__``) that is contiguous, of the right dtype and 256-byte aligned is
+    bound zero-copy; a misaligned one is copied D2D into the device buffer. The runner's stream waits
+    for the producer's stream. Outputs: :class:`DeviceArray` views of the device buffer.
 
-    With ``graph=True`` (CUDA graphs) inputs are always copied D2D into the runner's buffer, and
-    that copy stays outside the graph (``outside_graph``): the graph sees one fixed address instead
-    of being recaptured for every new tensor."""
+    Without ``bind_inputs`` (CUDA graphs) inputs are always copied D2D into the device buffer, and that
+    copy stays outside the graph (``outside_graph``): the graph sees one fixed address instead of being
+    recaptured for every new tensor."""
 
     strategy = "device"
 
-    def __init__(self, tensor: TensorPlan, *, fmt: str | None = None, graph: bool = False) -> None:
+    def __init__(self, tensor: TensorPlan, *, bind_inputs: bool = True, fmt: str | None = None) -> None:
         super().__init__(tensor, fmt=fmt)
-        self.graph = graph
-        self.outside_graph = graph
-        self.fixed_addresses = graph  # graphs: always the runner's buffer; else caller arrays are bound
+        self.bind_inputs = bind_inputs
+        self.outside_graph = self.fixed_addresses = not bind_inputs  # else caller arrays are bound
         if self.fmt != "linear":
             raise InputError(f"tensor {tensor.name!r}: device memory with format {self.fmt} would hand the "
                              "caller a packed layout", hint="use format: linear for device tensors")
-        self._dev = _DeviceBuffer(self.nbytes)
+        self._dev = DeviceBuffer(self.nbytes)
         self._bound = self._dev.ptr
         self._src = 0
         self._keep: Any = None
@@ -775,9 +810,7 @@ class DeviceMemory(TensorMemory):
             cuda.event_record(self._event, stream=info.stream)
             cuda.stream_wait_event(stream, self._event)
         self._keep = array  # the caller's tensor stays alive while the engine may read it
-        if self.graph:
-            self._bound, self._src = self._dev.ptr, info.ptr
-        elif info.ptr % ALIGNMENT == 0:
+        if self.bind_inputs and info.ptr % ALIGNMENT == 0:
             self._bound, self._src = info.ptr, 0
             self.zero_copy_hits += 1
         else:
@@ -792,10 +825,13 @@ class DeviceMemory(TensorMemory):
         return arr.copy() if copy else arr
 
     def graph_key(self) -> tuple[int, ...]:
-        return (self._bound,) if self.graph else (self._bound, self._src)
+        return (self._bound, self._src) if self.bind_inputs else (self._bound,)
 
     def fill(self, value: float, *, stream: int) -> None:
         _fill_device(self._dev.ptr, self.nbytes, stream)
+
+    def describe(self) -> str:
+        return f"device (no staging, device buffer{', binds caller arrays' if self.bind_inputs else ''}, linear)"
 
     def _release(self) -> None:
         self._keep = None
@@ -807,14 +843,14 @@ class DeviceMemory(TensorMemory):
 
 # -- CPU fallback ----------------------------------------------------------------------------------------
 class HostMemory(TensorMemory):
-    """The engine runs on the CPU: every strategy is plain numpy memory (logical layout)."""
+    """The engine runs on the CPU: every strategy is pageable numpy memory (linear layout)."""
 
     strategy = "host"
     fixed_addresses = True
 
     def __init__(self, tensor: TensorPlan) -> None:
         super().__init__(tensor, fmt="linear")
-        self._host = aligned_empty(self.nbytes, ALIGNMENT)
+        self._host = PAGEABLE.allocate(self.nbytes).array
         self._feed: np.ndarray | None = None
 
     @property
@@ -828,12 +864,12 @@ class HostMemory(TensorMemory):
         self._feed = array
 
     def feed(self) -> np.ndarray:
+        """The array the engine reads: the caller's own (or what an encoded input decoded)."""
         assert self._feed is not None
         return self._feed
 
     def result(self, shape: tuple[int, ...], *, copy: bool) -> np.ndarray:
-        view = self._view(self._host, shape)
-        return owned_copy(view) if copy else view.view()
+        return self.packer.unpack(self._host, shape, copy=copy)
 
     def fill(self, value: float, *, stream: int) -> None:
         if not self.is_input:
@@ -844,9 +880,17 @@ class HostMemory(TensorMemory):
         self._feed = None
 
 
+_STAGING: dict[str, HostStaging] = {"pageable": PAGEABLE, "pinned": PINNED, "write_combined": WRITE_COMBINED,
+                                    "mapped": MAPPED}
+
+
 def make_memory(tensor: TensorPlan, strategy: str, *, device: str, registry: HostRegistry,
                 graph: bool = False) -> TensorMemory:
-    """The memory of ``tensor`` for ``strategy`` on ``device`` ("cpu" gives :class:`HostMemory`)."""
+    """The memory of ``tensor`` for ``strategy`` on ``device`` ("cpu" gives :class:`HostMemory`).
+
+    ``graph`` (the runner captures CUDA graphs): pageable tensors are staged in pinned memory (pageable
+    copies cannot be captured) and device inputs are copied into the runner's buffer (graphs bake addresses).
+    """
     if strategy not in MEMORY_STRATEGIES:
         raise InputError(f"tensor {tensor.name!r}: unknown memory strategy {strategy!r}",
                          hint=f"one of: {', '.join(MEMORY_STRATEGIES)}")
@@ -854,14 +898,9 @@ def make_memory(tensor: TensorPlan, strategy: str, *, device: str, registry: Hos
         raise InputError(f"tensor {tensor.name!r}: unknown format {tensor.format!r}")
     if device == "cpu":
         return HostMemory(tensor)
-    if strategy == "pageable":
-        return PageableMemory(tensor, staged=graph)
-    if strategy == "pinned":
-        return PinnedMemory(tensor)
-    if strategy == "write_combined":
-        return WriteCombinedMemory(tensor)
+    if strategy == "device":
+        return DeviceMemory(tensor, bind_inputs=not graph)
     if strategy == "registered":
         return RegisteredMemory(tensor, registry=registry)
-    if strategy == "mapped":
-        return MappedMemory(tensor)
-    return DeviceMemory(tensor, graph=graph)
+    staging = PINNED if strategy == "pageable" and graph else _STAGING[strategy]
+    return StagedMemory(tensor, strategy=strategy, staging=staging)

@@ -523,7 +523,7 @@ class Runner:
             lines.append(f"  encoded inputs decoded on the {self.decoder}")
         for bs in self._sets[:1]:
             for name, mem in bs.mems.items():
-                lines.append(f"  {name!r}: {type(mem).__name__} {mem.nbytes} B x {len(self._sets)}")
+                lines.append(f"  {name!r}: {mem.describe()} {mem.nbytes} B x {len(self._sets)}")
             lines.append(f"  events per buffer set: {len(bs.events)}")
         return "\n".join(lines)
 
