@@ -258,13 +258,13 @@ def test_contract_without_nvimgcodec_auto_decodes_on_the_host_and_gpu_refuses(pr
 
 # -- the generated runner end to end on the CPU (onnxruntime): files in, the host-decoded result out ---------
 def build_runner(project: Path, body: str, **kw: object) -> tuple[Any, Plan]:
+    from trtflow import load_runner
     from trtflow.build import build
-    from trtflow.validate.run import import_runner
 
     make_conv_model(project / "m.onnx", **{"hw": 32, **kw})  # type: ignore[arg-type]
     (project / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\n" + body)
     res = build(project / "r.yaml", out_root=project / "build")
-    return import_runner(res.artifact), res.plan
+    return load_runner(res.artifact), res.plan
 
 
 def expected(plan: Plan, pixels: np.ndarray) -> np.ndarray:

@@ -166,14 +166,14 @@ def test_npz_errors_name_the_array_and_the_convention(tmp_path: Path) -> None:
 
 
 def test_runner_takes_python_and_numpy_scalars_for_rank0_inputs(tmp_path: Path) -> None:
+    from trtflow import load_runner
     from trtflow.build import build
-    from trtflow.validate.run import import_runner
 
     model = _scalar_model(tmp_path)
     make_project(tmp_path, model, "build: {backend: onnxruntime}\n", model_file="scalar.onnx")
     art = build(tmp_path / "recipe.yaml", out_root=tmp_path / "build").artifact
     x = np.ones((1, 4), np.float32)
-    with import_runner(art)(device="cpu") as r:
+    with load_runner(art)(device="cpu") as r:
         assert float(r(x=x, sr=16000).y[0, 0]) == 16000.0
         assert float(r(x=x, sr=np.int64(8000)).y[0, 0]) == 8000.0
         assert float(r(x=x, sr=np.array(3)).y[0, 0]) == 3.0

@@ -77,10 +77,13 @@ def _cached_sha256(path: Path) -> str:
     return hit
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write(path: Path, data: bytes | bytearray | memoryview | str) -> None:
+    """THE file writer of trtflow: ``data`` goes to a temporary file in ``path``'s folder, is fsynced, and
+    replaces ``path`` (``os.replace``); the folder is fsynced after. A reader sees the old file or the whole
+    new one, never a part, also after a crash. Folders of files (artifacts, exports) are staged and swapped
+    whole by :func:`staging_dir` / :func:`commit_dir`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else bytes(data)
+    raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -89,6 +92,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         if exc.filename is None:  # write() failures (disk full) name no file: name the one being written
@@ -97,6 +101,35 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened for it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every regular file under ``folder`` (files a library or a copy wrote) and the folders."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            f = Path(root) / name
+            if f.is_symlink() or not f.is_file():
+                continue
+            fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
 
 
 def _umask() -> int:
@@ -203,6 +236,7 @@ def commit_dir(tmp: Path, final: Path) -> None:
     """Swap ``tmp`` in as ``final`` (call under :func:`locked`): the old artifact stays until the new one
     is in place, then is removed."""
     _check_held(final)
+    _fsync_tree(tmp)  # what is swapped in is on disk first (model.onnx, copied files: not via atomic_write)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)
@@ -212,6 +246,7 @@ def commit_dir(tmp: Path, final: Path) -> None:
         if old.exists() and not final.exists():
             os.replace(old, final)
         raise
+    _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -268,15 +268,4 @@ def recipe_reference() -> str:
     return Reference().render()
 
 
-def undocumented_fields() -> list[str]:
-    """Recipe paths of fields that have no description (shown as '-' in the reference)."""
-    ref = Reference()
-    out = []
-    for model in ref.walker.order:
-        for name, f in model.model_fields.items():
-            if not f.description and not _model_doc(f.annotation):
-                out.append(f"{ref.walker.paths[model][0] or '(recipe)'}.{f.alias or name}".lstrip("."))
-    return out
-
-
-__all__ = ["REFERENCE_PATH", "recipe_reference", "undocumented_fields"]
+__all__ = ["REFERENCE_PATH", "recipe_reference"]

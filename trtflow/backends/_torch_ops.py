@@ -34,8 +34,6 @@ from typing import Any
 _OPSETS: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("trtflow_onnx2torch_opsets", default=())
 _REDUCE_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
               "ReduceProd", "ReduceSumSquare")
-# What this module adds, by op type (docs and tests read it).
-ADDED = frozenset({"If", "LSTM", "Size", "Split", "BatchNormalization", "Pad", "NonZero", *_REDUCE_18})
 
 
 def load() -> Callable[..., Any]:

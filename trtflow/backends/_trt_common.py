@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trtflow.artifact import atomic_write
+from trtflow.artifact import ENGINE, atomic_write
 from trtflow.backends.base import CudaEngine, Progress
 from trtflow.errors import ArtifactError, BackendMissing, BuildError, CudaError, InputError, TrtflowError
 from trtflow.plan.model import BuildInfo, BuildPlan, Plan, TensorPlan
@@ -29,7 +29,6 @@ from trtflow.plan.model import BuildInfo, BuildPlan, Plan, TensorPlan
 if TYPE_CHECKING:
     import tensorrt
 
-ENGINE_FILE = "engine.plan"
 
 
 class TrtModule(Protocol):
@@ -691,7 +690,7 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
         raise BuildError(f"{flavor.title} failed to build {onnx_path.name}:\n  " + "\n  ".join(errs[-20:]),
                          hint=_build_failure_hint(errs, graphs=graphs and user_alloc_flag is not None))
     plan_bytes = memoryview(serialized).cast("B")
-    (out_dir / ENGINE_FILE).write_bytes(plan_bytes)
+    atomic_write(out_dir / ENGINE, plan_bytes)
 
     if cache is not None:
         saved = memoryview(config.get_timing_cache().serialize()).cast("B")
@@ -739,7 +738,7 @@ def build(trt: TrtModule, flavor: Flavor, onnx_path: Path, plan: Plan, out_dir: 
         "build_seconds": round(build_seconds, 3),
         "warnings": notes + sink.warnings()[:50],
     }
-    return BuildInfo(backend=flavor.backend, engine_file=ENGINE_FILE, library_version=version(trt),
+    return BuildInfo(backend=flavor.backend, engine_file=ENGINE, library_version=version(trt),
                      seconds=time.perf_counter() - t0, details=details)
 
 
@@ -1189,9 +1188,9 @@ def open_engine(trt: TrtModule, flavor: Flavor, artifact_dir: Path, plan: Plan, 
     if device != "cuda":
         raise BackendMissing(f"{flavor.title} engines run on a CUDA GPU, not on {device!r}",
                              hint="execute the artifact's model.onnx on the CPU with backend onnxruntime")
-    path = artifact_dir / ENGINE_FILE
+    path = artifact_dir / ENGINE
     if not path.is_file():
-        raise ArtifactError(f"{artifact_dir} has no {ENGINE_FILE}", hint="rebuild: trtflow build <recipe>")
+        raise ArtifactError(f"{artifact_dir} has no {ENGINE}", hint="rebuild: trtflow build <recipe>")
     data = path.read_bytes()
     version_compatible = plan.build.version_compatible
     cc = device_compute_capability()

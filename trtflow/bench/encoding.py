@@ -186,8 +186,9 @@ def batched_model(model: Path, dest: Path, batch: int) -> Path | str:
         d0 = vi.type.tensor_type.shape.dim[0]
         if d0.HasField("dim_value") and d0.dim_value != batch:
             return f"output {vi.name} keeps batch {d0.dim_value}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(m, str(dest))
+    from trtflow.artifact import atomic_write
+
+    atomic_write(dest, m.SerializeToString())
     return dest
 
 
@@ -310,8 +311,7 @@ def sweep_encoding(loaded: LoadedRecipe, *, build: Callable[[LoadedRecipe], Any]
 
     def save() -> None:  # the report so far: a sweep cut short by a timeout still leaves its rows
         rep.targets = targets(rep)
-        variants_dir.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(rep.to_dict(), indent=1, default=str))
+        art.atomic_write(partial, json.dumps(rep.to_dict(), indent=1, default=str))
 
     def wanted(key: str) -> bool:
         if key not in only:

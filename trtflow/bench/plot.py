@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from trtflow.artifact import atomic_write
 
 
 def plot_report(report: Any, out: Path) -> None:
@@ -36,6 +39,7 @@ def plot_report(report: Any, out: Path) -> None:
         ax2.set_xlabel("ms since the first H2D")
         ax2.set_title("one pipelined window: copies overlap compute")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    atomic_write(out, png.getvalue())

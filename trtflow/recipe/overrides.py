@@ -22,7 +22,6 @@ from trtflow.recipe.loader import LoadedRecipe, Loc, _pydantic_loc
 from trtflow.recipe.schema import Recipe
 
 Shapes = dict[str, tuple[int, ...]]
-_SHAPE_ITEM = re.compile(r"\s*(?P<name>.+?)\s*:\s*(?P<dims>\d+(?:\s*[x*]\s*\d+)*)\s*")
 
 
 def parse_shapes(text: str, *, flag: str = "--shapes") -> Shapes:

@@ -26,9 +26,8 @@ from trtflow.errors import BackendMissing, CudaError
 HostAllocKind = Literal["default", "mapped", "write_combined", "portable"]
 CopyKind = Literal["h2d", "d2h", "d2d", "default"]
 
-# Special stream handles of the CUDA runtime (also the values __cuda_array_interface__ v3 uses).
+# The legacy default stream's handle in the CUDA runtime (also the value __cuda_array_interface__ v3 uses).
 STREAM_LEGACY = 1
-STREAM_PER_THREAD = 2
 
 _rt: Any = None
 _lock = threading.Lock()

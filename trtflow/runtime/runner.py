@@ -70,7 +70,7 @@ import numpy as np
 from typing_extensions import Self
 
 from trtflow import artifact as art
-from trtflow.backends.base import Backend, CpuEngine, CudaEngine, Device, get_backend, pick_executor
+from trtflow.backends.base import Backend, CpuEngine, CudaEngine, Device, pick_executor
 from trtflow.errors import ArtifactError, BackendMissing, InputError, RunnerClosed
 from trtflow.plan.model import TOPOLOGIES, WAITS
 from trtflow.runtime import cuda, devices, trace
@@ -728,12 +728,4 @@ def _engine_kind(engine: CudaEngine | CpuEngine, device: str, backend: str) -> t
                          hint="the backend's open() must return a CudaEngine for cuda and a CpuEngine for cpu")
 
 
-def available_executor(name: str) -> bool:
-    """Whether backend ``name`` can execute here (helper for tests and tools)."""
-    try:
-        return get_backend(name).can_execute_here()
-    except Exception:  # noqa: BLE001 - a broken backend install is "not available"
-        return False
-
-
-__all__ = ["Allocator", "Pending", "Runner", "StageTiming", "available_executor"]
+__all__ = ["Allocator", "Pending", "Runner", "StageTiming"]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from trtflow import artifact as art
+from trtflow import load_runner
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.validate.compare import FORMULA_TEXT, OutputComparison, compare
 from trtflow.validate.inputs import generate_inputs, load_data, shape_cases
@@ -84,13 +85,6 @@ def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray], sess: Any = None
     return out
 
 
-def import_runner(artifact: Path) -> type:
-    """The artifact's generated runner class (:func:`trtflow.load_runner`)."""
-    from trtflow import load_runner
-
-    return load_runner(artifact)
-
-
 def _as_dict(result: Any) -> dict[str, np.ndarray]:
     if hasattr(result, "_asdict"):
         return dict(result._asdict())
@@ -154,7 +148,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
     plan, built = art.load(artifact)  # a truncated or replaced file or a bad plan fails here, before anything runs
     v = plan.validate
     runs = _runs(plan, samples, shapes)
-    runner_cls = import_runner(artifact)
+    runner_cls: type[Any] = load_runner(artifact)  # the generated subclass: __call__ takes the plan's inputs
     per_output = v.per_output
     from trtflow.backends.onnxruntime import reference_session
 
@@ -183,8 +177,8 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
                         worst[t.name] = d
                     feeds[t.name] = seen
                 ref = reference_outputs(plan, feeds, ref_sess)
-                for name, seen in cand.items():
-                    seen.append(np.array(got[name], copy=True))
+                for name, got_so_far in cand.items():
+                    got_so_far.append(np.array(got[name], copy=True))
                     refs[name].append(ref[name])
                 done += 1
                 if progress is not None:
