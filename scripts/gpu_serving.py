@@ -14,6 +14,7 @@
 Prints markdown tables last (the serving section of docs/benchmarks.md) and writes $OUT/serving.json.
 
     python3 scripts/gpu_serving.py --out out/serving.json [--quick]
+    python3 scripts/gpu_serving.py --render out/serving.json     # the tables of a run (saved after each section)
 """
 
 from __future__ import annotations
@@ -98,26 +99,32 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("out/serving.json"))
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the script)")
     ap.add_argument("--backend", default="torch", help="engine of the overhead rows (onnxruntime: a CPU smoke test)")
+    ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="print the tables of a saved run")
     args = ap.parse_args()
+    if args.render:
+        print_tables(json.loads(args.render.read_text()))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dur = "1" if args.quick else "3"
     rep: dict[str, Any] = {"overhead": [], "instances": {}, "devices": None, "http": None}
+
+    def save() -> None:  # after every section: a run cut short by the suite's timeout keeps what it measured
+        args.out.write_text(json.dumps(rep, indent=2, default=float))
+
     for recipe in ("tiny", "cls", "seg_hd"):
         sh([*CLI, "build", f"recipes/{recipe}.yaml", "--out", str(ART)], 600)
 
     for topo in ("sync", "pipelined"):
         rep["overhead"].append(async_overhead(ART / "tiny", topo, 2000 if args.quick else 5000,
                                               backend=args.backend))
+        save()
 
     for recipe, c in (("tiny", 16), ("cls", 16), ("seg_hd", 8)):
         r = sh([*CLI, "bench", f"recipes/{recipe}.yaml", "--sweep", "instances", "--concurrency", str(c),
                 "--duration", dur, "--warmup", "3", "--out", str(ART), "--json"], 600)
         if r.returncode == 0:
             rep["instances"][recipe] = json.loads(r.stdout)
-    r = sh([*CLI, "bench", "recipes/seg_hd.yaml", "--sweep", "devices", "--concurrency", "8", "--duration", dur,
-            "--warmup", "3", "--out", str(ART), "--json"], 900)
-    if r.returncode == 0:
-        rep["devices"] = json.loads(r.stdout)
+            save()
     http_json = args.out.with_name("serving_http.json")
     r = sh([sys.executable, "examples/serve/loadtest.py", str(ART / "seg_hd"), "--concurrency", "1", "8", "32",
             "--requests", "100" if args.quick else "300", "--seconds", "8" if args.quick else "15",
@@ -125,7 +132,12 @@ def main() -> int:
     print(r.stdout[-2500:])
     if http_json.is_file():
         rep["http"] = json.loads(http_json.read_text())
-    args.out.write_text(json.dumps(rep, indent=2, default=float))
+        save()
+    r = sh([*CLI, "bench", "recipes/seg_hd.yaml", "--sweep", "devices", "--concurrency", "8", "--duration", dur,
+            "--warmup", "3", "--out", str(ART), "--json"], 900)
+    if r.returncode == 0:
+        rep["devices"] = json.loads(r.stdout)
+    save()
     print_tables(rep)
     return 0
 

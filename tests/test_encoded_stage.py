@@ -328,3 +328,25 @@ def test_validate_feeds_files_checks_the_decoder_and_compares_on_the_decoded_pix
     (d,) = rep.decoders
     assert (d["input"], d["max_abs"], d["passed"]) == ("image", 0, True)  # the same libjpeg-turbo on both sides
     assert rep.to_dict()["decoders"][0]["fraction_allowed"] == 0.01
+
+
+def test_decoder_check_allows_one_step_on_baseline_and_two_on_progressive_files() -> None:
+    """The decoder gate of validate (check_decoder): +-1 on <= 1% for baseline JPEGs (T.83's IDCT
+    accuracy), +-2 on <= 5% for progressive ones (nvImageCodec's CUDA decoder measured max 2 on 3.5% on the
+    H200); a file is judged by its own coding, a batch by its worst file."""
+    from trtflow.validate.run import check_decoder
+
+    base, prog = jpeg(32, 32, 1), jpeg_progressive(32, 32, 2)
+    ref_b, ref_p = decoded(base)[None], decoded(prog)[None]
+    assert check_decoder("image", ref_b, base)["passed"]
+    off_by_2 = ref_b.astype(np.int16)
+    off_by_2[0, 0, :4, 0] = np.clip(off_by_2[0, 0, :4, 0] + np.where(off_by_2[0, 0, :4, 0] > 127, -2, 2), 0, 255)
+    d = check_decoder("image", off_by_2.astype(np.uint8), base)
+    assert not d["passed"] and d["max_abs"] == 2 and d["max_abs_allowed"] == 1
+    p2 = ref_p.astype(np.int16)
+    p2[0, 0, :4, 0] = np.clip(p2[0, 0, :4, 0] + np.where(p2[0, 0, :4, 0] > 127, -2, 2), 0, 255)
+    assert check_decoder("image", p2.astype(np.uint8), prog)["passed"]
+    batch = check_decoder("image", np.concatenate([ref_p, off_by_2.astype(np.uint8)]), [prog, base])
+    assert not batch["passed"] and batch["max_abs_allowed"] == 1  # the failing file is the one reported
+    wrong_colour = ref_p[..., ::-1].copy()  # RGB read as BGR differs by far more
+    assert not check_decoder("image", wrong_colour, prog)["passed"]

@@ -41,12 +41,10 @@ RESULTS = corpus.dest_folder() / "results.jsonl"
 # What fails today, with the reason (strict: a fix must remove the entry). Mode inputs such as silero's
 # `sr` need no entry here: init fixes them (`value:`) to the value the model tests for.
 XFAIL: dict[tuple[str, str], str] = {
-    ("nudenet_320n", "fp16"): "TensorRT-RTX (Myelin): the fp16 lowering leaves the anchor Range of /model.22 half fp16, "
-                              "half fp32 ('Input 0's element type (float) differs from input 1's (half)'); numerics",
     ("slanet", "fp32"): "TensorRT-RTX 1.7 internal assertion in graphScope.cpp:812 (makeScopeNodesContiguous) on the "
                         "attention decoder's Loop; onnxruntime runs it (trt: a builder limitation to report)",
-    ("slanet", "fp16"): "the fp16 lowering breaks Casts inside the Loop body (onnx.checker: Cast elem type 1 vs 10); "
-                        "numerics",
+    ("slanet", "fp16"): "TensorRT-RTX 1.7 internal assertion on the attention decoder's Loop, as in fp32 (the fp16 "
+                        "lowering itself passes onnx.checker since 7c13bd1: tests/test_numerics_precision.py)",
 }
 # Values wrong today (strict xfail: fixing them turns the test red until the entry goes).
 XFAIL_VALUES: dict[tuple[str, str], str] = {}  # ppocr_det fp16 (BatchNorm clamp) passes since numerics 9b342c0

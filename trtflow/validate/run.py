@@ -105,10 +105,15 @@ def describe_candidate(report: dict[str, Any], backend: str, device: str) -> tup
 
 
 # Two conforming JPEG decoders may differ by one step per sample (the IDCT's rounding: JPEG's accuracy
-# test, ITU-T T.83 / IEEE 1180, allows +-1): nvJPEG and libjpeg-turbo were measured at max 1, on 0.017%
-# of the values. The gate is that plus margin; a wrong colour conversion or a truncated decode fails it.
+# test, ITU-T T.83 / IEEE 1180, allows +-1): nvJPEG's hardware decoder and libjpeg-turbo were measured at
+# max 1, on 0.017% of the values. Progressive files take nvImageCodec's CUDA decoder, measured at max 2 on
+# 3.5% of the values of a 64x64 photo (H200, nvImageCodec 0.9): the standard pins the IDCT's accuracy, not
+# how a decoder upsamples chroma or rounds between refinement scans. The gate is that plus margin; a wrong
+# colour conversion, a missing EXIF rotation or a truncated decode differs by far more.
 DECODER_MAX_ABS = 1
 DECODER_MAX_FRACTION = 0.01
+PROGRESSIVE_MAX_ABS = 2
+PROGRESSIVE_MAX_FRACTION = 0.05
 
 
 def encoded_files(t: TensorPlan, sample: int) -> Any:
@@ -124,17 +129,31 @@ def encoded_files(t: TensorPlan, sample: int) -> Any:
     return files[0] if n == 1 else files
 
 
+def decoder_tolerance(header: Any) -> tuple[int, float]:
+    """(max abs difference, fraction of values allowed to differ) of a decoded file against libjpeg-turbo."""
+    if getattr(header, "coding", "") == "progressive":
+        return PROGRESSIVE_MAX_ABS, PROGRESSIVE_MAX_FRACTION
+    return DECODER_MAX_ABS, DECODER_MAX_FRACTION
+
+
 def check_decoder(name: str, seen: np.ndarray, files: Any) -> dict[str, Any]:
-    """The runner's decoded pixels (``Runner.decoded``) against the host decoder (libjpeg-turbo, libpng)."""
+    """The runner's decoded pixels (``Runner.decoded``) against the host decoder (libjpeg-turbo, libpng),
+    file by file, each at its :func:`decoder_tolerance`; the worst file is reported."""
     from trtflow.decode import host, inspect
 
     items = files if isinstance(files, list) else [files]
-    want = np.stack([host.decode_rgb(f, inspect(f)) for f in items])
-    diff = np.abs(seen.astype(np.int16) - want.astype(np.int16))
-    max_abs, frac = int(diff.max(initial=0)), float((diff > 0).mean()) if diff.size else 0.0
-    return {"input": name, "max_abs": max_abs, "fraction_differing": frac, "max_abs_allowed": DECODER_MAX_ABS,
-            "fraction_allowed": DECODER_MAX_FRACTION,
-            "passed": max_abs <= DECODER_MAX_ABS and frac <= DECODER_MAX_FRACTION}
+    worst: dict[str, Any] = {}
+    for k, f in enumerate(items):
+        header = inspect(f)
+        diff = np.abs(seen[k].astype(np.int16) - host.decode_rgb(f, header).astype(np.int16))
+        max_abs, frac = int(diff.max(initial=0)), float((diff > 0).mean()) if diff.size else 0.0
+        allowed_abs, allowed_frac = decoder_tolerance(header)
+        d = {"input": name, "max_abs": max_abs, "fraction_differing": frac, "max_abs_allowed": allowed_abs,
+             "fraction_allowed": allowed_frac, "passed": max_abs <= allowed_abs and frac <= allowed_frac}
+        if not worst or (worst["passed"], -worst["max_abs"], -worst["fraction_differing"]) > (
+                d["passed"], -max_abs, -frac):
+            worst = d
+    return worst
 
 
 def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "auto",
