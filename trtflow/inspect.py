@@ -76,7 +76,6 @@ def check_staleness(report: dict[str, Any], plan_dict: dict[str, Any] | None, *,
     (as the command line loaded it, overrides applied) instead of the one the report names; an artifact
     built from another recipe file is then stale too.
     """
-    from trtflow.plan.onnxmeta import sha256_file
 
     reasons: list[str] = []
     notes: list[str] = []
@@ -93,7 +92,7 @@ def check_staleness(report: dict[str, Any], plan_dict: dict[str, Any] | None, *,
     if recipe_sha is None:
         notes.append(f"recipe not found at {recipe_path}: cannot compare it")
     if report.get("model_path") and model_path.is_file():
-        model_sha = sha256_file(model_path)
+        model_sha = art.sha256_path(model_path)
     else:
         notes.append(f"model not found at {model_path}: cannot compare it")
     changed = art.staleness(report, recipe_sha256=recipe_sha, model_sha256=model_sha)

@@ -6,11 +6,11 @@ only its graph.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from trtflow.artifact import sha256_path
 from trtflow.errors import ModelError
 
 # onnx TensorProto enum -> numpy-style dtype name (kept literal so the core needs no onnx import here)
@@ -56,14 +56,6 @@ class ModelInfo:
     op_types: frozenset[str]
     has_external_data: bool
     switches: tuple[Switch, ...] = ()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _io(vi: object) -> IOInfo:
@@ -138,7 +130,7 @@ def read_model_info(path: Path) -> ModelInfo:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ModelInfo(
         path=path,
-        sha256=sha256_file(path),
+        sha256=sha256_path(path),
         opset=opset,
         inputs=tuple(_io(i) for i in model.graph.input if i.name not in init_names),
         outputs=tuple(_io(o) for o in model.graph.output),

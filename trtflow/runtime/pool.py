@@ -29,7 +29,6 @@ buffer set, which, in a pool shared by threads, another thread's request can do 
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,12 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from typing_extensions import Self
-
 from trtflow.errors import Overloaded, RunnerClosed, TrtflowError
 from trtflow.runtime import aio, cuda, devices
 from trtflow.runtime.aio import LaneStats
-from trtflow.runtime.runner import Pending, Runner
+from trtflow.runtime.runner import Closing, Pending, Runner
 
 T = TypeVar("T")
 DevicesSpec = str | int | Sequence[int] | None
@@ -114,7 +111,7 @@ class PoolPending(Generic[T]):
             self._pool._release(self.instance, error)
 
 
-class RunnerPool:
+class RunnerPool(Closing):
     """N runners of one artifact per device behind one dispatcher; the API of one runner.
 
     Parameters
@@ -327,17 +324,6 @@ class RunnerPool:
                 errors.append(exc)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if not getattr(self, "_closed", True):
-                self.close()
 
 
 def _identity(x: dict[str, Any]) -> dict[str, Any]:

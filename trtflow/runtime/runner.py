@@ -93,7 +93,27 @@ from trtflow.runtime.topology import (
 T = TypeVar("T")
 
 
-class Runner:
+class Closing:
+    """A context manager over ``close()`` (idempotent), also closed when collected while still open."""
+
+    _closed: bool
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not getattr(self, "_closed", True):
+                self.close()
+
+
+class Runner(Closing):
     """Runs one artifact. Subclassed by every generated ``runner.py``; usable directly too.
 
     Parameters
@@ -584,17 +604,6 @@ class Runner:
         from trtflow.runtime import aio
 
         return await aio.infer(self, feeds, copy=copy, convert=convert)  # type: ignore[no-any-return]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if not getattr(self, "_closed", True):
-                self.close()
 
     # == the request path: check, then hand over to the topology ======================================
     def _check_open(self) -> None:
