@@ -205,7 +205,7 @@ def _build_into(final: Path, plan: Plan, builder: type[Backend], key: str, progr
                 t0: float, *, overrides: Iterable[str]) -> dict[str, Any]:
     import onnx
 
-    from trtflow.codegen import generate_runner
+    from trtflow.codegen import write_runner
     from trtflow.passes import lower, pass_detail
 
     timings: dict[str, float] = {}
@@ -223,7 +223,7 @@ def _build_into(final: Path, plan: Plan, builder: type[Backend], key: str, progr
         timings["backend_build"] = time.perf_counter() - t
 
         art.atomic_write(tmp / art.PLAN, plan.to_json())
-        art.atomic_write(tmp / art.RUNNER, generate_runner(plan))
+        write_runner(plan, tmp)
         report = art.seal(tmp, {
             "name": plan.name,
             "backend": builder.name,

@@ -100,7 +100,7 @@ def measure_start(artifact: Path, plan: Plan, *, backend: str, device: str) -> d
 
 def variant_artifact(artifact: Path, memory: str) -> Path:
     """The same engine with every tensor's memory strategy replaced (only the plan and runner differ)."""
-    from trtflow.codegen import generate_runner
+    from trtflow.codegen import write_runner
 
     plan = Plan.from_json((artifact / art.PLAN).read_text())
     out_mem = "pinned" if memory == "write_combined" else memory
@@ -116,7 +116,7 @@ def variant_artifact(artifact: Path, memory: str) -> Path:
         if name not in (art.PLAN, art.RUNNER):
             (folder / name).symlink_to((artifact / name).resolve())
     art.atomic_write(folder / art.PLAN, vplan.to_json())
-    art.atomic_write(folder / art.RUNNER, generate_runner(vplan))
+    write_runner(vplan, folder)
     art.seal(folder, {**report, "variant_of": str(artifact)})
     return folder
 

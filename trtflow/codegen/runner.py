@@ -347,11 +347,10 @@ def _inputs_property(plan: Plan, views_cls: str) -> list[str]:
 def write_runner(plan: Plan, artifact_dir: str | Path) -> Path:
     """Write ``artifact_dir/runner.py`` atomically (:func:`trtflow.artifact.atomic_write`), after
     checking that it compiles."""
-    from trtflow.artifact import atomic_write
+    from trtflow.artifact import RUNNER, atomic_write
 
-    folder = Path(artifact_dir)
     src = generate_runner(plan)
-    path = folder / "runner.py"
+    path = Path(artifact_dir) / RUNNER
     compile(src, str(path), "exec")  # never leave a module that does not compile
     atomic_write(path, src)
     return path
