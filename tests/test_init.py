@@ -59,6 +59,18 @@ def test_dynamic_batch_model_gets_a_profile_and_plans(project: Path) -> None:
     assert [t.name for t in make_plan(parse_recipe(edited, res.path)).outputs] == ["logits_values", "logits_indices"]
 
 
+def test_the_commented_default_tolerance_is_the_policy(project: Path) -> None:
+    """Uncommenting init's ``# default: {atol, rtol}`` changes nothing at fp32: it is the policy's value."""
+    from trtflow.validate.policy import PRECISION_TOL
+
+    res = init_recipe(add_model(project, "mobilenet_v3_small.onnx"), project / "recipes" / "cls.yaml")
+    before = make_plan(load_recipe(res.path)).validate.per_output["logits"]
+    after = make_plan(parse_recipe(_uncomment(res.text, ("default",)), res.path)).validate.per_output["logits"]
+    assert after.tolerance_from == "validate.default" and before.tolerance_from != after.tolerance_from
+    assert (after.atol, after.rtol) == (before.atol, before.rtol) == (PRECISION_TOL["fp32"],) * 2
+    assert '"logits": atol = rtol = 1e-04 (fp16 build: 1e-02)' in res.text
+
+
 def test_image_model_suggestions_are_valid_when_uncommented(project: Path) -> None:
     model = add_model(project, "lraspp_mobilenet_v3.onnx")
     res = init_recipe(model, project / "seg.yaml")

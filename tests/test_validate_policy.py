@@ -48,6 +48,19 @@ def test_resolve_says_where_each_number_comes_from() -> None:
     assert r["a"].atol == 0.2 and r["m"].atol is None  # validate.default is for float outputs
 
 
+def test_a_tolerance_field_left_out_keeps_the_policys_value() -> None:
+    """``{atol: 0.05}`` alone: rtol is the policy's for that output, not a fixed schema default."""
+    from trtflow.recipe import parse_recipe
+
+    v = parse_recipe("model: m.onnx\nvalidate: {default: {atol: 0.05}, tolerances: {m: {rtol: 0.3}}}\n",
+                     Path("r.yaml")).recipe.validate_.model_dump()
+    outs = (_t("a", "float32"), _t("b", "float16"), _t("m", "uint8", {"op": "argmax"}))
+    r = resolve(v, "fp16", outs)
+    assert (r["a"].atol, r["a"].rtol, r["b"].rtol) == (0.05, 1e-2, 1e-2)
+    assert (r["m"].atol, r["m"].rtol, r["m"].gate) == (1e-2, 0.3, "tolerance")  # named: gated by it
+    assert resolve(v, "fp32", outs)["a"].rtol == 1e-4 and resolve(v, "fp32", outs)["b"].rtol == 1e-3
+
+
 @pytest.mark.slow
 def test_fp16_output_of_an_fp32_build_and_an_argmax_mask(tmp_path: Path) -> None:
     body = ("outputs:\n  out: {dtype: float16}\nbuild: {backend: onnxruntime}\nvalidate: {samples: 1, "

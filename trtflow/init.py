@@ -479,7 +479,6 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
         "validate:",
         "  formula: elemwise   # fail an element only if |a-b| > atol AND |a-b|/|b| > rtol (Polygraphy's rule)",
         "  statistic: max",
-        "  # default: {atol: 1.0e-05, rtol: 1.0e-05}   # all float outputs; unset: per output (docs/numerics.md):",
         *_tolerance_lines(info),
         "  samples: 2",
         "  seed: 0",
@@ -495,13 +494,17 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
 
 
 def _tolerance_lines(info: ModelInfo) -> list[str]:
-    """One comment per output: what decides it by default at fp32 (trtflow.validate.policy)."""
+    """The commented ``default:`` and one comment per output: what decides it by default at fp32 (and
+    fp16), from trtflow.validate.policy, so uncommenting the line changes nothing at fp32."""
     from trtflow.validate.policy import default_metrics, default_tolerance
 
-    lines = []
+    fp32 = default_tolerance("fp32", "float32") or {}
+    default = (f"  # default: {{atol: {fp32['atol']:.1e}, rtol: {fp32['rtol']:.1e}}}   # one tolerance for all float "
+               "outputs (this is fp32's); unset: per output (docs/numerics.md):")
+    lines = [default]
     for io in info.outputs:
-        tol = default_tolerance("fp32", io.dtype)
-        what = (f"atol = rtol = {tol['atol']:g} (fp16 build: 1e-2)" if tol else
+        tol, half = default_tolerance("fp32", io.dtype), default_tolerance("fp16", io.dtype)
+        what = (f"atol = rtol = {tol['atol']:.0e} (fp16 build: {half['atol']:.0e})" if tol and half else
                 ", ".join(f"{m['kind']} >= {m['min']}" for m in default_metrics("fp32", io.dtype)))
         lines.append(f"  #   {c(io.name)}: {what}")
     return lines

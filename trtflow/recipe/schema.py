@@ -313,8 +313,13 @@ Statistic = Literal["max", "mean", "median", "p99"]
 
 
 class Tolerance(_Strict):
-    atol: float = Field(default=1e-5, ge=0, le=1e6)
-    rtol: float = Field(default=1e-5, ge=0, le=1e6)
+    """Absolute and relative tolerance of a float output; a field left out keeps the policy's default."""
+
+    atol: float | None = Field(default=None, ge=0, le=1e6, description="Absolute tolerance. Default: the "
+                               "policy's for this output, from the build's precision and the output's dtype "
+                               "(fp32 1e-4; docs/numerics.md, 'Tolerances').")
+    rtol: float | None = Field(default=None, ge=0, le=1e6, description="Relative tolerance. Default: the "
+                               "policy's, as for atol.")
 
 
 class Metric(_Strict):

@@ -4,7 +4,7 @@
   and the dtype of the output itself: ``max(PRECISION_TOL[precision], DTYPE_TOL[dtype])`` for atol and
   rtol alike. An fp16 output of an fp32 build is rounded to fp16 once (relative error up to 2^-11), so
   it gets 1e-3, not fp32's 1e-4. ``validate.default`` (all float outputs) and ``validate.tolerances``
-  (one output) override it.
+  (one output) override it; a field they leave out (``{atol: 0.01}``) keeps the policy's value.
 * Integer and bool outputs (argmax masks, class ids, indices) are judged by the task metric that decides
   them: ``agreement`` (fraction of equal elements) for masks and ids, ``topk_overlap`` for top-k
   indices; a max abs error of 16 between two class ids says nothing. ``validate.metrics`` overrides.
@@ -80,6 +80,9 @@ def resolve(validate: dict[str, Any], precision: str, outputs: Any) -> dict[str,
         if not mets:
             mets = default_metrics(precision, t.dtype, t.reduce, t.name)
             mets_why = f"default for a {t.dtype} output" if mets else None
+        if tol is not None:  # a field the recipe left out keeps the policy's value for this output
+            base = default_tolerance(precision, t.dtype) or default_tolerance(precision, "float32") or {}
+            tol = {k: base[k] if tol.get(k) is None else tol[k] for k in ("atol", "rtol")}
         out[t.name] = OutputCheck(
             gate="tolerance" if floaty or t.name in explicit or t.source in explicit else "metrics",
             atol=None if tol is None else float(tol["atol"]),
