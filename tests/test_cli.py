@@ -77,3 +77,16 @@ def test_schema_check_fails_when_stale(tmp_path: Path) -> None:
     stale.write_text("{}\n")
     r = trtflow("schema", "--check", "--out", str(stale))
     assert r.returncode == 1 and "stale" in r.stderr
+
+
+def test_bench_refuses_an_unknown_sweep_and_options_it_would_ignore_before_building(project: Path) -> None:
+    make_conv_model(project / "m.onnx")
+    (project / "r.yaml").write_text("model: m.onnx\nbuild: {backend: onnxruntime}\n")
+    out = project / "out"
+    cases = {("--sweep", "bogus"): "hint: --sweep memory | batch | precision | encoding | instances | devices",
+             ("--sweep", "memory", "--concurrency", "4"): "--sweep memory does not take --concurrency",
+             ("--sweep", "encoding", "--check", "--duration", "2"): "--sweep encoding does not take --duration, --check"}
+    for args, said in cases.items():
+        r = trtflow("bench", str(project / "r.yaml"), "--out", str(out), *args)
+        assert r.returncode == 64 and said in r.stderr, (args, r.stderr)
+    assert not out.exists()  # refused before the build, not after it

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
+from typing import Any
 
 from helpers.models import ROOT
 from pydantic import BaseModel
@@ -120,3 +122,99 @@ def test_architecture_where_to_look_answers_exist() -> None:
     assert len(refs) >= 20
     wrong = [f"{f}::{q}" for f, q in refs if not (ROOT / f).is_file() or not _defines(ROOT / f, q)]
     assert not wrong, f"docs/architecture.md names what the code does not define: {wrong}"
+
+
+# Flags of other tools that the docs quote (checked so that a trtflow flag can never hide among them).
+FOREIGN_FLAGS = {"--useSpinWait": "trtexec", "--check-error-stat": "Polygraphy", "--render": "scripts/gpu_corpus.py",
+                 "--nvidia-index": "scripts/wheelhouse.sh"}
+_FLAG = re.compile(r"(?<![\w./-])(--?[A-Za-z][\w-]*)")
+
+
+def _cli_options() -> tuple[dict[tuple[str, ...], set[str]], set[str]]:
+    """Every command path of the CLI with its option spellings, and the global options."""
+    import typer.main
+
+    def spellings(cmd: Any) -> set[str]:
+        return {o for p in cmd.params for o in (*p.opts, *getattr(p, "secondary_opts", ()))}
+
+    root = typer.main.get_command(app)
+    commands: dict[tuple[str, ...], set[str]] = {}
+
+    def walk(cmd: Any, path: tuple[str, ...]) -> None:
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, (*path, name))
+        if not hasattr(cmd, "commands"):
+            commands[path] = spellings(cmd) | {"--help"}
+
+    walk(root, ())
+    return commands, spellings(root) | {"--help", "--install-completion", "--show-completion"}
+
+
+def _command_lines(text: str) -> list[tuple[int, str]]:
+    """(line, text after `trtflow `) of every trtflow command: in inline code, and on shell-block lines."""
+    out, block = [], None  # the language of the code block we are in
+    text = text.replace("\\|", "|").replace("\\\n", " ")  # table cells; continued shell lines
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            block = line.strip("` ") if block is None else None
+            continue
+        if block is None:
+            frags = re.findall(r"`([^`]+)`", line)
+        else:
+            frags = [line.split(" #")[0]] if block in ("bash", "sh", "shell", "console") else []
+        out += [(number, seg) for frag in frags for seg in re.split(r"(?<![\w/.-])trtflow\s+", frag)[1:]]
+    return out
+
+
+def test_every_command_line_in_the_docs_uses_real_commands_options_and_sweeps() -> None:
+    """Each `trtflow CMD ... --flag` in README.md and docs/*.md names a command and options it has; each
+    `--sweep X` a real sweep; each inline `--flag` an option of some command (or a quoted tool's)."""
+    from trtflow.bench import SWEEPS
+
+    commands, global_opts = _cli_options()
+    everything = set().union(*commands.values()) | global_opts
+    problems, seen = [], 0
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        for line, seg in _command_lines(text):
+            toks = seg.split()
+            while toks and toks[0] in global_opts:
+                toks.pop(0)
+            path: tuple[str, ...] = ()
+            while toks and any(k[: len(path) + 1] == (*path, toks[0]) for k in commands):
+                path = (*path, toks.pop(0))
+            if path not in commands:
+                if toks and re.fullmatch(r"[a-z][a-z-]*", toks[0]):
+                    problems.append(f"{doc.name}:{line}: `trtflow {' '.join((*path, toks[0]))}` is no command")
+                continue  # `trtflow <cmd> --help`, a bare group name
+            seen += 1
+            for flag in _FLAG.findall(" ".join(toks)):
+                if flag not in commands[path] | global_opts:
+                    problems.append(f"{doc.name}:{line}: `trtflow {' '.join(path)}` has no option {flag}")
+            for values in re.findall(r"--sweep[ =]([\w|]+)", seg):
+                problems += [f"{doc.name}:{line}: --sweep {v} is not a sweep" for v in values.split("|")
+                             if v not in SWEEPS]
+        for m in re.finditer(r"`(--[A-Za-z][\w-]*)", text):
+            if m.group(1) not in everything and m.group(1) not in FOREIGN_FLAGS:
+                problems.append(f"{doc.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(1)} is no trtflow "
+                                "option (another tool's? add it to FOREIGN_FLAGS)")
+    assert seen > 50, "found too few command lines: is the extractor broken?"
+    assert not problems, "\n".join(problems)
+    bench_row = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("| `trtflow bench "))
+    assert all(s in bench_row for s in SWEEPS) and "--concurrency" in bench_row, "README's bench row lists every sweep"
+
+
+def test_help_texts_say_what_the_code_does() -> None:
+    """Numbers and lists in --help that the code also holds: init's batch profile, the encoding sweep's rows."""
+    from trtflow.bench.encoding import LABELS
+    from trtflow.init import BATCH_RANGE
+    from trtflow.recipe.schema import Tolerance
+    from trtflow.validate.policy import PRECISION_TOL
+
+    runner = CliRunner()
+    init_help = " ".join(runner.invoke(app, ["init", "--help"], terminal_width=200).output.split())
+    assert "batch " + "/".join(map(str, BATCH_RANGE)) in init_help
+    bench_help = " ".join(runner.invoke(app, ["bench", "--help"], terminal_width=200).output.split())
+    assert f"configurations {min(LABELS)}-{max(LABELS)}" in bench_help
+    said = re.search(r"fp32 ([\d.e+-]+)", Tolerance.model_fields["atol"].description or "")
+    assert said and float(said.group(1)) == PRECISION_TOL["fp32"]

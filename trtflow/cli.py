@@ -622,14 +622,15 @@ def _print_validation(rep: Any) -> None:
 @app.command()
 @recipe_command
 def bench(
-    recipe: RecipeArg,
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML file.", show_default=False)],
     out: OutOpt = DEFAULT_ARTIFACTS,
     backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     sweep: Annotated[str | None, typer.Option(
-        help="memory (strategies x topologies, with the hand-written baseline), batch, precision, encoding "
-             "(JPEG bytes -> mask: host vs GPU decode, configurations a-g), "
-             "instances (1, 2, 4 engine instances under load) or devices (1..N GPUs, links measured).")] = None,
+        help="memory (strategies x topologies, with the hand-written baseline), batch, precision (fp32 vs fp16), "
+             "encoding (JPEG bytes -> mask: host vs GPU decode, configurations a-h), "
+             "instances (1, 2, 4 engine instances under load) or devices (1..N GPUs, links measured).",
+        show_default=False)] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up requests per configuration.")] = 10,
     iterations: Annotated[int, typer.Option(min=1, help="Timed requests per configuration (at least).")] = 100,
     duration: Annotated[float | None, typer.Option(min=0.001, help="Seconds per configuration (at least).")] = None,
@@ -650,8 +651,21 @@ def bench(
     the hand-written baseline (pageable numpy, synchronous copies, a sync per call).
     """
     from trtflow import extras
+    from trtflow.bench import SWEEPS
     from trtflow.bench.report import run_bench
+    from trtflow.errors import UsageError
 
+    if sweep is not None and sweep not in SWEEPS:  # before the build, not after it
+        raise UsageError(f"--sweep {sweep!r} is not a sweep", hint="--sweep " + " | ".join(SWEEPS))
+    given = {"--duration": duration is not None, "--plot": plot is not None, "--check": check,
+             "--write-best": write_best is not None, "--concurrency": concurrency is not None,
+             "--device": device != "auto"}
+    refused = ([f for f, on in given.items() if on] if sweep == "encoding" else
+               ["--concurrency"] if sweep in ("memory", "batch", "precision") and concurrency is not None else [])
+    if refused:  # an option the run would ignore is refused, not dropped
+        raise UsageError(f"--sweep {sweep} does not take {', '.join(refused)}",
+                         hint="--concurrency is load mode, alone or with --sweep instances/devices; --sweep encoding "
+                         "takes --iterations, --warmup and --no-link (see `trtflow bench --help`)")
     extras.require({**({"matplotlib": "--plot"} if plot else {}),
                     **(extras.for_precision("fp16") if sweep == "precision" else {})})
     if sweep == "encoding":
@@ -684,7 +698,7 @@ def bench(
 
 def _bench_encoding(loaded: Any, out: Path, ropts: Any, *, backend: str, warmup: int, iterations: int, link: bool,
                     json_out: bool) -> None:
-    """--sweep encoding (trtflow.bench.encoding): JPEG bytes -> mask, configurations (a)-(g) side by side."""
+    """--sweep encoding (trtflow.bench.encoding): JPEG bytes -> mask, configurations (a)-(h) side by side."""
     from trtflow.bench.encoding import render, sweep_encoding
     from trtflow.bench.report import _card
     from trtflow.errors import BackendMissing
@@ -878,7 +892,7 @@ def init_(
 ) -> None:
     """Write a starter recipe from the model's inputs and outputs, with a comment on every choice.
 
-    Dynamic dims become a profile (batch 1/8/32; other dims get a guess marked CHECK). The recipe plans
+    Dynamic dims become a profile (batch 1/4/16; other dims get a guess marked CHECK). The recipe plans
     as written; edit it, then `trtflow plan` shows what each choice costs.
     """
     from trtflow.init import init_recipe

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow import artifact as art
+from trtflow.bench import SWEEPS
 from trtflow.bench.measure import BenchResult
 from trtflow.bench.run import (
     IN_PLACE_SWEEP,
@@ -95,7 +96,7 @@ def run_bench(loaded: LoadedRecipe, *, out: Path, backend: str, device: str, swe
             results.append(bench_config(res.artifact, vplan, label=prec, memory=None, topology=None,
                                         cuda_graph=None, **kw))
     else:
-        raise UsageError(f"unknown sweep {sweep!r}", hint="--sweep memory | batch | precision | instances | devices")
+        raise UsageError(f"unknown sweep {sweep!r}", hint="--sweep " + " | ".join(SWEEPS))
     if results:
         from trtflow.validate.run import describe_candidate
 
