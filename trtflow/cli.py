@@ -165,6 +165,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _LogFormatter(logging.Formatter):
+    """Builder messages quote layer and tensor names from the model: control codes are shown, never sent."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return plain(super().format(record), newlines=True)
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
@@ -182,7 +189,7 @@ def _main(
     _State.debug, _State.quiet, _State.verbose = debug, quiet, verbose
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
+        handler.setFormatter(_LogFormatter("[%(name)s] %(levelname)s %(message)s"))
         root = logging.getLogger("trtflow")
         root.addHandler(handler)
         root.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
