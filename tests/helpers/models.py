@@ -125,3 +125,45 @@ def make_conv_model(path: Path, *, batch: int | str = 1, channels: int = 3, clas
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def tied_state_model(path: Path, *, names: tuple[str, str] = ("n", "m")) -> Path:
+    """A state-carrying model like silero's: ``audio`` [n, 8] and ``state`` [2, m, 8], added (broadcast),
+    so the model needs n == m although the declared dims (``names``) may differ: ``out`` [2, n, 8] and
+    ``state_out`` = ``out`` + 1."""
+    one = numpy_helper.from_array(np.ones((1,), dtype=np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["audio", "state"], ["out"], name="mix"),
+         helper.make_node("Add", ["out", "one"], ["state_out"], name="next")], "tied",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [names[0], 8]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, names[1], 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, names[0], 8]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, names[0], 8])], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+_PLAN_AND_KEY = """
+import sys
+from trtflow.backends.base import get_backend
+from trtflow.build import cache_key
+from trtflow.plan import make_plan
+from trtflow.recipe import load_recipe
+plan = make_plan(load_recipe(sys.argv[1]))
+sys.stdout.write(plan.to_json() + "cache_key " + cache_key(plan, get_backend("onnxruntime")) + "\\n")
+"""
+
+
+def plan_in_subprocess(recipe: Path, *, hash_seed: int) -> str:
+    """plan.json and the build cache key of ``recipe``, planned in a fresh interpreter under
+    PYTHONHASHSEED=``hash_seed`` (set and dict-of-str order differ between seeds)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
+    return subprocess.run([sys.executable, "-c", _PLAN_AND_KEY, str(recipe)], env=env, capture_output=True,
+                          text=True, check=True, timeout=300).stdout

@@ -37,6 +37,7 @@ DATA_DEPENDENT_OPS = frozenset({
     "Squeeze", "Unsqueeze", "StringSplit", "RandomNormalLike", "CenterCropPad", "Col2Im",
 })
 _SYMBOL = "__trtflow_in{k}_d{axis}"
+_SYMBOL_RE = re.compile(r"^__trtflow_in(?P<k>\d+)_d(?P<axis>\d+)$")
 _NEW_DIM = re.compile(r"^(?P<op>[A-Za-z][A-Za-z0-9]*?)(?P<prefix>(?:_\d+)*)_(?P<index>\d+)_o(?P<out>\d+)__d(?P<dim>\d+)$")
 
 
@@ -153,6 +154,39 @@ def _subclass(ssi: Any, sympy: Any, box: dict[str, tuple[int, int]], names: dict
             self.dispatcher_["If"] = self._infer_if
             for op in list(self.dispatcher_):
                 self.dispatcher_[op] = self._recording(self.dispatcher_[op])
+
+        def _add_suggested_merge(self, symbols: Any, apply: bool = False) -> None:
+            """onnxruntime's merge of dims inference found equal, in a canonical direction. Its own picks the
+            first input symbol of a ``set`` (string-hash order: PYTHONHASHSEED), so a plan in another process
+            named silero's batch ``input[0]`` or ``state[1]``: another cache key, a "stale" artifact. Here a
+            merged class is named after a literal, else the earliest input dim (input order, then axis), else
+            a plain symbol, else the shortest expression, ties broken by name."""
+            assert all((type(s) is str and s in self.symbolic_dims_) or ssi.is_literal(s) for s in symbols)
+            merged = {self.suggested_merge_.get(s, s) if not ssi.is_literal(s) else s for s in symbols}
+            order = sorted(merged, key=self._merge_rank)
+            map_to = order[0]
+            for s in order[1:]:
+                if ssi.is_literal(s):
+                    assert ssi.is_literal(map_to) and int(map_to) == int(s)
+                    continue
+                if s == map_to:
+                    continue
+                self.suggested_merge_[s] = int(map_to) if ssi.is_literal(map_to) else map_to
+                for k, v in list(self.suggested_merge_.items()):
+                    if v == s:
+                        self.suggested_merge_[k] = map_to
+            if apply and self.auto_merge_:
+                self._apply_suggested_merge()
+
+        def _merge_rank(self, s: Any) -> tuple[Any, ...]:
+            if ssi.is_literal(s):
+                return (0, int(s))
+            m = _SYMBOL_RE.match(s)
+            if s in self.input_symbols_:
+                return (1, (int(m["k"]), int(m["axis"]), "") if m else (1 << 30, 0, s))
+            if type(self.symbolic_dims_[s]) is sympy.Symbol:
+                return (2, s)
+            return (3, len(s), s)
 
         def _recording(self, fn: Any) -> Any:
             def run(node: Any) -> None:
