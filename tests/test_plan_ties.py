@@ -8,9 +8,16 @@ refuses a request that breaks a tie with an InputError naming both tensors.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pytest
 from helpers.models import make_project, plan_in_subprocess, tied_state_model
+from helpers.runtime import rewrite_plan
+
+from trtflow.errors import InputError
+from trtflow.plan import Plan
 
 TIED_RECIPE = """model: tied.onnx
 inputs:
@@ -19,9 +26,9 @@ inputs:
 """
 
 
-def tied_project(folder: Path, *, names: tuple[str, str] = ("n", "m")) -> Path:
+def tied_project(folder: Path, *, names: tuple[str, str] = ("n", "m"), combined: bool = True) -> Path:
     make_project(folder)
-    tied_state_model(folder / "tied.onnx", names=names)
+    tied_state_model(folder / "tied.onnx", names=names, combined=combined)
     recipe = folder / "tied.yaml"
     recipe.write_text(TIED_RECIPE)
     return recipe
@@ -35,3 +42,86 @@ def test_plan_of_tied_dims_is_the_same_in_every_process(tmp_path: Path) -> None:
     first, second = (plan_in_subprocess(recipe, hash_seed=s) for s in (0, 1))
     assert first == second
     assert '"2",\n        "audio[0]",\n        "8"' in first  # named after the earliest input dim
+
+
+def test_plan_records_the_dims_the_model_ties(tmp_path: Path) -> None:
+    from trtflow.plan import make_plan
+    from trtflow.recipe import load_recipe
+
+    # declared n and m: only the graph (an Add that broadcasts) ties them
+    plan = make_plan(load_recipe(tied_project(tmp_path / "graph")))
+    assert plan.dim_ties == (("audio[0]", "state[1]"),)
+    assert {t.name: t.shape_expr for t in plan.outputs}["out"] == ("2", "audio[0]", "8")
+    # one dim name for both inputs ties them too, even where the graph does not combine them (TensorRT's
+    # ONNX parser holds dims of one name equal)
+    plan = make_plan(load_recipe(tied_project(tmp_path / "named", names=("batch", "batch"), combined=False)))
+    assert plan.dim_ties == (("audio[0]", "state[1]"),)
+    loaded = Plan.from_json(plan.to_json())
+    assert loaded.dim_ties == plan.dim_ties and loaded.tied_dims() == (((0, 0), (1, 1)),)
+    # neither: nothing tied
+    assert make_plan(load_recipe(tied_project(tmp_path / "free", combined=False))).dim_ties == ()
+
+
+def test_every_shape_set_gives_tied_dims_one_value(tmp_path: Path) -> None:
+    from trtflow.errors import RecipeError
+    from trtflow.plan import make_plan
+    from trtflow.recipe import load_recipe
+    from trtflow.validate.inputs import generate_inputs, shape_cases
+
+    plan = make_plan(load_recipe(tied_project(tmp_path)))
+    # Before: mixed put audio's batch at 8 (dim 0: half way) and state's at 5 (dim 1: 0.3 of the way)
+    cases = {c.label: c.shapes for c in shape_cases(plan)}
+    assert cases["mixed"] == {"audio": (8, 8), "state": (2, 8, 8)}
+    assert cases["min"] == {"audio": (1, 8), "state": (2, 1, 8)}
+    # an explicit shape for one input: the dims tied to it follow; contradicting ones are refused
+    (case,) = shape_cases(plan, ["audio:3x8"])
+    assert case.shapes == {"audio": (3, 8), "state": (2, 3, 8)}
+    with pytest.raises(RecipeError, match=r"dimension 0 of input 'audio' is 3 and dimension 1 of input 'state' is 5"):
+        shape_cases(plan, ["audio:3x8,state:2x5x8"])
+    # bench's batch sweep moves the state batch with the batch
+    feeds = generate_inputs(plan, 0, tmp_path, batch=6)
+    assert feeds["audio"].shape == (6, 8) and feeds["state"].shape == (2, 6, 8)
+
+
+def test_runner_refuses_a_request_that_breaks_a_tie_naming_both_tensors(tmp_path: Path) -> None:
+    from trtflow import load_runner
+    from trtflow.build import build
+
+    recipe = tied_project(tmp_path)
+    art = build(recipe, out_root=tmp_path / "build").artifact
+    audio = np.zeros((8, 8), np.float32)
+    with load_runner(art)(device="cpu") as r:
+        assert r(audio=audio, state=np.ones((2, 8, 8), np.float32)).out.shape == (2, 8, 8)
+        # Before: onnxruntime's raw RuntimeError (Add: broadcast 5 by 8), exit 70 from the CLI
+        with pytest.raises(InputError) as exc:
+            r(audio=audio, state=np.ones((2, 5, 8), np.float32))
+        assert str(exc.value).startswith("input 'state': dimension 1 must equal dimension 0 of input 'audio' "
+                                         "(the model needs them equal): expected 8, got 5 (shapes 'audio' [8, 8], "
+                                         "'state' [2, 5, 8])")
+        assert exc.value.exit_code == 7
+        assert r(audio=audio[:3], state=np.ones((2, 3, 8), np.float32)).out.shape == (2, 3, 8)  # still serves
+
+
+def test_validate_of_a_tied_model_passes_at_the_default_shape_sets(tmp_path: Path) -> None:
+    from trtflow.build import build
+    from trtflow.validate.run import validate_artifact
+
+    art = build(tied_project(tmp_path), out_root=tmp_path / "build").artifact
+    rep = validate_artifact(art)
+    assert rep.passed and rep.cases == ["opt", "min", "max", "mixed"]
+
+
+def test_a_reference_run_that_fails_is_a_model_error_naming_the_shapes(tmp_path: Path) -> None:
+    from trtflow.build import build
+    from trtflow.errors import ModelError
+    from trtflow.validate.run import validate_artifact
+
+    # a plan that does not know the tie (as one written before plan.dim_ties): the shapes break it
+    art = build(tied_project(tmp_path), out_root=tmp_path / "build").artifact
+    plan = Plan.from_json((art / "plan.json").read_text())
+    rewrite_plan(art, replace(plan, dim_ties=()))
+    with pytest.raises(ModelError) as exc:
+        validate_artifact(art, shapes=["audio:3x8,state:2x5x8"])
+    msg = str(exc.value)
+    assert "the reference run (onnxruntime CPU, the original model) fails at shape set " in msg
+    assert "(audio:3x8, state:2x5x8)" in msg and exc.value.exit_code == 2

@@ -379,6 +379,11 @@ def check_plan(plan: Plan, where: Path | str = PLAN) -> None:
             for field in ("bytes", "max_bytes"):
                 if not is_int(getattr(t, field)) or not 0 <= getattr(t, field) <= MAX_BYTES:
                     raise bad(f"{at}.{field}", f"must be an integer from 0 to {MAX_BYTES}, got {getattr(t, field)!r}")
+    ranks = {t.ident: len(t.shape) for t in plan.inputs}
+    for i, group in enumerate(plan.dim_ties):
+        refs = [re.fullmatch(r"(\w+)\[(\d+)\]", r) if isinstance(r, str) else None for r in group]
+        if len(group) < 2 or not all(m and m[1] in ranks and int(m[2]) < ranks[m[1]] for m in refs):
+            raise bad(f"dim_ties[{i}]", f"must list two or more input dims 'ident[axis]', got {list(group)!r}")
 
 
 def staleness(report: dict[str, Any], *, recipe_sha256: str | None, model_sha256: str | None) -> list[str]:

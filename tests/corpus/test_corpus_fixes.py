@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,37 @@ def test_silero_plan_is_the_same_under_every_hash_seed(project: Path) -> None:
     outputs = json.loads(first.rpartition("cache_key ")[0])["outputs"]
     assert {o["name"]: o["shape_expr"] for o in outputs} == {
         "output": ["input[0]", "1"], "stateN": ["2", "input[0]", "128"]}
+
+
+@pytest.mark.parametrize("model_id", ["silero_vad", "silero_vad_v4"])
+def test_init_then_validate_with_no_options_passes_with_tied_batches(tmp_path: Path, model_id: str) -> None:
+    # Before: validate's default `mixed` set gave silero's `input` batch 8 and its `state` batch 5 (each
+    # tensor on its own); onnxruntime raised (Add: broadcast 5 by 8) and validate exited 70, "a trtflow
+    # bug". v4 ties three dims: `input` batch, `h` and `c` batch. A plain folder, as a user starts.
+    model = _model(tmp_path, model_id)
+
+    def trtflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "trtflow", *args], cwd=tmp_path, capture_output=True,
+                              text=True, check=False, timeout=1200)
+
+    r = trtflow("init", str(model.relative_to(tmp_path)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = trtflow("validate", f"recipes/{model_id}.yaml", "--json")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads(r.stdout)
+    assert rep["passed"] and rep["cases"] == ["opt", "min", "max", "mixed"]
+    plan = json.loads((tmp_path / "artifacts" / model_id / "plan.json").read_text())
+    want = {"silero_vad": [["input[0]", "state[1]"]], "silero_vad_v4": [["input[0]", "h[1]", "c[1]"]]}[model_id]
+    assert plan["dim_ties"] == want
+    if model_id != "silero_vad":
+        return
+    from trtflow import load_runner
+    from trtflow.errors import InputError
+
+    with load_runner(tmp_path / "artifacts" / model_id)(device="cpu") as run:
+        audio = np.zeros((8, 512), np.float32)
+        assert run(input=audio, state=np.zeros((2, 8, 128), np.float32)).output.shape == (8, 1)
+        # Before: onnxruntime's raw RuntimeError from the generated runner
+        with pytest.raises(InputError, match=r"input 'state': dimension 1 must equal dimension 0 of input 'input' "
+                                             r"\(the model needs them equal\): expected 8, got 5"):
+            run(input=audio, state=np.zeros((2, 5, 128), np.float32))

@@ -127,18 +127,22 @@ def make_conv_model(path: Path, *, batch: int | str = 1, channels: int = 3, clas
     return path
 
 
-def tied_state_model(path: Path, *, names: tuple[str, str] = ("n", "m")) -> Path:
+def tied_state_model(path: Path, *, names: tuple[str, str] = ("n", "m"), combined: bool = True) -> Path:
     """A state-carrying model like silero's: ``audio`` [n, 8] and ``state`` [2, m, 8], added (broadcast),
     so the model needs n == m although the declared dims (``names``) may differ: ``out`` [2, n, 8] and
-    ``state_out`` = ``out`` + 1."""
+    ``state_out`` = ``out`` + 1. ``combined=False``: ``out`` = audio + 1 and ``state_out`` = state + 1
+    (only a shared dim name ties them then)."""
     one = numpy_helper.from_array(np.ones((1,), dtype=np.float32), "one")
+    nodes = ([helper.make_node("Add", ["audio", "state"], ["out"], name="mix"),
+              helper.make_node("Add", ["out", "one"], ["state_out"], name="next")] if combined else
+             [helper.make_node("Add", ["audio", "one"], ["out"], name="mix"),
+              helper.make_node("Add", ["state", "one"], ["state_out"], name="next")])
     graph = helper.make_graph(
-        [helper.make_node("Add", ["audio", "state"], ["out"], name="mix"),
-         helper.make_node("Add", ["out", "one"], ["state_out"], name="next")], "tied",
+        nodes, "tied",
         [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [names[0], 8]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, names[1], 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, names[0], 8]),
-         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, names[0], 8])], [one])
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, names[0], 8] if combined else [names[0], 8]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, names[0 if combined else 1], 8])], [one])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -31,7 +31,7 @@ TOPOLOGIES: tuple[str, ...] = get_args(Topology)
 Wait = Literal["block", "spin"]
 WAITS: tuple[str, ...] = get_args(Wait)
 #: the layout of plan.json; a plan of another version is refused (rebuild), never half-read
-PLAN_VERSION = 3
+PLAN_VERSION = 4
 
 S = TypeVar("S", bound="_Section")
 
@@ -376,6 +376,11 @@ class Plan:
     # If nodes whose condition tests input shapes and holds one way at every shape of the profile
     # (symbolic shape inference decided it): node name -> "then" | "else". Only that branch is built.
     if_branches: dict[str, str] = field(default_factory=dict)
+    # Dynamic input dims the model needs equal, caller-facing ``ident[axis]`` (silero: its audio batch
+    # ``input[0]`` and its state batch ``state[1]``): one dim name the model gives several inputs, or dims
+    # its graph combines. Groups in input order, then axis; the first dim names the group (the one output
+    # shape_exprs read). The runner refuses a request that breaks one; validate's shape sets honour them.
+    dim_ties: tuple[tuple[str, ...], ...] = ()
 
     @property
     def tensors(self) -> tuple[TensorPlan, ...]:
@@ -386,6 +391,18 @@ class Plan:
             if t.name == name:
                 return t
         raise KeyError(name)
+
+    def tied_dims(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """``dim_ties`` as (index into ``inputs``, caller-facing axis) per dim, groups as in ``dim_ties``."""
+        index = {t.ident: k for k, t in enumerate(self.inputs)}
+        groups = []
+        for group in self.dim_ties:
+            dims = []
+            for ref in group:
+                ident, _, axis = ref.rstrip("]").partition("[")
+                dims.append((index[ident], int(axis)))
+            groups.append(tuple(dims))
+        return tuple(groups)
 
     @property
     def bytes_in(self) -> int:
@@ -441,6 +458,7 @@ class Plan:
         kw["outputs"] = tuple(tensor(t) for t in d["outputs"])
         kw["warnings"] = tuple(d.get("warnings", ()))
         kw["fixed_inputs"] = tuple(FixedInput(**{**f, "shape": tuple(f["shape"])}) for f in d.get("fixed_inputs", ()))
+        kw["dim_ties"] = tuple(tuple(group) for group in d.get("dim_ties", ()))
         return cls(**kw)
 
     @classmethod

@@ -28,7 +28,7 @@ from trtflow.plan.model import (
     make_generator,
 )
 from trtflow.plan.onnxmeta import IOInfo, ModelInfo, is_named_dim, read_model_info
-from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExprError, identity, parse
+from trtflow.plan.shape_expr import DATA_DEPENDENT, ShapeExpr, ShapeExprError, identity, parse
 from trtflow.plan.symbolic import Unresolved
 from trtflow.recipe.loader import LoadedRecipe
 from trtflow.recipe.schema import InputSpec, OutputSpec, TopKReduce
@@ -86,6 +86,7 @@ class _Planner:
         self.loaded, self.info, self.recipe = loaded, info, loaded.recipe
         self.warnings: list[str] = []
         self.if_branches: dict[str, str] = {}
+        self.constraints: tuple[tuple[str, str], ...] = ()   # dims the model needs equal (symbolic inference)
         self.link = self.recipe.link.model_dump()
 
     def err(self, loc: tuple[str | int, ...], msg: str, hint: str | None = None) -> Exception:
@@ -195,6 +196,40 @@ class _Planner:
                                    f"recipe gives them (min, opt, max) {rng} and {other_rng}",
                                    hint="give both the same range")
                 seen.setdefault(d, (io.name, axis, rng))
+
+    def dim_ties(self, inputs: list[tuple[IOInfo, TensorPlan]]) -> tuple[tuple[str, ...], ...]:
+        """``plan.dim_ties``: the dynamic caller-facing dims the model needs equal, grouped. Two sources:
+        a dim name the model gives several inputs (one dim, check_shared_dims), and two dims its graph
+        combines (symbolic inference's merges: silero's spox export names no dim, its LSTM adds them)."""
+        order = {t.ident: k for k, (_, t) in enumerate(inputs)}
+        parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+        def root(d: tuple[str, int]) -> tuple[str, int]:
+            while parent.setdefault(d, d) != d:
+                d = parent[d]
+            return d
+
+        def tie(a: tuple[str, int], b: tuple[str, int]) -> None:
+            ra, rb = sorted((root(a), root(b)), key=lambda d: (order[d[0]], d[1]))
+            parent[rb] = ra
+
+        named: dict[str, tuple[str, int]] = {}
+        for io, t in inputs:
+            for axis, d in enumerate(io.dims):
+                if is_named_dim(d):
+                    caller = (0, 3, 1, 2)[axis] if t.layout == "NHWC" else axis
+                    tie(named.setdefault(str(d), (t.ident, caller)), (t.ident, caller))
+        for lhs, rhs in self.constraints:
+            a, b = parse(lhs), parse(rhs)
+            if _ref(a) == lhs and _ref(b) == rhs:  # dim == dim, not arithmetic of dims
+                tie(next(iter(a.refs)), next(iter(b.refs)))
+        dynamic = {(t.ident, i) for _, t in inputs for i, (lo, hi) in enumerate(zip(t.min_shape, t.max_shape))
+                   if lo != hi}
+        groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for ref in sorted(parent, key=lambda r: (order[r[0]], r[1])):
+            if ref in dynamic:
+                groups.setdefault(root(ref), []).append(ref)
+        return tuple(tuple(f"{i}[{a}]" for i, a in g) for g in groups.values() if len(g) > 1)
 
     def fixed_input(self, io: IOInfo, spec: InputSpec) -> FixedInput:
         """``inputs.<name>.value``: the input becomes a constant of the engine (graph pass ``fix_inputs``)."""
@@ -347,6 +382,7 @@ class _Planner:
         except ModelError as exc:
             raise self.err(("model",), exc.message, exc.hint) from None
         self.check_constraints(inferred.constraints, [t for _, t in inputs])
+        self.constraints = inferred.constraints
         self.if_branches = {name: "then" if taken else "else" for name, taken in sorted(inferred.branches.items())}
         return dict(inferred.outputs)
 
@@ -607,7 +643,15 @@ class _Planner:
             validate=self.validate_plan(inputs, outputs), budgets=BudgetsPlan.from_dict(r.budgets.model_dump()), link=LinkPlan.from_dict(self.link),
             mixed_precision=MixedPrecisionPlan.from_dict(r.mixed_precision.model_dump()),
             warnings=tuple(self.warnings), trtflow_version=__version__, fixed_inputs=fixed,
-            if_branches=self.if_branches)
+            if_branches=self.if_branches, dim_ties=self.dim_ties(list(zip(live, inputs))))
+
+
+def _ref(e: ShapeExpr) -> str | None:
+    """``ident[axis]`` when shape expression ``e`` is one input dim alone."""
+    if len(e.refs) != 1:
+        return None
+    ident, axis = next(iter(e.refs))
+    return f"{ident}[{axis}]"
 
 
 def _gib(n: int) -> str:

@@ -7,7 +7,8 @@ inside the profile; an encoded input (``encoding: jpeg|png|image``) takes file b
 a Python number or numpy scalar. The answers are cached: the key order of a feeds mapping seen before, and per
 input the shapes that passed the full check, so a warm request pays one type, dtype, contiguity and
 shape compare per input; anything else takes the full check and its error names the tensor, what was
-expected and what came.
+expected and what came. Dims the model needs equal across inputs (``plan.dim_ties``) are checked once
+per combination of shapes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Inputs:
         self._cuda = cuda
         self._specs = tuple(InputSpec(t, device=t.memory == "device" and cuda) for t in plan.inputs)
         self._orders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._ties = plan.tied_dims()  # dims the model needs equal (plan.dim_ties)
+        self._ties_ok: set[ShapeKey] = set()  # shape combinations that kept them
 
     def check(self, feeds: Mapping[str, Any], *, check_finite: bool) -> tuple[list[Any], ShapeKey]:
         """The inputs of ``feeds`` in plan order, checked, and their shapes."""
@@ -82,7 +85,29 @@ class Inputs:
                 ok.clear()
             ok.add(shape)
             shapes.append(shape)
-        return values, tuple(shapes)
+        key = tuple(shapes)
+        if self._ties and key not in self._ties_ok:
+            self.check_ties(key)
+            if len(self._ties_ok) >= 64:
+                self._ties_ok.clear()
+            self._ties_ok.add(key)
+        return values, key
+
+    def check_ties(self, shapes: ShapeKey) -> None:
+        """Dims the model needs equal (``plan.dim_ties``: silero's audio batch and state batch) are equal
+        in ``shapes`` (plan input order), or an InputError naming both tensors and dims: the engine would
+        fail with its own error, or a TensorRT engine run at shapes the model never runs."""
+        for (k0, a0), *rest in self._ties:
+            want = shapes[k0][a0]
+            for k, a in rest:
+                got = shapes[k][a]
+                if got != want:
+                    first, other = self.plan.inputs[k0].name, self.plan.inputs[k].name
+                    raise InputError(
+                        f"input {other!r}: dimension {a} must equal dimension {a0} of input {first!r} (the model "
+                        f"needs them equal): expected {want}, got {got} (shapes {first!r} {list(shapes[k0])}, "
+                        f"{other!r} {list(shapes[k])})",
+                        hint="give both the same size (plan.dim_ties lists the dims the model ties)")
 
     def name_of(self, key: Any) -> Any:
         """The tensor name a feeds key (name or identifier) stands for."""

@@ -8,7 +8,9 @@ Shape sets (``validate.shapes``, ``validate --shapes``): ``opt``, ``min``, ``max
 dynamic dim moved off opt, and dims of one input that share a range given different values, so H != W),
 or explicit shapes per input in the model's layout (trtexec's syntax ``name:1x3x640x800,other:1x16`` on
 the command line, parsed by :func:`trtflow.recipe.overrides.parse_shapes`). Default: ``[opt]`` when every
-input is static, ``[opt, min, max, mixed]`` otherwise.
+input is static, ``[opt, min, max, mixed]`` otherwise. Dims the model needs equal (``plan.dim_ties``:
+silero's audio and state batch) get one value in every set: the one given explicitly, else the group's
+first dim's.
 
 ``.npz`` keys (``validate.data``): ``<input>`` holds one sample (the input's rank) or samples stacked on
 a new leading axis (rank + 1); ``<k>/<input>`` holds sample ``k`` alone (samples may then differ in
@@ -63,7 +65,7 @@ def parse_shape_set(plan: Plan, text: str) -> ShapeCase:
     """``min``/``opt``/``max``/``mixed``, or trtexec's ``name:1x3x640x800,other:4`` (unnamed inputs at opt)."""
     word = text.strip()
     if word in ("min", "opt", "max", "mixed"):
-        return ShapeCase(word, {t.name: named_shape(t, word) for t in plan.inputs})
+        return ShapeCase(word, tie_shapes(plan, {t.name: named_shape(t, word) for t in plan.inputs}))
     from trtflow.recipe.overrides import parse_shapes
 
     return explicit_case(plan, {k: list(v) for k, v in parse_shapes(word).items()})
@@ -82,8 +84,30 @@ def explicit_case(plan: Plan, given: Mapping[str, Sequence[int]]) -> ShapeCase:
         shape = caller_shape(t, tuple(int(d) for d in given[t.name])) if t.name in given else t.shape
         _check_in_profile(t, shape, "validate shapes")
         shapes[t.name] = shape
+    shapes = tie_shapes(plan, shapes, {(t.name, a) for t in plan.inputs if t.name in given for a in range(len(t.shape))},
+                        where="validate shapes")
     label = ",".join(f"{k}:{'x'.join(map(str, v))}" for k, v in given.items()) or "opt"
     return ShapeCase(label, shapes)
+
+
+def tie_shapes(plan: Plan, shapes: dict[str, tuple[int, ...]], given: set[tuple[str, int]] | None = None, *,
+               where: str = "shapes") -> dict[str, tuple[int, ...]]:
+    """``shapes`` (caller-side, per input name) with each group of ``plan.dim_ties`` at one value: the
+    value of a dim in ``given`` ((input name, axis) the caller chose), else of the group's first dim. Two
+    given dims of one group that differ are a RecipeError naming both (the model cannot run them)."""
+    out = {k: list(v) for k, v in shapes.items()}
+    for group in plan.tied_dims():
+        dims = [(plan.inputs[k].name, a) for k, a in group]
+        chosen = [d for d in dims if d in (given or ())] or dims[:1]
+        (n0, a0), value = chosen[0], out[chosen[0][0]][chosen[0][1]]
+        for n, a in chosen[1:]:
+            if out[n][a] != value:
+                raise RecipeError(f"{where}: dimension {a0} of input {n0!r} is {value} and dimension {a} of input "
+                                  f"{n!r} is {out[n][a]}, but the model needs them equal (plan.dim_ties)",
+                                  hint="give both the same size")
+        for n, a in dims:
+            out[n][a] = value
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def caller_shape(t: TensorPlan, model_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -151,14 +175,11 @@ def generate_inputs(plan: Plan, sample: int, folder: Path, *, batch: int | None 
     if plan.validate.data and batch is None and shapes is None:
         samples = load_data(plan, folder)
         return samples[sample % len(samples)]
-    return {t.name: generate(t, plan, sample, _shape_for(t, shapes, batch)) for t in plan.inputs}
-
-
-def _shape_for(t: TensorPlan, shapes: dict[str, tuple[int, ...]] | None, batch: int | None) -> tuple[int, ...]:
-    shape = tuple(shapes[t.name]) if shapes and t.name in shapes else t.shape
-    if batch is not None and shape and t.min_shape[0] != t.max_shape[0]:
-        shape = (batch, *shape[1:])
-    return shape
+    wanted = {t.name: tuple(shapes[t.name]) if shapes and t.name in shapes else t.shape for t in plan.inputs}
+    if batch is not None:  # and every dim tied to a batch (silero's state batch is its dim 1)
+        batched = {(t.name, 0) for t in plan.inputs if t.shape and t.min_shape[0] != t.max_shape[0]}
+        wanted = tie_shapes(plan, {n: (batch, *s[1:]) if (n, 0) in batched else s for n, s in wanted.items()}, batched)
+    return {t.name: generate(t, plan, sample, wanted[t.name]) for t in plan.inputs}
 
 
 def generate(t: TensorPlan, plan: Plan, sample: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 
 from trtflow import artifact as art
 from trtflow import load_runner
+from trtflow.errors import ModelError, TrtflowError
 from trtflow.plan.model import Plan, TensorPlan
 from trtflow.validate.compare import FORMULA_TEXT, OutputComparison, compare
 from trtflow.validate.inputs import generate_inputs, load_data, shape_cases
@@ -83,6 +84,22 @@ def reference_outputs(plan: Plan, feeds: dict[str, np.ndarray], sess: Any = None
     for src, arr in zip(sources, raw):
         out.update(reduce_outputs(plan, src, np.asarray(arr)))
     return out
+
+
+def _reference(plan: Plan, feeds: dict[str, Any], sess: Any, label: str) -> dict[str, np.ndarray]:
+    """:func:`reference_outputs`; onnxruntime refusing the original model at these shapes is a ModelError
+    naming the shape set and every input's shape, not an internal error."""
+    try:
+        return reference_outputs(plan, feeds, sess)
+    except TrtflowError:
+        raise
+    except Exception as exc:  # onnxruntime's own error types (Fail, InvalidArgument, ...)
+        shapes = ", ".join(f"{name}:{_dims(np.shape(x))}" for name, x in feeds.items())
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"the reference run (onnxruntime CPU, the original model) fails at shape set {label!r} "
+                         f"({shapes}): {why[:400]}",
+                         hint="the model does not run at these shapes: validate at shapes it runs "
+                              "(validate.shapes, --shapes) or narrow inputs.<name>.profile") from exc
 
 
 def _as_dict(result: Any) -> dict[str, np.ndarray]:
@@ -186,7 +203,14 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
                 feeds: dict[str, Any] = dict(generated)
                 for t in encoded:
                     feeds[t.name] = encoded_files(t, k)
-                got = _as_dict(runner(**{plan.tensor(x).ident: v_ for x, v_ in feeds.items()}))
+                try:
+                    got = _as_dict(runner(**{plan.tensor(x).ident: v_ for x, v_ in feeds.items()}))
+                except TrtflowError:
+                    raise
+                except Exception:
+                    if not encoded:  # the original model fails there too: that is what to say (ModelError)
+                        _reference(plan, feeds, ref_sess, label)
+                    raise
                 got = {t.name: got[t.ident] if t.ident in got else got[t.name] for t in plan.outputs}
                 for t in encoded:  # the reference sees the pixels the engine saw; the decoder is checked apart
                     seen = runner.decoded(t.name)
@@ -195,7 +219,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
                             worst[t.name]["max_abs"], worst[t.name]["fraction_differing"]):
                         worst[t.name] = d
                     feeds[t.name] = seen
-                ref = reference_outputs(plan, feeds, ref_sess)
+                ref = _reference(plan, feeds, ref_sess, label)
                 for name, got_so_far in cand.items():
                     got_so_far.append(np.array(got[name], copy=True))
                     refs[name].append(ref[name])
