@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Serving measurements on the GPU machine (called by scripts/gpu_suite.sh; about 3-4 minutes).
 
-1. asyncio host overhead against the synchronous ``submit`` path (tiny recipe, torch engine): per
-   request, wall time and CPU time of the calling / event-loop thread, for one awaiting client, for
-   1,000 concurrent awaits, and for ``submit().result()`` in a loop; sync and pipelined topologies.
+1. asyncio host overhead against the synchronous ``submit`` path (tiny recipe, torch engine;
+   scripts/aio_overhead.py): per request, wall time and CPU time of the calling / event-loop thread
+   and of the process, for ``submit().result()``, ``stream()``, one awaiting client and 1,000
+   concurrent awaits; sync and pipelined topologies; and the floor pure asyncio imposes on the host.
 2. ``trtflow bench --sweep instances`` (1, 2, 4 instances under C concurrent clients) on the tiny, the
    classifier and the seed recipes, each row against the single instance and 1/max(stage).
 3. ``trtflow bench --sweep devices`` on the seed recipe: 1..N GPUs, each GPU's link and the host's
@@ -14,24 +15,24 @@
 Prints markdown tables last (the serving section of docs/benchmarks.md) and writes $OUT/serving.json.
 
     python3 scripts/gpu_serving.py --out out/serving.json [--quick]
+    python3 scripts/gpu_serving.py --only overhead --out out/overhead.json   # section 1 alone, ~30 s
     python3 scripts/gpu_serving.py --render out/serving.json     # the tables of a run (saved after each section)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import aio_overhead
+
 CLI = [sys.executable, "-m", "trtflow.cli"]
 ART = ROOT / "artifacts"  # where the builds and benches of this script put their artifacts
 
@@ -44,54 +45,9 @@ def sh(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def async_overhead(artifact: Path, topology: str, n: int, backend: str = "torch") -> dict[str, Any]:
-    """Per-request wall and thread-CPU microseconds: sync submit().result(), one awaiting client, 1,000 in flight."""
-    from trtflow.runtime.runner import Runner
-
-    depth = 3 if topology == "pipelined" else None
-    with Runner(artifact, topology=topology, depth=depth, backend=backend) as r:
-        name = r.plan.inputs[0].name
-        x = np.random.default_rng(0).standard_normal(r.plan.inputs[0].shape).astype(np.float32)
-        feeds = {name: x}
-        for _ in range(200):
-            r.submit_feeds(feeds).result_dict()
-
-        def timed(fn: Any) -> tuple[float, float, float]:
-            w0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
-            fn()
-            return ((time.perf_counter() - w0) / n * 1e6, (time.thread_time() - c0) / n * 1e6,
-                    (time.process_time() - p0) / n * 1e6)
-
-        sync = timed(lambda: [r.submit_feeds(feeds).result_dict() for _ in range(n)])
-        stream = timed(lambda: [None for _ in r.stream(feeds for _ in range(n))])
-
-        async def one_client() -> None:
-            for _ in range(n):
-                await r.infer_feeds(feeds)
-
-        async def many() -> None:
-            for k in range(0, n, 1000):
-                await asyncio.gather(*(r.infer_feeds(feeds) for _ in range(min(1000, n - k))))
-
-        async def both() -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-            for _ in range(200):
-                await r.infer_feeds(feeds)
-            w0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
-            await one_client()
-            seq = ((time.perf_counter() - w0) / n * 1e6, (time.thread_time() - c0) / n * 1e6,
-                   (time.process_time() - p0) / n * 1e6)
-            w0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
-            await many()
-            return seq, ((time.perf_counter() - w0) / n * 1e6, (time.thread_time() - c0) / n * 1e6,
-                         (time.process_time() - p0) / n * 1e6)
-
-        seq, conc = asyncio.run(both())
-    row: dict[str, Any] = {"topology": topology, "n": n}
-    for key, (wall, cpu, proc) in (("sync", sync), ("stream", stream), ("await", seq), ("await1000", conc)):
-        row.update({f"{key}_wall_us": wall, f"{key}_cpu_us": cpu, f"{key}_proc_us": proc})
-    row["ratio_cpu"] = conc[1] / sync[1] if sync[1] else None  # loop-thread CPU per request vs sync submit
-    row["ratio_wall"] = conc[0] / sync[0] if sync[0] else None
-    return row
+def async_overhead(artifact: Path, backend: str = "torch", n: int = 5000, repeat: int = 3) -> dict[str, Any]:
+    """asyncio host overhead against sync ``submit`` (scripts/aio_overhead.py): both topologies, the floor."""
+    return aio_overhead.run_all(artifact, backend, n, repeat=repeat)
 
 
 def main() -> int:
@@ -100,24 +56,27 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the script)")
     ap.add_argument("--backend", default="torch", help="engine of the overhead rows (onnxruntime: a CPU smoke test)")
     ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="print the tables of a saved run")
+    ap.add_argument("--only", choices=("overhead",), default=None,
+                    help="overhead: only the asyncio overhead rows (build tiny + scripts/aio_overhead.py, ~30 s)")
     args = ap.parse_args()
     if args.render:
         print_tables(json.loads(args.render.read_text()))
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dur = "1" if args.quick else "3"
-    rep: dict[str, Any] = {"overhead": [], "instances": {}, "devices": None, "http": None}
+    rep: dict[str, Any] = {"overhead": None, "instances": {}, "devices": None, "http": None}
 
     def save() -> None:  # after every section: a run cut short by the suite's timeout keeps what it measured
         args.out.write_text(json.dumps(rep, indent=2, default=float))
 
-    for recipe in ("tiny", "cls", "seg_hd"):
+    for recipe in ("tiny",) if args.only else ("tiny", "cls", "seg_hd"):
         sh([*CLI, "build", f"recipes/{recipe}.yaml", "--out", str(ART)], 600)
 
-    for topo in ("sync", "pipelined"):
-        rep["overhead"].append(async_overhead(ART / "tiny", topo, 2000 if args.quick else 5000,
-                                              backend=args.backend))
-        save()
+    rep["overhead"] = async_overhead(ART / "tiny", backend=args.backend, n=2000 if args.quick else 5000)
+    save()
+    if args.only == "overhead":
+        print_tables(rep)
+        return 0
 
     for recipe, c in (("tiny", 16), ("cls", 16), ("seg_hd", 8)):
         r = sh([*CLI, "bench", f"recipes/{recipe}.yaml", "--sweep", "instances", "--concurrency", str(c),
@@ -152,15 +111,13 @@ def _x(v: Any) -> str:
 
 def print_tables(rep: dict[str, Any]) -> None:
     print("\n## Serving (scripts/gpu_serving.py)\n")
-    print("asyncio host overhead per request, tiny recipe, us: wall / CPU of the calling (event-loop) thread / CPU of "
-          "the process (completion threads included):\n")
-    print("| topology | sync submit().result() | stream() | 1 awaiting client | 1,000 awaits in flight "
-          "| loop-thread CPU ratio (target <= 1.5) |")
-    print("|---|---|---|---|---|---|")
-    for o in rep["overhead"]:
-        cells = [f"{o[k + '_wall_us']:.1f} / {o[k + '_cpu_us']:.1f} / {o[k + '_proc_us']:.1f}"
-                 for k in ("sync", "stream", "await", "await1000")]
-        print(f"| {o['topology']} | {' | '.join(cells)} | {_x(o['ratio_cpu'])} |")
+    over = rep.get("overhead")
+    if isinstance(over, dict):
+        aio_overhead.print_tables(over)
+    elif over:  # a run saved before scripts/aio_overhead.py: a list of rows
+        aio_overhead.print_tables({"overhead": over, "engine": "torch"})
+    if not (rep.get("instances") or rep.get("devices") or rep.get("http")):
+        return
     print("\ninstances (closed loop, asyncio clients; target: best N >= 1.5x one instance on tiny and cls; the "
           "batching rows send batch-1 requests and compare with the first of them):\n")
     print("| recipe | config | clients | req/s | samples/s | p50 ms | p99 ms | vs first row | floor/s (1/max stage) | "

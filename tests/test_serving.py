@@ -13,6 +13,7 @@ import importlib.util
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -319,6 +320,65 @@ def test_contract_asyncio_on_cuda_completes_in_order(fake: Any, tmp_path: Path, 
     assert isinstance(outs[1], asyncio.CancelledError)
 
 
+@pytest.mark.parametrize("streams", [{"topology": "sync"}, {"topology": "pipelined", "depth": 3}])
+def test_contract_awaited_outputs_are_read_before_their_buffer_set_is_reused(
+        fake: Any, tmp_path: Path, streams: dict[str, Any], refs: list[np.ndarray],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued request starts after the tasks that the completions woke have read their outputs, so
+    no result is copied aside (Pending._take_snapshot) when every task reads before its next await;
+    one that does not read (a cancelled await) is still protected by the snapshot."""
+    from trtflow.runtime.pending import Pending
+
+    _, cls = _fake_art(tmp_path, streams)
+    snapshots: list[int] = []
+    take = Pending._take_snapshot
+
+    def counted(self: Pending[Any]) -> None:
+        if not (self._retrieved or self._snapshot is not None):
+            snapshots.append(1)
+        take(self)
+
+    monkeypatch.setattr(Pending, "_take_snapshot", counted)
+
+    async def main(r: Any, k: int) -> list[Any]:
+        async def one(i: int) -> np.ndarray:
+            return (await r.infer(x=_x(i % 64))).y.copy()
+
+        return await asyncio.gather(*(one(i) for i in range(k)), return_exceptions=True)
+
+    with cls() as r:
+        outs = asyncio.run(main(r, 300))
+        for i, y in enumerate(outs):
+            np.testing.assert_allclose(y, refs[i % 64], rtol=1e-6, atol=1e-6)
+        assert snapshots == []
+
+
+def test_contract_completions_that_arrive_before_the_drain_share_one_wakeup(fake: Any, tmp_path: Path) -> None:
+    """Lanes' threads append completions to one inbox; only the first of a batch wakes the loop."""
+    from trtflow.runtime import aio
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        d = aio.Dispatcher([], loop)
+        calls: list[Any] = []
+        real = loop.call_soon_threadsafe
+
+        def counting(cb: Any, *args: Any) -> Any:
+            calls.append(cb)
+            return real(cb, *args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        futs = [loop.create_future() for _ in range(5)]
+        lane = SimpleNamespace(finish=lambda fut, pending, error: fut.set_result(pending))
+        th = threading.Thread(target=lambda: [d._post((lane, f, i, None)) for i, f in enumerate(futs)])
+        th.start()
+        th.join()
+        assert await asyncio.wait_for(asyncio.gather(*futs), 30) == [0, 1, 2, 3, 4]
+        return len(calls)
+
+    assert asyncio.run(main()) == 1
+
+
 def test_contract_pool_on_two_devices_switches_around_every_call(fake: Any, tmp_path: Path,
                                                                  refs: list[np.ndarray]) -> None:
     fake.device_total = 2
@@ -475,3 +535,19 @@ def test_dynamic_batching_joins_requests_and_splits_results(batched: tuple[Path,
 def test_batching_needs_a_batch_profile(mlp: tuple[Path, type]) -> None:
     with pytest.raises(Exception, match="no dynamic batch dim"):
         RunnerPool(mlp[1], batching={"window_ms": 1})
+
+
+def test_contract_aio_overhead_script_runs_on_the_fake_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/aio_overhead.py --fake (the CPU form of the GPU machine's overhead rows): every figure is
+    there and the tables print; the figures themselves are measurements, not asserted."""
+    from helpers.scripts import load
+
+    mod = load("aio_overhead")
+    rep = mod.run_all(None, "auto", 40, repeat=1)
+    assert [o["topology"] for o in rep["overhead"]] == ["sync", "pipelined"]
+    for o in rep["overhead"]:
+        assert all(o[f"{k}_{f}"] >= 0 for k in mod.KEYS for f in mod.FIELDS) and o["ratio_cpu"] > 0
+    assert all(f"{kind}_await1000_cpu_us" in rep["floor"] for kind in mod.FLOORS)
+    mod.print_tables(rep)
+    out = capsys.readouterr().out
+    assert "1,000 awaits in flight" in out and "the asyncio floor" in out

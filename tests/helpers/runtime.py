@@ -898,11 +898,13 @@ TOPOLOGIES: dict[str, dict[str, Any]] = {
 }
 
 
-def install_with_backend(monkeypatch: Any, seed: int) -> FakeCudart:
-    """The fake CUDA runtime plus the ``fakecuda`` backend registered for runners (body of the tests' fixture)."""
+def install_with_backend(monkeypatch: Any, seed: int, *, cls: type[FakeCudart] | None = None,
+                         count: bool = True) -> FakeCudart:
+    """The fake CUDA runtime plus the ``fakecuda`` backend registered for runners (body of the tests'
+    fixture; ``cls``/``count`` as for :func:`install`: scripts/aio_overhead.py uses NullCudart uncounted)."""
     from trtflow.backends import base
 
-    f = install(monkeypatch, seed=seed)
+    f = install(monkeypatch, seed=seed, cls=cls, count=count)
     monkeypatch.setattr(sys.modules[__name__], "FAKE", f)
     monkeypatch.setitem(base._REGISTRY, "fakecuda", "helpers.runtime:FakeBackend")
     monkeypatch.setattr(FakeBackend, "options", {})

@@ -32,7 +32,7 @@ import queue
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,28 +59,25 @@ class _Lane:
     """One runner as seen from one event loop: up to ``capacity`` requests in flight, completed in order
     by the runner's own thread. Touched on the loop thread only, except :meth:`_work`."""
 
-    def __init__(self, runner: Runner, loop: asyncio.AbstractEventLoop, on_free: Callable[[], None],
-                 stats: LaneStats) -> None:
+    __slots__ = ("_batch", "_jobs", "_post", "_runner", "_thread", "capacity", "cpu", "stats")
+
+    def __init__(self, runner: Runner, post: Callable[[_Done], None], stats: LaneStats) -> None:
         self._runner = weakref.ref(runner)  # the thread must not keep an unclosed runner alive
-        self.loop = loop
         self.cpu = runner.device != "cuda"
         self.capacity = 1 if self.cpu else max(1, runner.buffer_sets)
         self.stats = stats
-        self._on_free = on_free
-        self._jobs: queue.SimpleQueue[tuple[Any, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._post = post
+        self._batch: list[tuple[Any, asyncio.Future[Any]]] = []  # started, not yet handed to the thread
+        self._jobs: queue.SimpleQueue[list[tuple[Any, asyncio.Future[Any]]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, daemon=True,
                                         name=f"trtflow-{'worker' if self.cpu else 'completion'}-{id(runner):x}")
         self._thread.start()
 
-    @property
-    def free(self) -> bool:
-        return self.stats.in_flight < self.capacity
-
     def start(self, feeds: Mapping[str, Any], fut: asyncio.Future[Any]) -> None:
-        """Start one request (loop thread; :attr:`free` is true)."""
+        """Start one request (loop thread; the lane has a free slot); :meth:`flush` hands it to the thread."""
         self.stats.in_flight += 1
         if self.cpu:
-            self._jobs.put((feeds, fut))
+            self._batch.append((feeds, fut))
             return
         runner = self._runner()
         try:
@@ -88,48 +85,60 @@ class _Lane:
                 raise RunnerClosed("the runner was garbage-collected")
             pending = runner.submit_feeds(feeds)  # enqueues and returns; a set is free (see the module doc)
         except BaseException as exc:  # noqa: BLE001 - a bad request fails alone, the lane keeps serving
-            self._finish(fut, None, exc)
+            self.finish(fut, None, exc)
             return
-        self._jobs.put((pending, fut))
+        self._batch.append((pending, fut))
+
+    def flush(self) -> None:
+        """Hand the requests started since the last flush to the thread: one queue operation (at most
+        one wake-up of the thread) per batch, not per request."""
+        if self._batch:
+            self._jobs.put(self._batch)
+            self._batch = []
 
     def _work(self) -> None:
-        """The lane's thread: waits for (CUDA) or runs (CPU) each request in order."""
+        """The lane's thread: waits for (CUDA) or runs (CPU) each request in order, and posts each
+        completion to the dispatcher. It takes no runner lock (the loop submits meanwhile): it blocks
+        in CUDA (GIL released) and appends to the dispatcher's inbox."""
+        jobs, post, cpu = self._jobs, self._post, self.cpu
         while True:
-            job = self._jobs.get()
-            if job is None:
+            batch = jobs.get()
+            if batch is None:
                 return
-            item, fut = job
-            pending: Pending[Any] | None = None
-            error: BaseException | None = None
-            try:
-                if self.cpu:
-                    runner = self._runner()
-                    if runner is None:
-                        raise RunnerClosed("the runner was garbage-collected")
-                    pending = runner.submit_feeds(item)
-                    del runner
-                else:
-                    pending = item
-                    item.wait()
-            except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting task
-                error = exc
-            del item, job
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits any more
-                self.loop.call_soon_threadsafe(self._finish, fut, pending, error)
-            del pending, error, fut
+            for item, fut in batch:
+                pending: Pending[Any] | None = None
+                error: BaseException | None = None
+                try:
+                    if cpu:
+                        runner = self._runner()
+                        if runner is None:
+                            raise RunnerClosed("the runner was garbage-collected")
+                        pending = runner.submit_feeds(item)
+                        del runner
+                    else:
+                        pending = item
+                        item.block()
+                except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting task
+                    error = exc
+                post((self, fut, pending, error))
+                del item, fut, pending, error  # nothing of a finished request stays alive here
+            del batch
 
-    def _finish(self, fut: asyncio.Future[Any], pending: Pending[Any] | None, error: BaseException | None) -> None:
-        """Loop thread: free the slot, resolve the future (unless cancelled), start the next request."""
-        self.stats.in_flight -= 1
-        self.stats.requests += 1
+    def finish(self, fut: asyncio.Future[Any], pending: Pending[Any] | None, error: BaseException | None) -> None:
+        """Loop thread: free the slot, resolve the future (unless cancelled)."""
+        stats = self.stats
+        stats.in_flight -= 1
+        stats.requests += 1
         if error is not None:
-            self.stats.errors += 1
-        if not fut.done():
-            if error is not None:
+            stats.errors += 1
+            if not fut.done():
                 fut.set_exception(error)
-            else:
-                fut.set_result(pending)
-        self._on_free()
+            return
+        assert pending is not None
+        if not self.cpu:
+            pending.mark_complete()  # the set is idle: its next request needs no waits on its events
+        if not fut.done():
+            fut.set_result(pending)
 
     def stop(self) -> None:
         """Let the thread finish the requests it has, then end it (any thread)."""
@@ -138,9 +147,18 @@ class _Lane:
             self._thread.join()
 
 
+_Done = tuple[_Lane, "asyncio.Future[Any]", "Pending[Any] | None", "BaseException | None"]
+
+
 class Dispatcher:
     """Requests of one event loop to one or more runners: one FIFO queue, a free lane with the fewest
-    requests in flight first, at most ``max_queue`` waiting. No lock: everything runs on the loop."""
+    requests in flight first, at most ``max_queue`` waiting. No lock: everything runs on the loop.
+
+    Completions come back through one inbox (a deque the lanes' threads append to): the first one of a
+    batch schedules :meth:`_drain` with ``call_soon_threadsafe`` (one loop wake-up), the others that
+    arrive before it ran ride along. The drain resolves the futures, then the queued requests start
+    in a callback scheduled after the woken tasks: they read their outputs first, so reusing their
+    buffer sets needs no snapshot copy (see :meth:`_drain`)."""
 
     def __init__(self, runners: Sequence[Runner], loop: asyncio.AbstractEventLoop, *,
                  max_queue: int = DEFAULT_MAX_QUEUE, stats: Sequence[LaneStats] | None = None,
@@ -152,8 +170,12 @@ class Dispatcher:
         self.name = name
         self.closed = False
         self._queue: deque[tuple[Mapping[str, Any], asyncio.Future[Any]]] = deque()
+        self._inbox: deque[_Done] = deque()  # completions, appended by the lanes' threads
+        self._woken = False   # a _drain is scheduled (set by a lane thread, cleared on the loop)
+        self._pumping = False  # a _pump is scheduled
         counters = list(stats) if stats is not None else [LaneStats() for _ in runners]
-        self.lanes = [_Lane(r, loop, self._pump, s) for r, s in zip(runners, counters)]
+        self.lanes = [_Lane(r, self._post, s) for r, s in zip(runners, counters)]
+        self._one = self.lanes[0] if len(self.lanes) == 1 else None
 
     @property
     def queued(self) -> int:
@@ -164,45 +186,87 @@ class Dispatcher:
         return sum(lane.stats.in_flight for lane in self.lanes)
 
     def _free_lane(self) -> _Lane | None:
+        one = self._one
+        if one is not None:
+            return one if one.stats.in_flight < one.capacity else None
         best: _Lane | None = None
         for lane in self.lanes:
-            if lane.free and (best is None or lane.stats.in_flight < best.stats.in_flight):
+            n = lane.stats.in_flight
+            if n < lane.capacity and (best is None or n < best.stats.in_flight):
                 best = lane
         return best
 
-    async def run(self, feeds: Mapping[str, Any]) -> tuple[Runner | None, Pending[Any]]:
-        """Await one request; returns the completed :class:`Pending` (read it before the next ``await``)."""
+    async def run(self, feeds: Mapping[str, Any], *, copy: bool = False,
+                  convert: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+        """Await one request; returns its outputs (``Pending.result_dict(copy=)``, through ``convert``)."""
         if self.closed:
             raise RunnerClosed(f"{self.name} is closed", hint="create a new one")
         fut: asyncio.Future[Any] = self.loop.create_future()
-        lane = self._free_lane() if not self._queue else None
-        entry = (feeds, fut)
+        one = self._one
+        if self._queue:
+            lane = None
+        elif one is not None:  # one lane (a runner's own dispatcher): no scan
+            lane = one if one.stats.in_flight < one.capacity else None
+        else:
+            lane = self._free_lane()
+        entry = None
         if lane is not None:
-            lane.start(feeds, fut)
+            lane.start(feeds, fut)  # in flight: its lane finishes it even when this await is cancelled
+            lane.flush()
         else:
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"{self.name}: {len(self._queue)} requests are queued (max_queue {self.max_queue}) "
                                  f"and {self.in_flight} are in flight",
                                  hint="retry later (HTTP 503), add instances, or raise max_queue")
+            entry = (feeds, fut)
             self._queue.append(entry)
         try:
             pending = await fut
         except asyncio.CancelledError:
-            with contextlib.suppress(ValueError):  # still queued: it never starts (in flight: its lane finishes it)
-                self._queue.remove(entry)
+            if entry is not None:
+                with contextlib.suppress(ValueError):  # still queued: it never starts
+                    self._queue.remove(entry)
             raise
-        return pending._runner, pending
+        outs = pending.result_dict(copy=copy)  # before any other task runs: see _drain
+        return outs if convert is None else convert(outs)
+
+    def _post(self, done: _Done) -> None:
+        """A lane's thread: hand one completion to the loop; wakes the loop only when no drain is scheduled."""
+        self._inbox.append(done)
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits any more
+                self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """Loop thread: finish every completion in the inbox, in arrival order (each lane's in order).
+
+        The queued requests start in a callback scheduled after the tasks these futures wake: a task
+        reads its outputs (views into its buffer set) before a new request reuses that set, so the
+        runner never copies them aside first (``Pending._take_snapshot``); a task that does not read
+        them before its next ``await`` gets the snapshot, as before."""
+        self._woken = False  # first: a completion appended from now on schedules another drain
+        inbox = self._inbox
+        while inbox:
+            lane, fut, pending, error = inbox.popleft()
+            lane.finish(fut, pending, error)
+        if self._queue and not self._pumping:
+            self._pumping = True
+            self.loop.call_soon(self._pump)
 
     def _pump(self) -> None:
         """Loop thread: start queued requests while a lane is free."""
+        self._pumping = False
         q = self._queue
         while q:
             lane = self._free_lane()
             if lane is None:
-                return
+                break
             feeds, fut = q.popleft()
             if not fut.done():  # a cancelled request is dropped here at the latest
                 lane.start(feeds, fut)
+        for lane in self.lanes:
+            lane.flush()
 
     def close(self) -> None:
         """Refuse new requests, fail the queued ones with RunnerClosed, let the in-flight ones finish
@@ -309,33 +373,32 @@ class Batcher:
         feeds = {name: (members[0].arrays[i] if len(members) == 1 else np.concatenate([m.arrays[i] for m in members]))
                  for i, (name, _, _) in enumerate(self._inputs)}
         self.batches += 1
-        task = asyncio.ensure_future(self.d.run(feeds))
-        task.add_done_callback(lambda t: self._scatter(t, members))
+        asyncio.ensure_future(self._run(feeds, members))
 
-    @staticmethod
-    def _scatter(task: asyncio.Future[Any], members: list[_Member]) -> None:
-        if task.cancelled():
-            error: BaseException | None = RunnerClosed("the batch was cancelled")
-        else:
-            error = task.exception()
-        outs: dict[str, Any] = {}
-        if error is None:
-            try:
-                outs = task.result()[1].result_dict()
-                total = sum(m.n for m in members)
-                bad = [k for k, v in outs.items() if not v.shape or v.shape[0] != total]
-                if bad:
-                    raise InputError(f"outputs {bad} do not have the batch ({total}) as dim 0: batching cannot split them")
-            except BaseException as exc:  # noqa: BLE001 - every member of the batch gets it
-                error = exc
-        off = 0
-        for m in members:
-            if not m.fut.done():
-                if error is not None:
+    async def _run(self, feeds: dict[str, Any], members: list[_Member]) -> None:
+        """One batch: its outputs (dim 0 = the batch) are split back and copied before the next
+        ``await``, while they are still this batch's (views into a buffer set)."""
+        try:
+            outs = await self.d.run(feeds)
+            total = sum(m.n for m in members)
+            bad = [k for k, v in outs.items() if not v.shape or v.shape[0] != total]
+            if bad:
+                raise InputError(f"outputs {bad} do not have the batch ({total}) as dim 0: batching cannot split them")
+            parts, off = [], 0
+            for m in members:
+                parts.append({k: np.array(v[off:off + m.n]) for k, v in outs.items()})
+                off += m.n
+        except BaseException as exc:  # every member of the batch gets it
+            error = RunnerClosed("the batch was cancelled") if isinstance(exc, asyncio.CancelledError) else exc
+            for m in members:
+                if not m.fut.done():
                     m.fut.set_exception(error)
-                else:
-                    m.fut.set_result({k: np.array(v[off:off + m.n]) for k, v in outs.items()})
-            off += m.n
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for m, part in zip(members, parts):
+            if not m.fut.done():
+                m.fut.set_result(part)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -372,16 +435,18 @@ def dispatcher_of(owner: Any, runners: Callable[[], Sequence[Runner]], *, max_qu
     return d
 
 
-async def infer(runner: Runner, feeds: Mapping[str, Any], *, copy: bool,
-                convert: Callable[[dict[str, Any]], Any]) -> Any:
-    """``await runner.infer_feeds(feeds)``: through the runner's own one-lane dispatcher."""
-    runner._check_open()
+def infer(runner: Runner, feeds: Mapping[str, Any], *, copy: bool,
+          convert: Callable[[dict[str, Any]], Any] | None) -> Awaitable[Any]:
+    """``await runner.infer_feeds(feeds)``: through the runner's own one-lane dispatcher (a plain
+    function returning the dispatcher's coroutine: one coroutine frame less per request). Called
+    from the runner's coroutine, so a loop is running."""
+    if runner._closed:
+        runner._check_open()
     d = getattr(runner, "_aio", None)
-    if d is None or d.loop is not _running_loop() or d.closed:
+    if d is None or d.loop is not asyncio.get_running_loop() or d.closed:
         d = dispatcher_of(runner, lambda: [runner], name=type(runner).__name__)
         runner._before_close.append(d.close)
-    _, pending = await d.run(feeds)
-    return convert(pending.result_dict(copy=copy))
+    return d.run(feeds, copy=copy, convert=convert)
 
 
 __all__ = ["DEFAULT_MAX_QUEUE", "Batcher", "Batching", "Dispatcher", "LaneStats", "dispatcher_of", "infer"]

@@ -102,19 +102,29 @@ class Pending(Generic[T]):
 
     def wait(self) -> None:
         """Block until the request completed, WITHOUT holding the runner's lock, so other threads keep
-        submitting meanwhile (a completion thread waits here; :meth:`result` then returns at once).
-        The GIL is released while CUDA waits."""
+        submitting meanwhile (:meth:`result` then returns at once). The GIL is released while CUDA waits."""
+        self.block()
+        self.mark_complete()
+
+    def block(self) -> None:
+        """The waiting half of :meth:`wait`: CUDA waits (GIL released), no lock is taken and nothing is
+        recorded; :meth:`mark_complete` records it later (asyncio's completion threads block here and
+        the event loop marks, so the thread never contends for the runner's lock with the loop's
+        submits). The event of a request is fixed when it is created; close() synchronizes every
+        stream before it destroys events."""
+        if self._complete or self._snapshot is not None:
+            return
         runner = self._runner
-        with runner._lock:
-            if self._complete or self._snapshot is not None:
-                return
+        if runner._closed:
             runner._check_open()
-            event, stream = self._event, self._stream
-        if event:  # outside the lock; close() synchronizes every stream before it destroys events
-            cuda.event_synchronize(event)
+        if self._event:
+            cuda.event_synchronize(self._event)
         else:
-            cuda.stream_synchronize(stream)
-        with runner._lock:
+            cuda.stream_synchronize(self._stream)
+
+    def mark_complete(self) -> None:
+        """Record that the request completed (after :meth:`block` returned): its buffer set is idle."""
+        with self._runner._lock:
             self._complete = True
             if self._set.pending is self:
                 self._set.idle = True

@@ -271,8 +271,7 @@ class RunnerPool(Closing):
             if self._batcher is None or self._batcher.d is not d:
                 self._batcher = aio.Batcher(d, self.plan, self.batching)
             return await self._batcher.infer(feeds, convert)
-        _, pending = await d.run(feeds)
-        return convert(pending.result_dict(copy=copy))
+        return await d.run(feeds, copy=copy, convert=convert)
 
     # -- state ---------------------------------------------------------------------------------------
     @property
