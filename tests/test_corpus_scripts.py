@@ -26,15 +26,21 @@ def test_table_takes_the_last_row_and_footnotes_reasons(tmp_path: Path) -> None:
         {"model": "ppocr_cls", "precision": "fp32", "stage": "validate", "shape": "min", "ok": False, "err": 1.0},
         {"model": "ppocr_cls", "precision": "fp32", "stage": "validate", "shape": "min", "ok": True, "err": 0.0},
         {"model": "ppocr_cls", "precision": "fp16", "stage": "validate", "shape": "min", "ok": True, "err": 0.0123},
+        {"model": "ppocr_det", "precision": "fp16", "stage": "validate", "shape": "max", "ok": False, "err": 0.04,
+         "shapes": {"x": [1, 3, 64, 64]}, "why": "sigmoid_0.tmp_0: iou (>= 0.5) 0.5 < 0.99",
+         "decided_by": ["elemwise mean"]},
         {"model": "slanet", "precision": "fp32", "stage": "build", "ok": False, "reason": "RTX assertion"},
         {"model": "ppocr_cls", "precision": "fp32", "stage": "contract", "ok": True, "bytes": 100, "naive_bytes": 400,
          "contract": "uint8 in"},
     ])
     text = corpus.table(res)
     cls = next(line for line in text.splitlines() if line.startswith("| ppocr_cls "))
-    assert "| yes / yes | min | 0 | 0.012 |" in cls and "400 B -> 100 B (4x, validated)" in cls
+    assert "| pass / pass | min | 0 | 0.012 |" in cls and "400 B -> 100 B (4x, validated)" in cls
+    det = next(line for line in text.splitlines() if line.startswith("| ppocr_det "))
+    assert "| not run / **fails** [" in det and "| **0.04** [" in det  # the failure and the probability rule
+    assert "ppocr_det fp16: at max {'x': [1, 3, 64, 64]}: sigmoid_0.tmp_0: iou (>= 0.5) 0.5 < 0.99" in text
     slanet = next(line for line in text.splitlines() if line.startswith("| slanet "))
-    assert "**no** [" in slanet and "RTX assertion" in text
+    assert "**no build** [" in slanet and "RTX assertion" in text
     doc = tmp_path / "models.md"
     doc.write_text(f"intro\n{corpus.TABLE_BEGIN}\nold\n{corpus.TABLE_END}\nrest\n")
     corpus.write_table(doc, text)

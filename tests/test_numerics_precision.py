@@ -38,12 +38,15 @@ def test_fp16_ppocr_det_keeps_the_huge_batchnorm_variance_in_fp32(tmp_path: Path
     assert mp["calibration"]["ran"] and mp["by_rule"]["activation"] >= 1  # FPN activations above 512
     (out,) = rep.outputs
     assert out.mean_abs < 1e-3 and out.failing / out.total < 0.01  # a probability map, right almost everywhere
+    # the default policy passes it as written (a sigmoid map of an fp16 build: mean error and iou at 0.5)
+    assert rep.passed and out.statistic == "mean" and out.metrics[0].kind == "iou" and out.metrics[0].value > 0.99
 
     # what the converter did before (clamp the variance to 65504): the map is garbage
     old = body + "mixed_precision: {init_max: 1.0e+30, data_max: null}\n"
     report, rep = build_and_validate(project(tmp_path, model, old.replace("det16", "x"), "det16_clamped"))
     assert not report["mixed_precision"]["kept"] or all(k["rule"] == "op_type" for k in report["mixed_precision"]["kept"])
     assert rep.outputs[0].mean_abs > 0.1 and not rep.passed
+    assert not rep.outputs[0].statistic_ok and not rep.outputs[0].metrics[0].passed  # both gates catch it
 
 
 @pytest.mark.slow

@@ -100,3 +100,72 @@ def test_table_shows_the_deciding_metric_next_to_max_abs(tmp_path: Path) -> None
     text = console.export_text()
     row = next(line for line in text.splitlines() if "mask" in line)
     assert "agreement 0.9900 >= 0.99" in row and "16" in row and "pass" in row and "1/100 differ" in row
+
+
+# -- probabilities in reduced precision: gated by their decision and their mean error ------------------
+def _graph(tail: list[str], opset: int, out_shape: list[int]) -> object:
+    """x [2, 3, 4] -> MatMul -> tail ops (each on the previous tensor) -> y."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, prev = [helper.make_node("MatMul", ["x", "w"], ["z"])], "z"
+    for i, op in enumerate(tail):
+        name = "y" if i == len(tail) - 1 else f"t{i}"
+        extra = {"Softmax": {"axis": 1}, "Transpose": {"perm": [0, 2, 1]}}.get(op, {})
+        ins = [prev, "shape"] if op == "Reshape" else [prev]
+        nodes.append(helper.make_node(op, ins, [name], **extra))
+        prev = name
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                          [numpy_helper.from_array(np.ones((4, 4), np.float32), "w"),
+                           numpy_helper.from_array(np.array([2, 12], np.int64), "shape")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_contract_probability_outputs_are_found_through_layout_ops() -> None:
+    from trtflow.plan.onnxmeta import probabilities
+
+    assert probabilities(_graph(["Sigmoid", "Reshape"], 17, [2, 12]), 17) == {"y": ("sigmoid", None)}
+    assert probabilities(_graph(["Softmax"], 17, [2, 3, 4]), 17) == {"y": ("softmax", -2)}
+    assert probabilities(_graph(["Softmax", "Identity"], 17, [2, 3, 4]), 17) == {"y": ("softmax", -2)}
+    assert probabilities(_graph(["Softmax", "Transpose"], 17, [2, 4, 3]), 17) == {}  # its axis moved
+    assert probabilities(_graph(["Softmax"], 12, [2, 3, 4]), 12) == {}  # opset 12: over dims 1 and 2 together
+    assert probabilities(_graph(["Relu"], 17, [2, 3, 4]), 17) == {}
+
+
+def test_a_probability_of_an_fp16_build_is_gated_by_its_decision_and_mean_error() -> None:
+    probs = {"p": ("sigmoid", None), "s": ("softmax", -1)}
+    outs = (_t("p", "float32"), _t("s", "float32"), _t("v", "float32"))
+    pol = resolve({}, "fp16", outs, probs)
+    assert (pol["p"].statistic, pol["p"].atol) == ("mean", 1e-2)
+    assert pol["p"].metrics == (MetricCheck("iou", 0.99, threshold=0.5),)
+    assert pol["s"].metrics == (MetricCheck("agreement", 0.99, axis=-1),) and pol["s"].statistic == "mean"
+    assert pol["v"].statistic is None and pol["v"].metrics == ()  # not a probability: every element
+    assert resolve({}, "fp32", outs, probs)["p"] == resolve({}, "fp32", outs)["p"]  # fp32: every element
+    # the recipe takes an output over: its tolerance gates every element; its metrics replace the decision
+    mine = resolve({"tolerances": {"p": {"atol": 0.05, "rtol": 0.05}},
+                    "metrics": {"s": [{"kind": "agreement", "min": 0.95, "axis": 0}]}}, "fp16", outs, probs)
+    assert mine["p"].statistic is None and mine["p"].atol == 0.05
+    assert mine["s"].metrics == (MetricCheck("agreement", 0.95, axis=-1),)  # axis 0 of a rank-1 output
+    assert resolve({"statistic": "p99"}, "fp16", outs, probs)["p"].statistic is None  # the recipe's statistic
+
+
+def test_decision_metrics_compare_binarized_maps_and_argmaxes() -> None:
+    import numpy as np
+
+    from trtflow.validate.compare import compare
+
+    ref = np.array([[0.1, 0.49, 0.9, 0.7]], np.float32)
+    near = ref + np.float32(0.04) * np.array([1, -1, 1, -1], np.float32)  # 0.04 everywhere, no side changes
+    o = compare("p", near, ref, atol=1e-2, rtol=1e-2, statistic="mean",
+                metrics=[MetricCheck("iou", 0.99, threshold=0.5)])
+    assert not o.statistic_ok and o.metrics[0].value == 1.0 and o.metrics[0].on == ">= 0.5"
+    assert "elemwise mean atol 0.01" in o.decided_by and "iou (>= 0.5) 1.0000" in o.decided_by
+    flipped = ref.copy()
+    flipped[0, 1] = 0.51  # one element crosses 0.5: the positives' IoU drops
+    o = compare("p", flipped, ref, atol=1e-2, rtol=1e-2, statistic="mean",
+                metrics=[MetricCheck("iou", 0.99, threshold=0.5)])
+    assert o.statistic_ok and not o.passed  # mean error 0.005, but a decision changed
+    scores = np.array([[[0.2, 0.8], [0.6, 0.4]]], np.float32)  # samples stacked in front: axis -1 stays
+    o = compare("s", scores[..., ::-1].copy(), scores, atol=1.0, rtol=1.0, metrics=[MetricCheck("agreement", 0.99, axis=-1)])
+    assert o.metrics[0].value == 0.0 and o.metrics[0].on == "argmax axis -1" and not o.passed

@@ -604,9 +604,9 @@ def _print_validation(rep: Any) -> None:
         failing = f"{o.failing}/{o.total}" + ("" if o.numeric_gate else " differ")
         bad = [m for m in o.metrics if not m.passed]
         if o.passed:
-            result = "[green]pass[/]" if o.numeric_gate else "[green]pass[/] by " + ", ".join(m.kind for m in o.metrics)
+            result = "[green]pass[/]" if o.numeric_gate else "[green]pass[/] by " + ", ".join(m.label for m in o.metrics)
         else:
-            result = "[red]FAIL[/]" + (": " + ", ".join(f"{m.kind} {m.value:.4f} < {m.min}" for m in bad) if bad else "")
+            result = "[red]FAIL[/]" + (": " + ", ".join(f"{m.label} {m.value:.4f} < {m.min}" for m in bad) if bad else "")
         tbl.add_row(printable(o.name), *([printable(o.case)] if several else []), o.dtype, markup(o.decided_by),
                     f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.p99_abs:.3g}", f"{o.max_rel:.3g}",
                     f"{o.p99_rel:.3g}", failing, result)
@@ -616,7 +616,9 @@ def _print_validation(rep: Any) -> None:
         console.print(f"  decoded input {markup(d['input'])} vs the host decoder (libjpeg-turbo/libpng): max "
                       f"|diff| {d['max_abs']} (<= {d['max_abs_allowed']}), {d['fraction_differing']:.3%} of values "
                       f"differ (<= {d['fraction_allowed']:.0%}): {ok}; outputs are compared on the decoded pixels")
-    console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}")
+    own = sorted({(o.name, o.statistic) for o in rep.outputs if o.statistic != rep.statistic})
+    console.print(f"  formula: {rep.formula_text}; statistic: {rep.statistic}"
+                  + "".join(f"; {s} for {printable(n)} (a probability: its decision is gated)" for n, s in own))
     if by_metric:
         console.print("  integer outputs (class ids, masks, top-k indices) are decided by their task metric; their "
                       "abs/rel columns are shown, not gated")

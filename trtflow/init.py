@@ -496,7 +496,7 @@ def recipe_text(info: ModelInfo, recipe_path: Path, *, name: str, schema_path: P
 def _tolerance_lines(info: ModelInfo) -> list[str]:
     """The commented ``default:`` and one comment per output: what decides it by default at fp32 (and
     fp16), from trtflow.validate.policy, so uncommenting the line changes nothing at fp32."""
-    from trtflow.validate.policy import default_metrics, default_tolerance
+    from trtflow.validate.policy import default_metrics, default_tolerance, probability_metrics
 
     fp32 = default_tolerance("fp32", "float32") or {}
     default = (f"  # default: {{atol: {fp32['atol']:.1e}, rtol: {fp32['rtol']:.1e}}}   # one tolerance for all float "
@@ -504,7 +504,13 @@ def _tolerance_lines(info: ModelInfo) -> list[str]:
     lines = [default]
     for io in info.outputs:
         tol, half = default_tolerance("fp32", io.dtype), default_tolerance("fp16", io.dtype)
-        what = (f"atol = rtol = {tol['atol']:.0e} (fp16 build: {half['atol']:.0e})" if tol and half else
+        fp16 = f"{half['atol']:.0e}" if half else ""
+        if half and io.name in info.probabilities:  # a Sigmoid/Softmax output: its decision and mean error
+            kind, axis = info.probabilities[io.name]
+            (m,) = probability_metrics("fp16", kind, axis)
+            on = f"at >= {m['threshold']:g}" if kind == "sigmoid" else f"of the argmax on axis {m['axis']}"
+            fp16 = f"mean error {fp16} and {m['kind']} {on} >= {m['min']:g}, a {kind}"
+        what = (f"atol = rtol = {tol['atol']:.0e} (fp16 build: {fp16})" if tol and half else
                 ", ".join(f"{m['kind']} >= {m['min']}" for m in default_metrics("fp32", io.dtype)))
         lines.append(f"  #   {c(io.name)}: {what}")
     return lines

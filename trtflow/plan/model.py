@@ -194,10 +194,15 @@ def make_generator(d: dict[str, Any]) -> Generator:
 
 @dataclass(frozen=True)
 class MetricCheck:
-    """A task metric an output must reach (``agreement``, ``iou``, ``topk_overlap``): at least ``min``."""
+    """A task metric an output must reach (``agreement``, ``iou``, ``topk_overlap``): at least ``min``.
+
+    It compares the output's decision when one is named: both maps binarized at ``>= threshold`` (a
+    probability map), or their argmax along ``axis`` (a softmax; negative, counted from the last dim)."""
 
     kind: str
     min: float
+    threshold: float | None = None
+    axis: int | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,7 @@ class OutputCheck:
     tolerance_from: str | None         # "validate.tolerances", "validate.default", "default for a ..."
     metrics: tuple[MetricCheck, ...] = ()
     metrics_from: str | None = None
+    statistic: str | None = None       # the error statistic that gates this output; None: ``validate.statistic``
 
 
 ShapeSet = str | dict[str, tuple[int, ...]]   # "min" | "opt" | "max" | "mixed" | {input: shape, model layout}

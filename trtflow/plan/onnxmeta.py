@@ -7,7 +7,7 @@ only its graph.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtflow.artifact import sha256_path
@@ -56,6 +56,9 @@ class ModelInfo:
     op_types: frozenset[str]
     has_external_data: bool
     switches: tuple[Switch, ...] = ()
+    # outputs that are probabilities: output name -> ("sigmoid", None) or ("softmax", its axis counted from
+    # the last dim): validate's policy gates them by their decision in reduced precision (validate/policy.py)
+    probabilities: dict[str, tuple[str, int | None]] = field(default_factory=dict)
 
 
 def _io(vi: object) -> IOInfo:
@@ -137,7 +140,38 @@ def read_model_info(path: Path) -> ModelInfo:
         op_types=frozenset(n.op_type for n in model.graph.node),
         has_external_data=ext,
         switches=switches(model),
+        probabilities=probabilities(model, opset),
     )
+
+
+_LAYOUT_ONLY = ("Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def probabilities(model: object, opset: int) -> dict[str, tuple[str, int | None]]:
+    """Graph outputs made by a Sigmoid (elementwise probabilities) or a Softmax, seen through ops that only
+    move elements (Reshape, Transpose, ...). A Softmax keeps its axis only through Identity/Cast; before
+    opset 13 Softmax normalizes over the flattened trailing dims, so there only a last-axis Softmax counts."""
+    graph = model.graph  # type: ignore[attr-defined]
+    producer = {o: n for n in graph.node for o in n.output}
+    rank = {o.name: len(o.type.tensor_type.shape.dim) for o in graph.output}
+    found: dict[str, tuple[str, int | None]] = {}
+    for out in graph.output:
+        name, moved = out.name, False
+        while name in producer and producer[name].op_type in _LAYOUT_ONLY:
+            moved |= producer[name].op_type not in ("Identity", "Cast")
+            name = producer[name].input[0]
+        node = producer.get(name)
+        if node is None or node.op_type not in ("Sigmoid", "Softmax"):
+            continue
+        if node.op_type == "Sigmoid":
+            found[out.name] = ("sigmoid", None)
+            continue
+        axis = next((int(a.i) for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+        r = rank[out.name]
+        neg = axis - r if axis >= 0 else axis
+        if not moved and r and (opset >= 13 or neg == -1):  # else its decision (the argmax) is not known here
+            found[out.name] = ("softmax", neg)
+    return found
 
 
 _PASS_THROUGH = ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Gather")

@@ -593,7 +593,8 @@ class _Planner:
             shapes = ("opt", "min", "max", "mixed") if any(t.dynamic for t in inputs) else ("opt",)
         return ValidatePlan(formula=v.formula, statistic=v.statistic, samples=v.samples, seed=v.seed,
                             generator=v.generator, inputs=gens, shapes=shapes, data=v.data,
-                            per_output=resolve_validation(v.model_dump(), self.recipe.precision, outputs))
+                            per_output=resolve_validation(v.model_dump(), self.recipe.precision, outputs,
+                                                                   self.info.probabilities))
 
     def run(self) -> Plan:
         r = self.recipe

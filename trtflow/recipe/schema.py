@@ -327,6 +327,10 @@ class Metric(_Strict):
 
     kind: Literal["agreement", "iou", "topk_overlap"]
     min: float = Field(ge=0, le=1, description="Smallest acceptable value (fraction).")
+    threshold: float | None = Field(default=None, description="Compare both outputs binarized at >= this "
+                                    "value (a probability map's decision, e.g. 0.3 for a DB text detector).")
+    axis: int | None = Field(default=None, description="Compare the argmax of both outputs along this axis "
+                             "(a softmax's decision; negative counts from the last dim).")
 
 
 class RangeGenerator(_Strict):

@@ -10,6 +10,9 @@ Formulas (the recipe picks one; the report names it):
 statistic of the error instead (elemwise: stat(abs) <= atol or stat(rel) <= rtol), as Polygraphy's
 ``--check-error-stat`` does.
 
+A metric compares the values, or the decision its check names (a map binarized at a threshold, an
+argmax along an axis: :func:`decision`).
+
 NaN or Inf in the candidate where the reference is finite always fails. ``a`` is the candidate, ``b``
 the reference.
 """
@@ -37,10 +40,16 @@ class MetricResult:
     kind: str
     value: float
     min: float
+    on: str = ""                       # what it compared: "" (the values), ">= 0.5" or "argmax axis -1"
 
     @property
     def passed(self) -> bool:
         return self.value >= self.min
+
+    @property
+    def label(self) -> str:
+        """``iou (>= 0.5)``: the metric and the decision it compared."""
+        return f"{self.kind} ({self.on})" if self.on else self.kind
 
 
 @dataclass
@@ -69,8 +78,9 @@ class OutputComparison:
     @property
     def decided_by(self) -> str:
         """What decides pass/fail, with its value: ``elemwise atol 0.01 rtol 0.01`` or ``agreement 0.9993 >= 0.99``."""
-        parts = [f"{self.formula} atol {self.atol:g} rtol {self.rtol:g}"] if self.numeric_gate else []
-        parts += [f"{m.kind} {m.value:.4f} >= {m.min:g}" for m in self.metrics]
+        stat = "" if self.statistic == "max" else f" {self.statistic}"
+        parts = [f"{self.formula}{stat} atol {self.atol:g} rtol {self.rtol:g}"] if self.numeric_gate else []
+        parts += [f"{m.label} {m.value:.4f} >= {m.min:g}" for m in self.metrics]
         return "; ".join(parts) or "-"
 
     @property
@@ -145,6 +155,21 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, axis: int = -1) -> float:
 METRICS = {"agreement": agreement, "iou": mean_iou, "topk_overlap": topk_overlap}
 
 
+def decision(x: np.ndarray, m: MetricCheck) -> tuple[np.ndarray, str]:
+    """What metric ``m`` compares of output ``x``: the map binarized at ``m.threshold``, the argmax along
+    ``m.axis`` (counted from the last dim, so samples stacked in front do not move it), else ``x`` itself."""
+    if m.threshold is not None:
+        return x >= m.threshold, f">= {m.threshold:g}"
+    if m.axis is not None:
+        return np.argmax(x, axis=m.axis), f"argmax axis {m.axis}"
+    return x, ""
+
+
+def metric(m: MetricCheck, a: np.ndarray, b: np.ndarray) -> MetricResult:
+    (da, on), (db, _) = decision(a, m), decision(b, m)
+    return MetricResult(m.kind, METRICS[m.kind](da, db), m.min, on)
+
+
 def compare(name: str, a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, formula: str = "elemwise",
             statistic: str = "max", metrics: Sequence[MetricCheck] = (),
             numeric_gate: bool = True, case: str = "opt") -> OutputComparison:
@@ -165,7 +190,7 @@ def compare(name: str, a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float
         statistic_ok = _stat(absdiff, statistic) <= atol or _stat(rel, statistic) <= rtol
     else:
         statistic_ok = _stat(absdiff - rtol * np.abs(b64[finite]), statistic) <= atol
-    results = [MetricResult(m.kind, METRICS[m.kind](a, b), m.min) for m in metrics]
+    results = [metric(m, a, b) for m in metrics]
     return OutputComparison(
         name=name, dtype=str(a.dtype), shape=tuple(a.shape), formula=formula, statistic=statistic,
         atol=atol, rtol=rtol,

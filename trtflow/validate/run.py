@@ -230,7 +230,7 @@ def validate_artifact(artifact: Path, *, backend: str = "auto", device: str = "a
                 pol = per_output[t.name]
                 out.append(compare(t.name, np.stack(cand[t.name]), np.stack(refs[t.name]),
                                    atol=pol.atol or 0.0, rtol=pol.rtol or 0.0, formula=v.formula,
-                                   statistic=v.statistic, metrics=pol.metrics, numeric_gate=pol.gate == "tolerance",
+                                   statistic=pol.statistic or v.statistic, metrics=pol.metrics, numeric_gate=pol.gate == "tolerance",
                                    case=label))
     candidate, engine_file, engine_validated = describe_candidate(built, str(used_backend), str(used_device))
     mp = built.get("mixed_precision")
