@@ -125,3 +125,31 @@ def test_a_reference_run_that_fails_is_a_model_error_naming_the_shapes(tmp_path:
     msg = str(exc.value)
     assert "the reference run (onnxruntime CPU, the original model) fails at shape set " in msg
     assert "(audio:3x8, state:2x5x8)" in msg and exc.value.exit_code == 2
+
+
+def test_an_rnn_ties_its_initial_state_batch_to_its_input_batch(tmp_path: Path) -> None:
+    # ONNX's rule (onnxruntime's inference takes the LSTM's output batch from X alone): with no dim names
+    # and nothing else combining them, the LSTM is where the audio batch meets the state batch
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtflow.plan import make_plan
+    from trtflow.recipe import load_recipe
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.1, (1, 32, 4)).astype(np.float32), "w")
+    r = numpy_helper.from_array(rng.normal(0, 0.1, (1, 32, 8)).astype(np.float32), "r")
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "w", "r", "", "", "h", "c"], ["", "h_out"], hidden_size=8, name="rnn")],
+        "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", 4]),
+                helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "m", 8]),
+                helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, "k", 8])],
+        [helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, "n", 8])], [w, r])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    make_project(tmp_path)
+    onnx.save(model, str(tmp_path / "rnn.onnx"))
+    prof = "{profile: {min: [1, 1, %d], opt: [1, 4, %d], max: [1, 16, %d]}}"
+    (tmp_path / "rnn.yaml").write_text("model: rnn.onnx\ninputs:\n" + "".join(
+        f"  {n}: {prof % (d, d, d)}\n" for n, d in (("x", 4), ("h", 8), ("c", 8))))
+    assert make_plan(load_recipe(tmp_path / "rnn.yaml")).dim_ties == (("x[1]", "h[1]", "c[1]"),)

@@ -194,10 +194,13 @@ class _Dims:
             return
         self.failed = None
         single = re.compile(r"^(\w+)\[(\d+)\]$")
+        order = {io.name: k for k, io in enumerate(info.inputs)}
         for a, b in inferred.constraints:  # dims the model forces equal (audio batch and state batch)
             ma, mb = single.match(a), single.match(b)
             if ma and mb:
-                ka, kb = key_of[(ma[1], int(ma[2]))], key_of[(mb[1], int(mb[2]))]
+                # the range a batch dim was given wins (else the earlier input's): the state follows the batch
+                ka, kb = sorted((key_of[(ma[1], int(ma[2]))], key_of[(mb[1], int(mb[2]))]),
+                                key=lambda k: (k not in self.batch, order[k[0]], k[1]))
                 if ka in self.ranges and kb in self.ranges and self.root(ka) != self.root(kb):
                     if self.ranges[ka] != self.ranges[kb]:
                         self.whys[kb] = f"dim {kb[1]}: the model combines it with {c(ka[0])} dim {ka[1]}: same range"

@@ -131,6 +131,7 @@ def _subclass(ssi: Any, sympy: Any, box: dict[str, tuple[int, int]], names: dict
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.decided_if = False   # inferring an If that goes one way at every shape of the profile
             concat = self.dispatcher_["Concat"]
 
             def concat_positive_axis(node: Any) -> None:
@@ -154,6 +155,43 @@ def _subclass(ssi: Any, sympy: Any, box: dict[str, tuple[int, int]], names: dict
             self.dispatcher_["If"] = self._infer_if
             for op in list(self.dispatcher_):
                 self.dispatcher_[op] = self._recording(self.dispatcher_[op])
+
+        def _onnx_infer_single_node(self, node: Any) -> None:
+            super()._onnx_infer_single_node(node)
+            if node.op_type in ("LSTM", "GRU", "RNN"):
+                self._merge_rnn_batch(node)
+
+        def _merge_rnn_batch(self, node: Any) -> None:
+            """An RNN's initial state has the batch of its input X (ONNX's rule; onnxruntime's inference
+            takes the output batch from X alone): silero's spox export names no dim, and the LSTM is
+            where its audio batch and its state batch meet."""
+            layout = get_attribute(node, "layout", 0)
+            x = self._get_shape(node, 0)
+            if not x or len(x) != 3:
+                return
+            batch = x[1 - layout]                  # X: [seq, batch, in] (layout 0) or [batch, seq, in]
+            for k in (5, 6) if node.op_type == "LSTM" else (5,):   # initial_h, initial_c
+                if len(node.input) <= k or not node.input[k]:
+                    continue
+                h = self._get_shape(node, k)
+                if not h or len(h) != 3:
+                    continue
+                h_batch = h[1 - layout]            # [dirs, batch, hidden] (layout 0) or [batch, dirs, hidden]
+                if all(type(d) is str and d in self.symbolic_dims_ for d in (batch, h_batch)) and \
+                        self.suggested_merge_.get(batch, batch) != self.suggested_merge_.get(h_batch, h_batch):
+                    self._add_suggested_merge([batch, h_batch], apply=True)
+
+        def _onnx_infer_subgraph(self, node: Any, subgraph: Any, use_node_input: bool = True,
+                                 inc_subgraph_id: bool = True) -> Any:
+            inner = super()._onnx_infer_subgraph(node, subgraph, use_node_input, inc_subgraph_id)
+            # A branch that runs at every shape: the dims it needs equal, the model needs equal (silero's
+            # spox export: its LSTM sits in the If on `sr`). onnxruntime keeps a subgraph's merges there.
+            if self.decided_if:
+                for a, b in sorted(inner.suggested_merge_.items(), key=lambda kv: kv[0]):
+                    if a in self.symbolic_dims_ and (ssi.is_literal(b) or b in self.symbolic_dims_) and \
+                            self.suggested_merge_.get(a, a) != self.suggested_merge_.get(b, b):
+                        self._add_suggested_merge([a, b], apply=True)
+            return inner
 
         def _add_suggested_merge(self, symbols: Any, apply: bool = False) -> None:
             """onnxruntime's merge of dims inference found equal, in a canonical direction. Its own picks the
@@ -230,9 +268,11 @@ def _subclass(ssi: Any, sympy: Any, box: dict[str, tuple[int, int]], names: dict
                 _Inference.branches[node.name] = taken
             had, saved = name in self.sympy_data_, self.sympy_data_.get(name)
             self.sympy_data_[name] = int(taken)
+            outer, self.decided_if = self.decided_if, True  # onnxruntime infers the taken branch alone
             try:
                 base._infer_If(self, node)
             finally:
+                self.decided_if = outer
                 if had:
                     self.sympy_data_[name] = saved
                 else:
