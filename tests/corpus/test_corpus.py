@@ -76,6 +76,18 @@ def _model(m: corpus.Model) -> Path:
     return path
 
 
+def _init_recipe(m: corpus.Model, project: Path) -> Path:
+    """``trtflow init``'s recipe for ``m`` in the shared project, the model copied there first (each once)."""
+    src = _model(m)
+    model = project / "models" / f"{m.id}.onnx"
+    if not model.exists():
+        shutil.copyfile(src, model)
+    recipe = project / "recipes" / f"{m.id}.yaml"
+    if not recipe.exists():
+        _trtflow("init", str(model), "--out", str(recipe), cwd=project)
+    return recipe
+
+
 def _trtflow(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     r = subprocess.run([TRTFLOW, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=1200)
     if check and r.returncode != 0:
@@ -163,13 +175,7 @@ def test_corpus_model(m: corpus.Model, precision: str, project: Path, request: p
     if (m.id, precision) in XFAIL_VALUES:
         request.applymarker(pytest.mark.xfail(strict=True, reason=XFAIL_VALUES[(m.id, precision)]))
 
-    src = _model(m)
-    model = project / "models" / f"{m.id}.onnx"
-    if not model.exists():
-        shutil.copyfile(src, model)
-    recipe = project / "recipes" / f"{m.id}.yaml"
-    if not recipe.exists():
-        _trtflow("init", str(model), "--out", str(recipe), cwd=project)
+    recipe = _init_recipe(m, project)
     base = [f"precision={precision}", *m.sets]
     t0 = time.perf_counter()
     plan = json.loads(_trtflow("plan", str(recipe), "--json", *[x for s in base for x in ("--set", s)],
@@ -246,13 +252,7 @@ def test_corpus_contract(m: corpus.Model, project: Path) -> None:
 
     from trtflow.recipe.loader import RecipeDumper, RecipeLoader
 
-    src = _model(m)
-    model = project / "models" / f"{m.id}.onnx"
-    if not model.exists():
-        shutil.copyfile(src, model)
-    base = project / "recipes" / f"{m.id}.yaml"
-    if not base.exists():
-        _trtflow("init", str(model), "--out", str(base), cwd=project)
+    base = _init_recipe(m, project)
     what, contract = corpus.CONTRACTS[m.id]
     recipe = project / "recipes" / f"{m.id}_contract.yaml"
     merged = _deep_merge(yaml.load(base.read_text(), Loader=RecipeLoader), contract)

@@ -100,25 +100,26 @@ def plan_for(folder: Path, model: str, body: str = "", *, name: str = "r") -> Pl
     return make_plan(parse_recipe(f"model: {model}\n{body}", folder / f"{name}.yaml"))
 
 
-def make_conv_model(path: Path, *, batch: int | str = 1, channels: int = 3, classes: int = 5, hw: int = 16) -> Path:
-    """A small real conv net (Conv-Relu-Conv) with fixed-seed weights, saved to ``path``."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
+def make_conv_model(path: Path, *, batch: int | str = 1, channels: int = 3, classes: int = 5, hw: int = 16,
+                    names: tuple[str, str] = ("image", "logits"), seed: int = 0, sigmoid: bool = False) -> Path:
+    """A small real conv net, Conv(3x3)-Relu-Conv(1x1) (then Sigmoid with ``sigmoid``), fixed-seed weights,
+    saved to ``path``; ``names`` are its input and output."""
+    rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, channels, 3, 3)).astype(np.float32), "w1")
     b1 = numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.3, (classes, 8, 1, 1)).astype(np.float32), "w2")
+    x, y = names
     nodes = [
-        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", [x, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["logits"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2" if sigmoid else y]),
     ]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["c2"], [y]))
     graph = helper.make_graph(
         nodes, "convnet",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, channels, hw, hw])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes, hw, hw])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, channels, hw, hw])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [batch, classes, hw, hw])],
         [w1, b1, w2])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

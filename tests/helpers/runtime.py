@@ -763,30 +763,10 @@ def load_runner(art: Path) -> types.ModuleType:
 def conv_model(path: Path, *, batch: int | str = 1, channels: int = 3, classes: int = 5, hw: int = 16,
                names: tuple[str, str] = ("image", "logits"), seed: int = 0) -> Path:
     """A small real conv net: Conv(3x3)-Relu-Conv(1x1)-Sigmoid, fixed-seed weights."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from helpers.models import make_conv_model
 
-    rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, channels, 3, 3)).astype(np.float32), "w1")
-    b1 = numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1")
-    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (classes, 8, 1, 1)).astype(np.float32), "w2")
-    x, y = names
-    nodes = [
-        helper.make_node("Conv", [x, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
-        helper.make_node("Sigmoid", ["c2"], [y]),
-    ]
-    graph = helper.make_graph(
-        nodes, "convnet",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, channels, hw, hw])],
-        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [batch, classes, hw, hw])],
-        [w1, b1, w2])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return path
+    return make_conv_model(path, batch=batch, channels=channels, classes=classes, hw=hw, names=names, seed=seed,
+                           sigmoid=True)
 
 
 def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
