@@ -34,7 +34,7 @@ timeout "${TIMING_TIMEOUT:-1200}" python3 scripts/gpu_timing.py --out "$OUT/timi
 timing_rc=${PIPESTATUS[0]}
 fi
 
-# serving: asyncio overhead, instances/devices sweeps, the HTTP example on the seed scenario (~3-4 min);
+# serving: asyncio overhead, instances/devices sweeps, the HTTP example on the seed scenario, raw and JPEG (~4-5 min);
 # needs starlette + uvicorn in .whl/ (bash ../shared/device/fetch-wheels.sh starlette uvicorn anyio)
 if part serving; then
 timeout "${SERVING_TIMEOUT:-480}" python3 scripts/gpu_serving.py --out "$OUT/serving.json" ${SERVING_ARGS:-} 2>&1 \

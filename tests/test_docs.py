@@ -126,7 +126,8 @@ def test_architecture_where_to_look_answers_exist() -> None:
 
 # Flags of other tools that the docs quote (checked so that a trtflow flag can never hide among them).
 FOREIGN_FLAGS = {"--useSpinWait": "trtexec", "--check-error-stat": "Polygraphy", "--render": "scripts/gpu_corpus.py",
-                 "--nvidia-index": "scripts/wheelhouse.sh"}
+                 "--nvidia-index": "scripts/wheelhouse.sh", "--image": "examples/serve/loadtest.py",
+                 "--only": "scripts/gpu_serving.py"}
 _FLAG = re.compile(r"(?<![\w./-])(--?[A-Za-z][\w-]*)")
 
 

@@ -87,13 +87,15 @@ async def _clients(pool: Any, feeds: list[dict[str, Any]], *, concurrency: int, 
 def run_load(artifact: Path, plan: Plan, *, label: str, instances: int, devices: list[int] | None, concurrency: int,
              requests: int | None, duration_s: float | None, warmup: int, backend: str, device: str,
              floor_per_s: float | None = None, batch: int | None = None,
-             batching: dict[str, Any] | None = None) -> LoadResult:
+             batching: dict[str, Any] | None = None, feeds: list[dict[str, Any]] | None = None) -> LoadResult:
     """Open a pool of ``instances`` per device on ``devices``, drive it with ``concurrency`` clients
-    (each request of ``batch`` samples, default the plan's; ``batching``: the pool's dynamic batching)."""
+    (each request of ``batch`` samples, default the plan's; ``batching``: the pool's dynamic batching;
+    ``feeds``: the requests to send in turn, default 8 generated input sets)."""
     from trtflow.bench.measure import input_sets
     from trtflow.runtime.pool import RunnerPool
 
-    feeds = input_sets(plan, 8, batch=batch)
+    if feeds is None:
+        feeds = input_sets(plan, 8, batch=batch)
     if requests is None and duration_s is None:
         requests = 200
     with RunnerPool(artifact, instances=instances, devices=devices, max_queue=max(concurrency, 1),
