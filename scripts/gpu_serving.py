@@ -86,7 +86,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
                     help=f"run only these sections ({', '.join(SECTIONS)}): overhead = the asyncio overhead rows "
                          "(build tiny + scripts/aio_overhead.py, ~30 s); http / http_jpeg = the HTTP example with "
-                         "raw-pixel / JPEG bodies on the seed scenario (~60 s each after the build)")
+                         "raw-pixel / JPEG bodies on the seed scenario (~2 min / ~60 s after the build)")
     args = ap.parse_args()
     if args.render:
         print_tables(json.loads(args.render.read_text()))
