@@ -353,6 +353,98 @@ def test_contract_awaited_outputs_are_read_before_their_buffer_set_is_reused(
         assert snapshots == []
 
 
+class _LaggingGpu:
+    """How far the fake GPU is behind the host: the request at the head reads as done after ``lag``
+    polls (``cudaEventQuery``/``cudaStreamQuery``; the poll that reads it done runs the fake's queue up
+    to it: the GPU got there meanwhile), or when a host thread waits for it (``cudaEventSynchronize``).
+    ``lag=0``: the GPU is always ahead. Counts the waits of the lanes' watcher threads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, lag: int) -> None:
+        from trtflow.runtime import cuda
+
+        self.lag, self.left, self.watcher_waits = lag, lag, 0
+        self.lock = threading.Lock()
+        for kind in ("event", "stream"):
+            sync = getattr(cuda, f"{kind}_synchronize")
+            monkeypatch.setattr(cuda, f"{kind}_query", lambda h, _sync=sync: self._query(_sync, h))
+            monkeypatch.setattr(cuda, f"{kind}_synchronize", lambda h, _sync=sync: self._synchronize(_sync, h))
+
+    def _query(self, sync: Any, handle: int) -> bool:
+        with self.lock:
+            if self.left > 0:
+                self.left -= 1
+                return False
+            self.left = self.lag  # the next request starts its own lag
+        sync(handle)
+        return True
+
+    def _synchronize(self, sync: Any, handle: int) -> None:
+        sync(handle)
+        with self.lock:
+            self.left = 0
+            if threading.current_thread().name.startswith("trtflow-watcher"):
+                self.watcher_waits += 1
+
+
+def _run_in_order(cls: type, n: int, cancel: int | None = None) -> tuple[list[int], list[Any]]:
+    order: list[int] = []
+
+    async def main(r: Any) -> list[Any]:
+        async def one(i: int) -> np.ndarray:
+            y = (await r.infer(x=_x(i % 64))).y.copy()
+            order.append(i)
+            return y
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        await asyncio.sleep(0)
+        if cancel is not None:
+            tasks[cancel].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    with cls() as r:
+        return order, asyncio.run(main(r))
+
+
+@pytest.mark.parametrize("streams", [{"topology": "sync"}, {"topology": "pipelined", "depth": 3}])
+def test_contract_a_gpu_behind_the_host_completes_through_the_watcher(
+        fake: Any, tmp_path: Path, streams: dict[str, Any], refs: list[np.ndarray],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polling never finds a request done (the GPU lags): every completion comes through the lane's
+    watcher thread, in order, a cancelled request included, the outputs intact."""
+    _, cls = _fake_art(tmp_path, streams)
+    gpu = _LaggingGpu(monkeypatch, lag=10**9)
+    order, outs = _run_in_order(cls, 120, cancel=1)
+    assert order == [i for i in range(120) if i != 1]
+    for i, y in enumerate(outs):
+        if i != 1:
+            np.testing.assert_allclose(y, refs[i % 64], rtol=1e-6, atol=1e-6)
+    assert gpu.watcher_waits >= 120 // 3  # at least one wake-up per buffer-set round
+
+
+def test_contract_a_gpu_ahead_of_the_host_completes_on_the_loop_alone(
+        fake: Any, tmp_path: Path, refs: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU is done by the time the loop polls (the fake finishes at once): 1,000 requests in
+    flight complete without the watcher thread waking the loop once."""
+    _, cls = _fake_art(tmp_path, {"topology": "pipelined", "depth": 3})
+    gpu = _LaggingGpu(monkeypatch, lag=0)
+    order, outs = _run_in_order(cls, 1000)
+    assert order == list(range(1000))
+    np.testing.assert_allclose(outs[999], refs[999 % 64], rtol=1e-6, atol=1e-6)
+    assert gpu.watcher_waits == 0
+
+
+def test_contract_wait_spin_polls_on_the_loop(fake: Any, tmp_path: Path, refs: list[np.ndarray],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``streams.wait: spin``: the loop polls until the GPU is done (a few polls per request here);
+    the watcher thread never waits."""
+    _, cls = _fake_art(tmp_path, {"topology": "pipelined", "depth": 2, "wait": "spin"})
+    gpu = _LaggingGpu(monkeypatch, lag=5)
+    order, outs = _run_in_order(cls, 200, cancel=3)
+    assert order == [i for i in range(200) if i != 3]
+    np.testing.assert_allclose(outs[199], refs[199 % 64], rtol=1e-6, atol=1e-6)
+    assert gpu.watcher_waits == 0
+
+
 def test_contract_completions_that_arrive_before_the_drain_share_one_wakeup(fake: Any, tmp_path: Path) -> None:
     """Lanes' threads append completions to one inbox; only the first of a batch wakes the loop."""
     from trtflow.runtime import aio

@@ -1,13 +1,18 @@
 """asyncio for runners and pools: ``await runner.infer(...)`` without blocking the event loop.
 
-How a completion reaches the loop (decided by reading and measuring, see docs/serving.md):
+How a completion reaches the loop (decided by measuring on the H200, see docs/serving.md):
 
 - CUDA engines: the loop thread submits (the same checks, staging and enqueue as ``submit``, which
-  return without waiting), then the runner's completion thread waits for the request's last event
-  (``cudaEventSynchronize``, GIL released) and resolves the asyncio future with
-  ``loop.call_soon_threadsafe``. Triton's TensorRT backend completes requests the same way. A CUDA
-  host function (``cudaLaunchHostFunc``) was not taken: it runs the Python callback on the driver's
-  thread while the stream waits for it, so the stream would stall on the GIL whenever the loop holds it.
+  return without waiting), then **polls**: a callback on the loop asks CUDA whether the oldest
+  requests in flight are done (``cudaEventQuery``, no wait) and finishes every one that is, in order.
+  While polling finds work done, the loop keeps going by itself (the GPU is ahead of the host: the
+  usual case with many requests in flight); no other thread touches the GIL. Only when a poll finds
+  nothing done does the lane's **watcher thread** step in: it waits for the oldest request
+  (``cudaEventSynchronize``, GIL released) and wakes the loop once (``loop.call_soon_threadsafe``),
+  which polls again. With ``streams.wait: spin`` the loop polls again at once instead (it burns its
+  core while requests are in flight, as spinning on an event does). A CUDA host function
+  (``cudaLaunchHostFunc``) was not taken: it runs a Python callback on the driver's thread while the
+  stream waits for it, so the stream would stall on the GIL whenever the loop holds it.
 - CPU engines (onnxruntime, torch on the CPU): inference blocks, so the runner's worker thread runs
   the request (onnxruntime releases the GIL while it computes) and resolves the future the same way.
 
@@ -56,25 +61,32 @@ class LaneStats:
 
 
 class _Lane:
-    """One runner as seen from one event loop: up to ``capacity`` requests in flight, completed in order
-    by the runner's own thread. Touched on the loop thread only, except :meth:`_work`."""
+    """One runner as seen from one event loop: up to ``capacity`` requests in flight, completed in
+    submission order. Touched on the loop thread only, except :meth:`_watch` and :meth:`_work` (its
+    thread). CUDA: the loop submits and polls (:meth:`reap`); the thread only wakes the loop when a
+    poll found nothing done (:meth:`watch`). CPU: the thread runs each request."""
 
-    __slots__ = ("_batch", "_jobs", "_post", "_runner", "_thread", "capacity", "cpu", "stats")
+    __slots__ = ("_armed", "_batch", "_inflight", "_jobs", "_post", "_runner", "_thread", "capacity", "cpu",
+                 "spin", "stats")
 
-    def __init__(self, runner: Runner, post: Callable[[_Done], None], stats: LaneStats) -> None:
+    def __init__(self, runner: Runner, post: Callable[[_Done | _Lane], None], stats: LaneStats) -> None:
         self._runner = weakref.ref(runner)  # the thread must not keep an unclosed runner alive
         self.cpu = runner.device != "cuda"
+        self.spin = runner.wait == "spin"
         self.capacity = 1 if self.cpu else max(1, runner.buffer_sets)
         self.stats = stats
         self._post = post
-        self._batch: list[tuple[Any, asyncio.Future[Any]]] = []  # started, not yet handed to the thread
-        self._jobs: queue.SimpleQueue[list[tuple[Any, asyncio.Future[Any]]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, daemon=True,
-                                        name=f"trtflow-{'worker' if self.cpu else 'completion'}-{id(runner):x}")
+        self._batch: list[tuple[Any, asyncio.Future[Any]]] = []  # CPU: started, not yet handed to the thread
+        self._inflight: deque[tuple[Pending[Any], asyncio.Future[Any]]] = deque()  # CUDA: oldest first
+        self._armed = False  # CUDA: the thread waits for a request and will wake the loop
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work if self.cpu else self._watch, daemon=True,
+                                        name=f"trtflow-{'worker' if self.cpu else 'watcher'}-{id(runner):x}")
         self._thread.start()
 
     def start(self, feeds: Mapping[str, Any], fut: asyncio.Future[Any]) -> None:
-        """Start one request (loop thread; the lane has a free slot); :meth:`flush` hands it to the thread."""
+        """Start one request (loop thread; the lane has a free slot). CPU: :meth:`flush` hands it to
+        the thread; CUDA: it is enqueued now and a later :meth:`reap` finishes it."""
         self.stats.in_flight += 1
         if self.cpu:
             self._batch.append((feeds, fut))
@@ -87,41 +99,75 @@ class _Lane:
         except BaseException as exc:  # noqa: BLE001 - a bad request fails alone, the lane keeps serving
             self.finish(fut, None, exc)
             return
-        self._batch.append((pending, fut))
+        self._inflight.append((pending, fut))
 
     def flush(self) -> None:
-        """Hand the requests started since the last flush to the thread: one queue operation (at most
-        one wake-up of the thread) per batch, not per request."""
+        """CPU: hand the requests started since the last flush to the thread: one queue operation (at
+        most one wake-up of the thread) per batch, not per request."""
         if self._batch:
             self._jobs.put(self._batch)
             self._batch = []
 
+    def reap(self) -> int:
+        """CUDA, loop thread: finish the requests at the head that the GPU has done (``cudaEventQuery``,
+        no wait), in order; how many."""
+        q, n = self._inflight, 0
+        while q:
+            pending, fut = q[0]
+            try:
+                if not pending.ready():
+                    break
+            except BaseException as exc:  # noqa: BLE001 - a failed request (CUDA error, closed runner) fails alone
+                q.popleft()
+                self.finish(fut, None, exc)
+                n += 1
+                continue
+            q.popleft()
+            self.finish(fut, pending, None)
+            n += 1
+        return n
+
+    def watch(self) -> None:
+        """CUDA, loop thread, a poll found nothing done: the thread waits for the oldest request and
+        wakes the loop (once per arming)."""
+        if self._inflight and not self._armed:
+            self._armed = True
+            self._jobs.put(self._inflight[0][0])
+
+    def _watch(self) -> None:
+        """The CUDA lane's thread: wait for the request it is given (GIL released), then post the lane
+        itself to the dispatcher, which disarms it and polls."""
+        jobs, post = self._jobs, self._post
+        while True:
+            pending = jobs.get()
+            if pending is None:
+                return
+            with contextlib.suppress(BaseException):  # the loop's poll reports a failure, with its request
+                pending.block()
+            del pending  # nothing of a finished request stays alive here
+            post(self)
+
     def _work(self) -> None:
-        """The lane's thread: waits for (CUDA) or runs (CPU) each request in order, and posts each
-        completion to the dispatcher. It takes no runner lock (the loop submits meanwhile): it blocks
-        in CUDA (GIL released) and appends to the dispatcher's inbox."""
-        jobs, post, cpu = self._jobs, self._post, self.cpu
+        """The CPU lane's thread: runs each request in order and posts each completion to the
+        dispatcher. It takes no dispatcher lock: it appends to the dispatcher's inbox."""
+        jobs, post = self._jobs, self._post
         while True:
             batch = jobs.get()
             if batch is None:
                 return
-            for item, fut in batch:
+            for feeds, fut in batch:
                 pending: Pending[Any] | None = None
                 error: BaseException | None = None
                 try:
-                    if cpu:
-                        runner = self._runner()
-                        if runner is None:
-                            raise RunnerClosed("the runner was garbage-collected")
-                        pending = runner.submit_feeds(item)
-                        del runner
-                    else:
-                        pending = item
-                        item.block()
+                    runner = self._runner()
+                    if runner is None:
+                        raise RunnerClosed("the runner was garbage-collected")
+                    pending = runner.submit_feeds(feeds)
+                    del runner
                 except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting task
                     error = exc
                 post((self, fut, pending, error))
-                del item, fut, pending, error  # nothing of a finished request stays alive here
+                del feeds, fut, pending, error  # nothing of a finished request stays alive here
             del batch
 
     def finish(self, fut: asyncio.Future[Any], pending: Pending[Any] | None, error: BaseException | None) -> None:
@@ -140,8 +186,17 @@ class _Lane:
         if not fut.done():
             fut.set_result(pending)
 
+    def settle(self) -> None:
+        """CUDA, loop thread: wait for every request in flight (the GPU finishes them) and finish them
+        (closing)."""
+        if self._inflight:
+            with contextlib.suppress(BaseException):  # reap reports it, per request
+                self._inflight[-1][0].block()  # one stream completes them in order: the last is the latest
+            while self._inflight and self.reap():
+                pass
+
     def stop(self) -> None:
-        """Let the thread finish the requests it has, then end it (any thread)."""
+        """Let the thread finish what it has, then end it (any thread)."""
         self._jobs.put(None)
         if threading.current_thread() is not self._thread:
             self._thread.join()
@@ -154,11 +209,11 @@ class Dispatcher:
     """Requests of one event loop to one or more runners: one FIFO queue, a free lane with the fewest
     requests in flight first, at most ``max_queue`` waiting. No lock: everything runs on the loop.
 
-    Completions come back through one inbox (a deque the lanes' threads append to): the first one of a
-    batch schedules :meth:`_drain` with ``call_soon_threadsafe`` (one loop wake-up), the others that
-    arrive before it ran ride along. The drain resolves the futures, then the queued requests start
-    in a callback scheduled after the woken tasks: they read their outputs first, so reusing their
-    buffer sets needs no snapshot copy (see :meth:`_drain`)."""
+    One callback, :meth:`_step`, starts queued requests and polls the CUDA lanes; it is scheduled
+    when a request starts and again while polling finds work done. The lanes' threads (CPU lanes'
+    completions, CUDA lanes' wake-ups when a poll found nothing done) append to one inbox: the first
+    one of a batch schedules :meth:`_drain` with ``call_soon_threadsafe`` (one loop wake-up), the others
+    that arrive before it ran ride along."""
 
     def __init__(self, runners: Sequence[Runner], loop: asyncio.AbstractEventLoop, *,
                  max_queue: int = DEFAULT_MAX_QUEUE, stats: Sequence[LaneStats] | None = None,
@@ -170,11 +225,12 @@ class Dispatcher:
         self.name = name
         self.closed = False
         self._queue: deque[tuple[Mapping[str, Any], asyncio.Future[Any]]] = deque()
-        self._inbox: deque[_Done] = deque()  # completions, appended by the lanes' threads
-        self._woken = False   # a _drain is scheduled (set by a lane thread, cleared on the loop)
-        self._pumping = False  # a _pump is scheduled
+        self._inbox: deque[_Done | _Lane] = deque()  # CPU completions and CUDA wake-ups, from the lanes' threads
+        self._woken = False    # a _drain is scheduled (set by a lane thread, cleared on the loop)
+        self._stepping = False  # a _step is scheduled
         counters = list(stats) if stats is not None else [LaneStats() for _ in runners]
         self.lanes = [_Lane(r, self._post, s) for r, s in zip(runners, counters)]
+        self._gpu = [lane for lane in self.lanes if not lane.cpu]
         self._one = self.lanes[0] if len(self.lanes) == 1 else None
 
     @property
@@ -212,7 +268,10 @@ class Dispatcher:
         entry = None
         if lane is not None:
             lane.start(feeds, fut)  # in flight: its lane finishes it even when this await is cancelled
-            lane.flush()
+            if lane.cpu:
+                lane.flush()
+            else:
+                self._schedule()  # polls it
         else:
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"{self.name}: {len(self._queue)} requests are queued (max_queue {self.max_queue}) "
@@ -227,11 +286,12 @@ class Dispatcher:
                 with contextlib.suppress(ValueError):  # still queued: it never starts
                     self._queue.remove(entry)
             raise
-        outs = pending.result_dict(copy=copy)  # before any other task runs: see _drain
+        outs = pending.result_dict(copy=copy)  # before any other task runs: see _step
         return outs if convert is None else convert(outs)
 
-    def _post(self, done: _Done) -> None:
-        """A lane's thread: hand one completion to the loop; wakes the loop only when no drain is scheduled."""
+    def _post(self, done: _Done | _Lane) -> None:
+        """A lane's thread: hand a CPU completion, or a CUDA lane's wake-up, to the loop; wakes the loop
+        only when no drain is scheduled."""
         self._inbox.append(done)
         if not self._woken:
             self._woken = True
@@ -239,24 +299,31 @@ class Dispatcher:
                 self.loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
-        """Loop thread: finish every completion in the inbox, in arrival order (each lane's in order).
-
-        The queued requests start in a callback scheduled after the tasks these futures wake: a task
-        reads its outputs (views into its buffer set) before a new request reuses that set, so the
-        runner never copies them aside first (``Pending._take_snapshot``); a task that does not read
-        them before its next ``await`` gets the snapshot, as before."""
+        """Loop thread: finish every CPU completion in the inbox, in arrival order (each lane's in
+        order), and disarm the CUDA lanes whose thread woke the loop; then :meth:`_step`."""
         self._woken = False  # first: a completion appended from now on schedules another drain
         inbox = self._inbox
         while inbox:
-            lane, fut, pending, error = inbox.popleft()
-            lane.finish(fut, pending, error)
-        if self._queue and not self._pumping:
-            self._pumping = True
-            self.loop.call_soon(self._pump)
+            done = inbox.popleft()
+            if isinstance(done, _Lane):
+                done._armed = False
+            else:
+                lane, fut, pending, error = done
+                lane.finish(fut, pending, error)
+        self._schedule()
 
-    def _pump(self) -> None:
-        """Loop thread: start queued requests while a lane is free."""
-        self._pumping = False
+    def _schedule(self) -> None:
+        if not self._stepping:
+            self._stepping = True
+            self.loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        """Loop thread, scheduled after the tasks that the last completions woke (they read their
+        outputs, views into their buffer sets, before a new request reuses a set: no snapshot copy,
+        ``Pending._take_snapshot``): start queued requests while a lane is free, then finish the CUDA
+        requests the GPU has done. Some were: step again after their tasks. None were: each lane with
+        requests in flight has its thread wake the loop (``wait: spin``: step again at once)."""
+        self._stepping = False
         q = self._queue
         while q:
             lane = self._free_lane()
@@ -265,8 +332,21 @@ class Dispatcher:
             feeds, fut = q.popleft()
             if not fut.done():  # a cancelled request is dropped here at the latest
                 lane.start(feeds, fut)
+        done = 0
         for lane in self.lanes:
-            lane.flush()
+            if lane.cpu:
+                lane.flush()
+            else:
+                done += lane.reap()
+        if done:
+            self._schedule()
+            return
+        for lane in self._gpu:
+            if lane._inflight:
+                if lane.spin:
+                    self._schedule()
+                else:
+                    lane.watch()
 
     def close(self) -> None:
         """Refuse new requests, fail the queued ones with RunnerClosed, let the in-flight ones finish
@@ -281,15 +361,22 @@ class Dispatcher:
                 if not fut.done():
                     fut.set_exception(RunnerClosed(f"{self.name} was closed while this request was queued"))
 
+        def settle() -> None:
+            for lane in self._gpu:
+                lane.settle()
+
         if _running_loop() is self.loop:
             fail_queued()
-        else:
+            settle()
+        elif not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):  # that loop is closed already
                 self.loop.call_soon_threadsafe(fail_queued)
+                self.loop.call_soon_threadsafe(settle)
         for lane in self.lanes:
             lane.stop()
             if self.loop.is_closed():  # completions that could not reach a closed loop: nothing is in flight now
                 lane.stats.in_flight = 0
+                lane._inflight.clear()
 
 
 @dataclass(frozen=True)

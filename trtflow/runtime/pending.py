@@ -122,6 +122,16 @@ class Pending(Generic[T]):
         else:
             cuda.stream_synchronize(self._stream)
 
+    def ready(self) -> bool:
+        """Poll without the runner's lock (asyncio's loop polls its requests in flight): True once the
+        GPU is done with it. :meth:`mark_complete` records it."""
+        if self._complete or self._snapshot is not None:
+            return True
+        runner = self._runner
+        if runner._closed:
+            runner._check_open()
+        return cuda.event_query(self._event) if self._event else cuda.stream_query(self._stream)
+
     def mark_complete(self) -> None:
         """Record that the request completed (after :meth:`block` returned): its buffer set is idle."""
         with self._runner._lock:
