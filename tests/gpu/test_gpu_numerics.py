@@ -33,6 +33,9 @@ def test_ppocr_det_fp16_on_torch_cuda_matches_fp32(tmp_path: Path) -> None:
     assert rep.passed and o.mean_abs < 1e-3
 
 
+@pytest.mark.xfail(strict=True, reason="YOLOv8n fp16 box coordinates (pixels) are up to 1.07 px off at 640x640 on "
+                   "the H200 (max rel 0.2), beyond the elementwise 1e-2 gate that non-probability outputs keep; "
+                   "the same verdict as the corpus tier's XFAIL_VALUES[('nudenet_320n', 'fp16')]")
 def test_yolov8_fp16_on_torch_cuda(tmp_path: Path) -> None:
     body = ("precision: fp16\ninputs:\n  images: {shape: [1, 3, 640, 640]}\nbuild: {backend: torch}\n"
             "validate:\n  samples: 2\n  inputs:\n    images: {kind: image}\n")
