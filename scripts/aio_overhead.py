@@ -89,6 +89,12 @@ def _put(row: dict[str, Any], key: str, t: Triple) -> None:
     row.update({f"{key}_{f}": v for f, v in zip(FIELDS, t)})
 
 
+def _wakeups(runner: Any) -> int:
+    """How often the runner's watcher thread has woken the event loop (CUDA lanes; 0 on the CPU)."""
+    d = getattr(runner, "_aio", None)
+    return sum(lane.stats.wakeups for lane in d.lanes) if d is not None else 0
+
+
 def measure(runner: Any, n: int, *, repeat: int = 3, profile: int = 0) -> dict[str, Any]:
     """The four figures of one runner, each the best of ``repeat`` rounds of ``n`` requests; the
     rounds interleave the four (slow phases of a shared host hit them alike). ``profile``: a cProfile
@@ -108,6 +114,7 @@ def measure(runner: Any, n: int, *, repeat: int = 3, profile: int = 0) -> dict[s
         await many(1000)
         await asyncio.sleep(0.3)  # threads an engine starts when it opens (onnxruntime's, torch's) go idle
         got: list[list[Triple]] = [[] for _ in KEYS]
+        wakes = [0, 0]  # watcher wake-ups of the loop: 1 client, 1,000 in flight (all rounds)
         for _ in range(repeat):
             with _Clock(n) as c:
                 for _ in range(n):
@@ -117,13 +124,17 @@ def measure(runner: Any, n: int, *, repeat: int = 3, profile: int = 0) -> dict[s
                 for _ in runner.stream(feeds for _ in range(n)):
                     pass
             got[1].append(c.result)
+            w = _wakeups(runner)
             with _Clock(n) as c:
                 for _ in range(n):
                     await runner.infer_feeds(feeds)
             got[2].append(c.result)
+            w1 = _wakeups(runner)
             with _Clock(n) as c:
                 await many(n)
             got[3].append(c.result)
+            wakes[0] += w1 - w
+            wakes[1] += _wakeups(runner) - w1
         prof = None
         if profile:
             pr = cProfile.Profile(time.thread_time)  # CPU time of the loop thread, not wall time
@@ -133,9 +144,9 @@ def measure(runner: Any, n: int, *, repeat: int = 3, profile: int = 0) -> dict[s
             buf = io.StringIO()
             pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(25)
             prof = buf.getvalue()
-        return got, prof
+        return got, prof, wakes
 
-    got, prof = asyncio.run(rounds())
+    got, prof, wakes = asyncio.run(rounds())
     best = [_best(g) for g in got]
     row: dict[str, Any] = {"topology": runner.topology, "depth": runner.depth, "backend": runner.backend, "n": n,
                            "repeat": repeat}
@@ -145,6 +156,7 @@ def measure(runner: Any, n: int, *, repeat: int = 3, profile: int = 0) -> dict[s
     row["ratio_cpu"] = conc[1] / sync[1] if sync[1] else None  # loop-thread CPU per request vs sync submit
     row["ratio_proc"] = conc[2] / sync[2] if sync[2] else None
     row["ratio_wall"] = conc[0] / sync[0] if sync[0] else None
+    row["await_wakeups"], row["await1000_wakeups"] = (k / (n * repeat) for k in wakes)  # per request
     if prof:
         row["profile"] = prof
     return row
@@ -296,11 +308,13 @@ def print_tables(rep: dict[str, Any]) -> None:
           "wall / CPU of the calling (event-loop) thread / CPU of the process (context switches of the process per "
           f"request); best of {rep['overhead'][0].get('repeat', 1)} interleaved rounds:\n")
     print("| topology | sync submit().result() | stream() | 1 awaiting client | 1,000 awaits in flight "
-          "| loop-thread CPU ratio (target <= 1.5) | process CPU ratio |")
-    print("|---|---|---|---|---|---|---|")
+          "| loop-thread CPU ratio (target <= 1.5) | process CPU ratio | watcher wake-ups per request (1 client, 1,000) |")
+    print("|---|---|---|---|---|---|---|---|")
     for o in rep["overhead"]:
+        wk = ("-" if "await_wakeups" not in o  # a run saved before the counter
+              else f"{o['await_wakeups']:.2f}, {o['await1000_wakeups']:.2f}")
         print(f"| {o['topology']} | {' | '.join(_cell(o, k) for k in KEYS)} | {_ratio(o.get('ratio_cpu'))} "
-              f"| {_ratio(o.get('ratio_proc'))} |")
+              f"| {_ratio(o.get('ratio_proc'))} | {wk} |")
     f = rep.get("floor")
     if f:
         print("\nthe asyncio floor on this host (no trtflow: an awaited future, resolved as said), us per request:\n")

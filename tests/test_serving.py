@@ -320,25 +320,30 @@ def test_contract_asyncio_on_cuda_completes_in_order(fake: Any, tmp_path: Path, 
     assert isinstance(outs[1], asyncio.CancelledError)
 
 
-@pytest.mark.parametrize("streams", [{"topology": "sync"}, {"topology": "pipelined", "depth": 3}])
-def test_contract_awaited_outputs_are_read_before_their_buffer_set_is_reused(
-        fake: Any, tmp_path: Path, streams: dict[str, Any], refs: list[np.ndarray],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A queued request starts after the tasks that the completions woke have read their outputs, so
-    no result is copied aside (Pending._take_snapshot) when every task reads before its next await;
-    one that does not read (a cancelled await) is still protected by the snapshot."""
+@pytest.fixture
+def snapshots(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts results copied aside because their buffer set was reused before they were read."""
     from trtflow.runtime.pending import Pending
 
-    _, cls = _fake_art(tmp_path, streams)
-    snapshots: list[int] = []
+    taken: list[int] = []
     take = Pending._take_snapshot
 
     def counted(self: Pending[Any]) -> None:
         if not (self._retrieved or self._snapshot is not None):
-            snapshots.append(1)
+            taken.append(1)
         take(self)
 
     monkeypatch.setattr(Pending, "_take_snapshot", counted)
+    return taken
+
+
+@pytest.mark.parametrize("streams", [{"topology": "sync"}, {"topology": "pipelined", "depth": 3}])
+def test_contract_awaited_outputs_are_read_before_their_buffer_set_is_reused(
+        fake: Any, tmp_path: Path, streams: dict[str, Any], refs: list[np.ndarray], snapshots: list[int]) -> None:
+    """A queued request starts after the tasks that the completions woke have read their outputs, so
+    no result is copied aside (Pending._take_snapshot) when every task reads before its next await;
+    one that does not read (a cancelled await) is still protected by the snapshot."""
+    _, cls = _fake_art(tmp_path, streams)
 
     async def main(r: Any, k: int) -> list[Any]:
         async def one(i: int) -> np.ndarray:
@@ -408,9 +413,10 @@ def _run_in_order(cls: type, n: int, cancel: int | None = None) -> tuple[list[in
 @pytest.mark.parametrize("streams", [{"topology": "sync"}, {"topology": "pipelined", "depth": 3}])
 def test_contract_a_gpu_behind_the_host_completes_through_the_watcher(
         fake: Any, tmp_path: Path, streams: dict[str, Any], refs: list[np.ndarray],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, snapshots: list[int]) -> None:
     """Polling never finds a request done (the GPU lags): every completion comes through the lane's
-    watcher thread, in order, a cancelled request included, the outputs intact."""
+    watcher thread, in order, a cancelled request included, the outputs intact and never copied aside
+    (the cancelled one's: it is never read)."""
     _, cls = _fake_art(tmp_path, streams)
     gpu = _LaggingGpu(monkeypatch, lag=10**9)
     order, outs = _run_in_order(cls, 120, cancel=1)
@@ -419,10 +425,12 @@ def test_contract_a_gpu_behind_the_host_completes_through_the_watcher(
         if i != 1:
             np.testing.assert_allclose(y, refs[i % 64], rtol=1e-6, atol=1e-6)
     assert gpu.watcher_waits >= 120 // 3  # at least one wake-up per buffer-set round
+    assert len(snapshots) <= 1
 
 
 def test_contract_a_gpu_ahead_of_the_host_completes_on_the_loop_alone(
-        fake: Any, tmp_path: Path, refs: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+        fake: Any, tmp_path: Path, refs: list[np.ndarray], monkeypatch: pytest.MonkeyPatch,
+        snapshots: list[int]) -> None:
     """The GPU is done by the time the loop polls (the fake finishes at once): 1,000 requests in
     flight complete without the watcher thread waking the loop once."""
     _, cls = _fake_art(tmp_path, {"topology": "pipelined", "depth": 3})
@@ -430,7 +438,7 @@ def test_contract_a_gpu_ahead_of_the_host_completes_on_the_loop_alone(
     order, outs = _run_in_order(cls, 1000)
     assert order == list(range(1000))
     np.testing.assert_allclose(outs[999], refs[999 % 64], rtol=1e-6, atol=1e-6)
-    assert gpu.watcher_waits == 0
+    assert gpu.watcher_waits == 0 and snapshots == []
 
 
 def test_contract_wait_spin_polls_on_the_loop(fake: Any, tmp_path: Path, refs: list[np.ndarray],

@@ -58,6 +58,7 @@ class LaneStats:
     requests: int = 0   # completed, with a result or an error
     errors: int = 0
     in_flight: int = 0
+    wakeups: int = 0    # CUDA: times the lane's watcher thread woke the loop (a poll had found nothing done)
 
 
 class _Lane:
@@ -300,17 +301,24 @@ class Dispatcher:
 
     def _drain(self) -> None:
         """Loop thread: finish every CPU completion in the inbox, in arrival order (each lane's in
-        order), and disarm the CUDA lanes whose thread woke the loop; then :meth:`_step`."""
+        order), and disarm the CUDA lanes whose thread woke the loop; then :meth:`_step` (at once
+        when nothing was finished here, else after the tasks these futures wake)."""
         self._woken = False  # first: a completion appended from now on schedules another drain
         inbox = self._inbox
+        woke_tasks = False
         while inbox:
             done = inbox.popleft()
             if isinstance(done, _Lane):
                 done._armed = False
+                done.stats.wakeups += 1
             else:
                 lane, fut, pending, error = done
                 lane.finish(fut, pending, error)
-        self._schedule()
+                woke_tasks = True
+        if woke_tasks or self._stepping:
+            self._schedule()  # after the woken tasks
+        else:
+            self._step()  # no task is woken and unread (a step follows every reap): one loop pass less
 
     def _schedule(self) -> None:
         if not self._stepping:
