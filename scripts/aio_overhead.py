@@ -2,7 +2,7 @@
 asyncio itself imposes on this host (issue 16: an awaited request within 1.5x of ``submit``).
 
 Per request, wall time / CPU time of the calling (event-loop) thread / CPU time of the process (the
-completion thread included), all in microseconds, for
+watcher thread included), all in microseconds, for
 
 * ``sync``: ``runner.submit_feeds(x).result_dict()`` in a loop (the baseline),
 * ``stream``: ``runner.stream(...)``, up to ``depth`` in flight,
@@ -19,7 +19,7 @@ asyncio request costs here. The ratio that matters is the loop-thread CPU of ``a
     python scripts/aio_overhead.py --fake                               # CPU: the fake CUDA runtime
     python scripts/aio_overhead.py --fake --profile 2000                # + cProfile of the loop thread
 
-``--fake`` runs the runner's real CUDA code path (checks, staging, events, completion thread) over
+``--fake`` runs the runner's real CUDA code path (checks, staging, events, polling, watcher thread) over
 ``tests/helpers/runtime.py``'s ``NullCudart`` with a no-op kernel: every CUDA call costs one Python
 call and the "GPU" is done at once, so the figures are host overhead only (an upper bound on the
 runner's own Python cost, a lower bound on wall time). ``--backend onnxruntime`` on a real artifact
@@ -169,7 +169,7 @@ FLOORS = {"loop": "resolved on the loop (call_soon; no thread)",
 
 def floor(n: int, *, repeat: int = 3) -> dict[str, Any]:
     """Pure asyncio, no trtflow: what one awaited request costs when its future is resolved on the loop
-    itself, or from a thread (the shape of a completion thread), for one client and 1,000 in flight."""
+    itself, or from a thread (the shape of a thread-completed request), for one client and 1,000 in flight."""
 
     def worker(jobs: queue.SimpleQueue[Any], loop: asyncio.AbstractEventLoop, batched: bool) -> None:
         while True:

@@ -267,7 +267,7 @@ def test_serving_section_is_strict(tmp_path: Path) -> None:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
     f = sup.install_with_backend(monkeypatch, seed=5)
-    lock = threading.RLock()  # the fake is single-threaded; completion threads call it too
+    lock = threading.RLock()  # the fake is single-threaded; watcher threads call it too
     mod = sys.modules["cuda.bindings.runtime"]
     for name in dir(mod):
         fn = getattr(mod, name)

@@ -108,7 +108,7 @@ class Pending(Generic[T]):
 
     def block(self) -> None:
         """The waiting half of :meth:`wait`: CUDA waits (GIL released), no lock is taken and nothing is
-        recorded; :meth:`mark_complete` records it later (asyncio's completion threads block here and
+        recorded; :meth:`mark_complete` records it later (asyncio's watcher threads block here and
         the event loop marks, so the thread never contends for the runner's lock with the loop's
         submits). The event of a request is fixed when it is created; close() synchronizes every
         stream before it destroys events."""
