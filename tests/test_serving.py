@@ -298,21 +298,8 @@ def _fake_art(tmp_path: Path, streams: dict[str, Any], serving: dict[str, Any] |
 def test_contract_asyncio_on_cuda_completes_in_order(fake: Any, tmp_path: Path, streams: dict[str, Any],
                                                      refs: list[np.ndarray]) -> None:
     _, cls = _fake_art(tmp_path, streams)
-    order: list[int] = []
-
-    async def main(r: Any) -> list[np.ndarray]:
-        async def one(i: int) -> np.ndarray:
-            y = (await r.infer(x=_x(i % 64))).y.copy()
-            order.append(i)
-            return y
-
-        tasks = [asyncio.ensure_future(one(i)) for i in range(200)]
-        await asyncio.sleep(0)
-        tasks[1].cancel()  # in flight (pipelined) or queued (sync)
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
     with cls() as r:
-        outs = asyncio.run(main(r))
+        order, outs = sup.awaits_in_order(r, 200, lambda i: _x(i % 64), cancel=(1,))  # in flight or queued
     assert order == [i for i in range(200) if i != 1]
     for i, y in enumerate(outs):
         if i != 1:
@@ -391,25 +378,6 @@ class _LaggingGpu:
                 self.watcher_waits += 1
 
 
-def _run_in_order(cls: type, n: int, cancel: int | None = None) -> tuple[list[int], list[Any]]:
-    order: list[int] = []
-
-    async def main(r: Any) -> list[Any]:
-        async def one(i: int) -> np.ndarray:
-            y = (await r.infer(x=_x(i % 64))).y.copy()
-            order.append(i)
-            return y
-
-        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
-        await asyncio.sleep(0)
-        if cancel is not None:
-            tasks[cancel].cancel()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    with cls() as r:
-        return order, asyncio.run(main(r))
-
-
 @pytest.mark.parametrize("streams", [{"topology": "sync"}, {"topology": "pipelined", "depth": 3}])
 def test_contract_a_gpu_behind_the_host_completes_through_the_watcher(
         fake: Any, tmp_path: Path, streams: dict[str, Any], refs: list[np.ndarray],
@@ -419,7 +387,8 @@ def test_contract_a_gpu_behind_the_host_completes_through_the_watcher(
     (the cancelled one's: it is never read)."""
     _, cls = _fake_art(tmp_path, streams)
     gpu = _LaggingGpu(monkeypatch, lag=10**9)
-    order, outs = _run_in_order(cls, 120, cancel=1)
+    with cls() as r:
+        order, outs = sup.awaits_in_order(r, 120, lambda i: _x(i % 64), cancel=(1,))
     assert order == [i for i in range(120) if i != 1]
     for i, y in enumerate(outs):
         if i != 1:
@@ -435,7 +404,8 @@ def test_contract_a_gpu_ahead_of_the_host_completes_on_the_loop_alone(
     flight complete without the watcher thread waking the loop once."""
     _, cls = _fake_art(tmp_path, {"topology": "pipelined", "depth": 3})
     gpu = _LaggingGpu(monkeypatch, lag=0)
-    order, outs = _run_in_order(cls, 1000)
+    with cls() as r:
+        order, outs = sup.awaits_in_order(r, 1000, lambda i: _x(i % 64))
     assert order == list(range(1000))
     np.testing.assert_allclose(outs[999], refs[999 % 64], rtol=1e-6, atol=1e-6)
     assert gpu.watcher_waits == 0 and snapshots == []
@@ -447,7 +417,8 @@ def test_contract_wait_spin_polls_on_the_loop(fake: Any, tmp_path: Path, refs: l
     the watcher thread never waits."""
     _, cls = _fake_art(tmp_path, {"topology": "pipelined", "depth": 2, "wait": "spin"})
     gpu = _LaggingGpu(monkeypatch, lag=5)
-    order, outs = _run_in_order(cls, 200, cancel=3)
+    with cls() as r:
+        order, outs = sup.awaits_in_order(r, 200, lambda i: _x(i % 64), cancel=(3,))
     assert order == [i for i in range(200) if i != 3]
     np.testing.assert_allclose(outs[199], refs[199 % 64], rtol=1e-6, atol=1e-6)
     assert gpu.watcher_waits == 0

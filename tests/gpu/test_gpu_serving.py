@@ -70,23 +70,9 @@ def _close(a: np.ndarray, b: np.ndarray) -> None:
 def test_gpu_thousand_awaits_in_order_with_cancellation(tmp_path: Path, model: Path, refs: list[np.ndarray],
                                                         streams: dict[str, Any]) -> None:
     cls = _cls(tmp_path, model, streams)
-    order: list[int] = []
-
-    async def main(r: Any) -> list[Any]:
-        async def one(i: int) -> np.ndarray:
-            y = (await r.infer(x=_x(i % 64))).y.copy()
-            order.append(i)
-            return y
-
-        tasks = [asyncio.ensure_future(one(i)) for i in range(1000)]
-        await asyncio.sleep(0)
-        for t in tasks[1:1000:97]:
-            t.cancel()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    with cls(backend="torch") as r:
-        outs = asyncio.run(main(r))
     cancelled = set(range(1, 1000, 97))
+    with cls(backend="torch") as r:
+        order, outs = sup.awaits_in_order(r, 1000, lambda i: _x(i % 64), cancel=tuple(sorted(cancelled)))
     assert order == [i for i in range(1000) if i not in cancelled]
     for i, y in enumerate(outs):
         if i in cancelled:

@@ -878,6 +878,30 @@ TOPOLOGIES: dict[str, dict[str, Any]] = {
 }
 
 
+def awaits_in_order(runner: Any, n: int, x: Callable[[int], np.ndarray],
+                    cancel: tuple[int, ...] = ()) -> tuple[list[int], list[Any]]:
+    """``n`` concurrent ``await runner.infer(x=x(i))`` on one event loop, the requests in ``cancel``
+    cancelled once every one has started: the order they completed in, and per request a copy of its
+    ``y`` (read before the next await) or its exception (CancelledError)."""
+    import asyncio
+
+    order: list[int] = []
+
+    async def main() -> list[Any]:
+        async def one(i: int) -> np.ndarray:
+            y = (await runner.infer(x=x(i))).y.copy()
+            order.append(i)
+            return y
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        await asyncio.sleep(0)  # every task started: in flight or queued
+        for i in cancel:
+            tasks[i].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    return order, asyncio.run(main())
+
+
 def install_with_backend(monkeypatch: Any, seed: int, *, cls: type[FakeCudart] | None = None,
                          count: bool = True) -> FakeCudart:
     """The fake CUDA runtime plus the ``fakecuda`` backend registered for runners (body of the tests'
